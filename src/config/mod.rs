@@ -1,0 +1,373 @@
+//! Configuration: the TOML file, `PGWAL_*`/libpq environment and flags,
+//! merged once (flag, then environment, then file) and validated into the
+//! typed options the commands take. The one place configuration is read.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::storage::{AzureOptions, GcsOptions, RepoUrl, S3Options, StoreOptions};
+
+/// Where the config file is looked for when neither `--config` nor `PGWAL_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgwal/pgwal.toml";
+
+/// zstd level when none is configured: the measured sweet spot (see README, "Performance").
+pub const DEFAULT_COMPRESS_LEVEL: i32 = 3;
+
+/// Retry deadline for storage calls of `archive` and `fetch` when none is configured.
+pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// What the command line (and clap's environment fallbacks) supplied.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config` / `PGWAL_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// `--repo` / `PGWAL_REPO`.
+    pub repo: Option<String>,
+    /// `--pgdata` / `PGDATA`.
+    pub pgdata: Option<PathBuf>,
+    /// `--conninfo` / `PGWAL_CONNINFO`.
+    pub conninfo: Option<String>,
+}
+
+/// Options of `archive`.
+#[derive(Debug, Clone)]
+pub struct ArchiveOptions {
+    /// zstd level, 1-19.
+    pub compress_level: i32,
+    /// How long to keep retrying transient storage errors.
+    pub retry_deadline: Duration,
+}
+
+/// Options of `fetch`.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// How long to keep retrying transient storage errors.
+    pub retry_deadline: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// The repository, if configured anywhere.
+    pub repo: Option<RepoUrl>,
+    /// The data directory, if configured.
+    pub pgdata: Option<PathBuf>,
+    /// libpq connection string, if configured.
+    pub conninfo: Option<String>,
+    /// `archive` options.
+    pub archive: ArchiveOptions,
+    /// `fetch` options.
+    pub fetch: FetchOptions,
+    /// Object store settings.
+    pub store: StoreOptions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    repo: Option<String>,
+    pgdata: Option<PathBuf>,
+    conninfo: Option<String>,
+    #[serde(default)]
+    archive: ArchiveSection,
+    #[serde(default)]
+    fetch: FetchSection,
+    #[serde(default)]
+    s3: S3Section,
+    #[serde(default)]
+    gcs: GcsSection,
+    #[serde(default)]
+    azure: AzureSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveSection {
+    compress_level: Option<i32>,
+    retry_deadline: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchSection {
+    retry_deadline: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Section {
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    allow_http: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcsSection {
+    service_account_path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AzureSection {
+    account: Option<String>,
+    access_key: Option<String>,
+    endpoint: Option<String>,
+    allow_http: Option<bool>,
+}
+
+impl FileConfig {
+    fn has_secrets(&self) -> bool {
+        self.s3.secret_access_key.is_some() || self.s3.session_token.is_some() || self.azure.access_key.is_some()
+    }
+}
+
+/// Parses a duration such as `500ms`, `20s` or `2m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" | "min" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+fn deadline(key: &str, value: Option<&str>, file: &Path) -> Result<Duration> {
+    let Some(v) = value else { return Ok(DEFAULT_RETRY_DEADLINE) };
+    match parse_duration(v) {
+        Some(d) if d <= Duration::from_secs(3600) => Ok(d),
+        _ => Err(Error::config(
+            format!("invalid {key} '{v}' in '{}'", file.display()),
+            "give a duration of at most an hour such as \"500ms\", \"20s\" or \"2m\"",
+        )),
+    }
+}
+
+/// Turns a TOML error into one line with its line number.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+    let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
+    let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+    let msg = e.message().replace('\n', " ");
+    Error::config(
+        format!("invalid config file '{}'{at}: {}", path.display(), msg.trim()),
+        "see the annotated example config/pgwal.toml and 'man pgwal' for the valid keys",
+    )
+}
+
+fn read_file(path: &Path, explicit: bool) -> Result<Option<(FileConfig, PathBuf)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
+        Err(e) => {
+            return Err(Error::config(
+                format!("cannot read config file '{}': {e}", path.display()),
+                "check the path given by --config or PGWAL_CONFIG and that this user may read it",
+            ))
+        }
+    };
+    let parsed: FileConfig = toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))?;
+    if parsed.has_secrets() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(Error::io("cannot stat config file", path))?.permissions().mode();
+        if mode & 0o004 != 0 {
+            return Err(Error::config(
+                format!(
+                    "config file '{}' holds secrets but every user can read it (mode {:o})",
+                    path.display(),
+                    mode & 0o777
+                ),
+                format!("chmod 600 '{}' (or 640 with the postgres group)", path.display()),
+            ));
+        }
+    }
+    Ok(Some((parsed, path.to_path_buf())))
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+/// Loads and validates the configuration.
+pub fn load(o: &Overrides) -> Result<Config> {
+    let (path, explicit) = match &o.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let (file, file_path) = match read_file(&path, explicit)? {
+        Some((f, p)) => (f, Some(p)),
+        None => (FileConfig::default(), None),
+    };
+    let shown = file_path.clone().unwrap_or_else(|| PathBuf::from("(no config file)"));
+
+    let repo_text = non_empty(o.repo.clone()).or(non_empty(file.repo));
+    let repo = repo_text
+        .map(|r| {
+            r.parse::<RepoUrl>().map_err(|e| {
+                Error::config(
+                    e.to_string(),
+                    "use file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix",
+                )
+            })
+        })
+        .transpose()?;
+
+    let level = file.archive.compress_level.unwrap_or(DEFAULT_COMPRESS_LEVEL);
+    if !(1..=19).contains(&level) {
+        return Err(Error::config(
+            format!("invalid archive.compress_level {level} in '{}'", shown.display()),
+            "choose a zstd level from 1 (fastest) to 19 (smallest); 3 is the default",
+        ));
+    }
+    let archive = ArchiveOptions {
+        compress_level: level,
+        retry_deadline: deadline("archive.retry_deadline", file.archive.retry_deadline.as_deref(), &shown)?,
+    };
+    let fetch = FetchOptions {
+        retry_deadline: deadline("fetch.retry_deadline", file.fetch.retry_deadline.as_deref(), &shown)?,
+    };
+    let store = StoreOptions {
+        s3: S3Options {
+            endpoint: file.s3.endpoint,
+            region: file.s3.region,
+            access_key_id: file.s3.access_key_id,
+            secret_access_key: file.s3.secret_access_key,
+            session_token: file.s3.session_token,
+            allow_http: file.s3.allow_http,
+        },
+        gcs: GcsOptions { service_account_path: file.gcs.service_account_path },
+        azure: AzureOptions {
+            account: file.azure.account,
+            access_key: file.azure.access_key,
+            endpoint: file.azure.endpoint,
+            allow_http: file.azure.allow_http,
+        },
+    };
+    Ok(Config {
+        file: file_path,
+        repo,
+        pgdata: o.pgdata.clone().filter(|p| !p.as_os_str().is_empty()).or(file.pgdata),
+        conninfo: non_empty(o.conninfo.clone()).or(file.conninfo),
+        archive,
+        fetch,
+        store,
+    })
+}
+
+impl Config {
+    /// The repository, or the error that says how to configure one.
+    pub fn require_repo(&self) -> Result<&RepoUrl> {
+        self.repo.as_ref().ok_or_else(|| {
+            Error::config(
+                "no repository configured",
+                format!("pass --repo file:///var/lib/pgwal/repo, set PGWAL_REPO, or set repo in {DEFAULT_CONFIG_PATH}"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str, mode: u32) -> tempfile::NamedTempFile {
+        use std::os::unix::fs::PermissionsExt;
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
+        f
+    }
+
+    fn load_file(f: &tempfile::NamedTempFile) -> Result<Config> {
+        load(&Overrides { config: Some(f.path().to_path_buf()), ..Default::default() })
+    }
+
+    /// The shipped example must stay loadable.
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgwal.toml");
+        let text = std::fs::read_to_string(&path).expect("config/pgwal.toml exists");
+        let parsed: FileConfig = toml::from_str(&text).expect("example config parses");
+        assert!(parsed.repo.is_some(), "the example sets a repository");
+        let cfg = load(&Overrides { config: Some(path), ..Default::default() }).expect("example config validates");
+        assert!(matches!(cfg.repo, Some(RepoUrl::File(_))));
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let f = write("repo = \"file:///from/file\"\npgdata = \"/file/pgdata\"\n", 0o600);
+        let cfg = load(&Overrides {
+            config: Some(f.path().into()),
+            repo: Some("s3://flag/prefix".into()),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.repo, Some(RepoUrl::S3 { bucket: "flag".into(), prefix: "prefix".into() }));
+        assert_eq!(cfg.pgdata, Some(PathBuf::from("/file/pgdata")));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let f = write("repo = \"file:///r\"\n\n[archive]\ncompress_levle = 3\n", 0o600);
+        let err = load_file(&f).expect_err("typo must be refused").to_string();
+        assert!(err.contains("compress_levle") && err.contains("line 4"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for text in [
+            "repo = \"relative/path\"",
+            "[archive]\ncompress_level = 0",
+            "[archive]\ncompress_level = 23",
+            "[archive]\nretry_deadline = \"soon\"",
+            "[fetch]\nretry_deadline = \"2h\"",
+            "repo = 5",
+            "this is not toml",
+        ] {
+            let f = write(text, 0o600);
+            assert!(matches!(load_file(&f), Err(Error::Config { .. })), "{text:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn world_readable_secrets_are_refused() {
+        let text = "repo = \"s3://b/p\"\n[s3]\naccess_key_id = \"AKIA\"\nsecret_access_key = \"hunter2\"\n";
+        let err = load_file(&write(text, 0o644)).expect_err("must refuse").to_string();
+        assert!(err.contains("secrets") && !err.contains("hunter2"), "{err}");
+        assert!(load_file(&write(text, 0o640)).is_ok());
+        assert!(load_file(&write("repo = \"s3://b/p\"\n", 0o644)).is_ok(), "no secrets, no complaint");
+    }
+
+    #[test]
+    fn missing_files() {
+        let explicit = Overrides { config: Some("/nonexistent/pgwal.toml".into()), ..Default::default() };
+        assert!(matches!(load(&explicit), Err(Error::Config { .. })));
+        let none = load(&Overrides { repo: Some("file:///r".into()), ..Default::default() });
+        if !Path::new(DEFAULT_CONFIG_PATH).exists() {
+            assert!(none.is_ok(), "no config file at all must work when flags suffice");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("20s"), Some(Duration::from_secs(20)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("20"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

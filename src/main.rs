@@ -1,0 +1,113 @@
+//! The `pgwal` binary: parse arguments, load configuration, dispatch, and map
+//! the outcome to an exit status. No logic of its own.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pgwal::cli::{Cli, Command};
+use pgwal::error::{exit, exit_code, Error, ExitRules};
+use pgwal::ops::{archive, fetch};
+use pgwal::repo::Repository;
+use pgwal::storage::{self, Access, RetryPolicy};
+use pgwal::{config, Result};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let mut rules = match cli.command {
+        Command::Fetch(_) => fetch::exit_rules(std::env::current_dir().ok().as_deref(), cli.global.pgdata.as_deref()),
+        _ => ExitRules::Plain,
+    };
+    let result = run(&cli, &mut rules);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // "Not in the archive" is routine (PostgreSQL probes for history
+            // files all the time): no noise for it.
+            if !matches!(e, Error::NotInArchive(_)) {
+                report(&e);
+            }
+            ExitCode::from(exit_code(&e, rules))
+        }
+    }
+}
+
+fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
+    let overrides = config::Overrides {
+        config: cli.global.config.clone(),
+        repo: cli.global.repo.clone(),
+        pgdata: cli.global.pgdata.clone(),
+        conninfo: cli.global.conninfo.clone(),
+    };
+    let cfg = config::load(&overrides)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("cannot start the I/O runtime", "-"))?;
+    match &cli.command {
+        Command::Archive(args) => {
+            let url = cfg.require_repo()?;
+            let store = storage::open(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
+            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.archive.retry_deadline));
+            archive::archive(&rt, &repo, &args.path, &cfg.archive).map(|_| ())
+        }
+        Command::Fetch(args) => {
+            if *rules == ExitRules::FetchRecovery {
+                *rules = fetch::exit_rules(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
+            }
+            let name = fetch::parse_name(&args.name)?;
+            let url = cfg.require_repo()?;
+            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
+            fetch::fetch(&rt, &repo, &name, &args.dest)
+        }
+    }
+}
+
+/// One line `pgwal: error: ...` with the cause chain, then a hint.
+fn report(e: &Error) {
+    let mut line = format!("pgwal: error: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    eprintln!("{}", line.replace('\n', " "));
+    if let Some(hint) = e.hint() {
+        eprintln!("hint: {hint}");
+    }
+}
+
+/// clap's errors, in pgwal's one-line form. `fetch` keeps its exit rules even
+/// here: a mistyped restore_command must not end recovery early.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(exit::USAGE)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    eprintln!("pgwal: error: {first}");
+    eprintln!("hint: see 'pgwal --help'");
+    let is_fetch = std::env::args().skip(1).any(|a| a == "fetch");
+    let code = if is_fetch {
+        exit_code(&Error::Usage(first.into()), fetch::exit_rules(std::env::current_dir().ok().as_deref(), None))
+    } else {
+        exit::USAGE
+    };
+    ExitCode::from(code)
+}

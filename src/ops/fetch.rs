@@ -1,0 +1,68 @@
+//! `pgwal fetch NAME DEST`: PostgreSQL's `restore_command`. Checks every byte
+//! against the stored SHA-256 before DEST appears, and tells "not in the
+//! archive" apart from everything else (see `error::exit_code`).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ExitRules, Result};
+use crate::pg::WalFileName;
+use crate::repo::{frame, keys, Repository};
+
+/// Which exit-status rules apply to a fetch run from `cwd` (PostgreSQL runs
+/// `restore_command` in the data directory) or for the configured `pgdata`.
+pub fn exit_rules(cwd: Option<&Path>, pgdata: Option<&Path>) -> ExitRules {
+    let data_dir = cwd.filter(|d| d.join("PG_VERSION").exists()).or(pgdata);
+    match data_dir {
+        Some(d) if d.join("standby.signal").exists() => ExitRules::FetchStandby,
+        _ => ExitRules::FetchRecovery,
+    }
+}
+
+/// Parses a NAME argument: only WAL file names, so no path can sneak in.
+pub fn parse_name(name: &str) -> Result<WalFileName> {
+    name.parse().map_err(|e: crate::pg::WalFileNameError| Error::Usage(e.to_string()))
+}
+
+/// Fetches `name` from `repo` into `dest`.
+pub fn fetch(rt: &tokio::runtime::Runtime, repo: &Repository, name: &WalFileName, dest: &Path) -> Result<()> {
+    let key = keys::wal(name);
+    let object = rt.block_on(async {
+        match repo.get(&key).await? {
+            Some(o) => Ok(o),
+            None => {
+                // Only a repository that exists can say "not here".
+                repo.require_exists().await?;
+                Err(Error::NotInArchive(*name))
+            }
+        }
+    })?;
+
+    let tmp = temp_path(dest);
+    let mut file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
+    let result = frame::decode_with(&object, |_, piece| file.write_all(piece));
+    drop(object);
+    let outcome = match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(io)) => Err(Error::io("cannot write", &tmp)(io)),
+        Err(e) => Err(Error::Corrupt { key: key.to_string(), reason: e.to_string() }),
+    };
+    if let Err(e) = outcome {
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // No fsync: after a crash PostgreSQL simply asks again.
+    drop(file);
+    std::fs::rename(&tmp, dest).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("cannot rename into place", dest)(e)
+    })
+}
+
+/// A temporary name beside DEST, so the final rename is atomic.
+fn temp_path(dest: &Path) -> PathBuf {
+    let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{file_name}.pgwal-{}.tmp", std::process::id()))
+}

@@ -1,0 +1,13 @@
+//! PostgreSQL's own vocabulary as types: LSNs, timelines, WAL file names, the
+//! WAL page header and `.history` files. Pure: bytes and strings in, typed
+//! values out; nothing here does I/O or depends on the rest of pgwal.
+
+pub mod history;
+pub mod lsn;
+pub mod page_header;
+pub mod validate;
+pub mod walfile;
+
+pub use lsn::Lsn;
+pub use page_header::{LongPageHeader, PageHeaderError};
+pub use walfile::{SegmentNo, TimelineId, WalFileKind, WalFileName, WalFileNameError, WalSegmentSize};

@@ -1,0 +1,246 @@
+//! What lives in the repository: its format and cluster identity, and framed
+//! objects stored create-only (an existing object is compared, never replaced).
+
+pub mod frame;
+pub mod keys;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use self::frame::{Compression, FrameHeader};
+use crate::error::{Error, Result};
+use crate::storage::{RepoUrl, RetryPolicy, Store};
+
+/// The repository format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The format version object's content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FormatInfo {
+    /// Repository format version.
+    pub format: u32,
+    /// The pgwal that created the repository.
+    pub created_by: String,
+    /// When (RFC 3339).
+    pub created_at: String,
+}
+
+/// The one cluster a repository holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    /// `pg_control`'s system identifier; a string in JSON because it exceeds 2^53.
+    #[serde(with = "u64_string")]
+    pub system_identifier: u64,
+    /// PostgreSQL major version.
+    pub pg_version: u32,
+    /// WAL segment size in bytes.
+    pub wal_segment_size: u64,
+}
+
+mod u64_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a create-only put found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was stored by this call.
+    Stored,
+    /// An identical object was already there (PostgreSQL retried after a crash).
+    AlreadyIdentical,
+}
+
+/// A repository: a store plus the rules for what goes into it.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Store,
+    url: RepoUrl,
+    retry: RetryPolicy,
+}
+
+fn storage_err(op: &'static str, key: &Path) -> impl FnOnce(object_store::Error) -> Error {
+    let key = key.to_string();
+    move |source| Error::Storage { op, key, source }
+}
+
+impl Repository {
+    /// Wraps an opened store.
+    pub fn new(store: Store, url: RepoUrl, retry: RetryPolicy) -> Repository {
+        Repository { store, url, retry }
+    }
+
+    /// The repository URL.
+    pub fn url(&self) -> &RepoUrl {
+        &self.url
+    }
+
+    /// Reads a whole object; `None` if there is none.
+    pub async fn get(&self, key: &Path) -> Result<Option<Bytes>> {
+        self.retry
+            .run(&format!("reading '{key}'"), || async {
+                match self.store.objects.get(key).await {
+                    Ok(r) => r.bytes().await.map(Some).map_err(storage_err("get", key)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(storage_err("get", key)(e)),
+                }
+            })
+            .await
+    }
+
+    /// Reads only the frame header of an object; `None` if there is none.
+    pub async fn read_header(&self, key: &Path) -> Result<Option<FrameHeader>> {
+        let bytes = self
+            .retry
+            .run(&format!("reading '{key}'"), || async {
+                let opts =
+                    GetOptions { range: Some(GetRange::Bounded(0..frame::HEADER_LEN as u64)), ..Default::default() };
+                match self.store.objects.get_opts(key, opts).await {
+                    Ok(r) => r.bytes().await.map(Some).map_err(storage_err("get", key)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(storage_err("get", key)(e)),
+                }
+            })
+            .await?;
+        bytes
+            .map(|b| FrameHeader::parse(&b).map_err(|e| Error::Corrupt { key: key.to_string(), reason: e.to_string() }))
+            .transpose()
+    }
+
+    /// Stores a framed object create-only. If the key is taken, the stored
+    /// object's checksum decides: identical is success (PostgreSQL calls again
+    /// after a crash, and a retried PUT may find its own first attempt),
+    /// different is a [`Error::Conflict`] and nothing changes.
+    pub async fn put_create(&self, key: &Path, object: Bytes, header: &FrameHeader) -> Result<PutOutcome> {
+        let outcome = self
+            .retry
+            .run(&format!("storing '{key}'"), || {
+                let payload = PutPayload::from(object.clone());
+                async move {
+                    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+                    match self.store.objects.put_opts(key, payload, opts).await {
+                        Ok(_) => Ok(PutOutcome::Stored),
+                        Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyIdentical),
+                        Err(e) => Err(storage_err("put", key)(e)),
+                    }
+                }
+            })
+            .await?;
+        self.sweep_local_staging(key);
+        if outcome == PutOutcome::AlreadyIdentical {
+            let stored = self.read_header(key).await?;
+            let same = stored.is_some_and(|s| s.sha256 == header.sha256 && s.original_size == header.original_size);
+            if !same {
+                return Err(Error::Conflict {
+                    key: key.to_string(),
+                    stored: stored.map_or_else(|| "unreadable".into(), |s| frame::hex(&s.sha256)),
+                    offered: frame::hex(&header.sha256),
+                });
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// A local store writes `<key>#N` staging files and hard-links them into
+    /// place; a process killed in between leaves them behind, invisible to
+    /// listings but taking space. Remove those of this key.
+    fn sweep_local_staging(&self, key: &Path) {
+        let Some(root) = &self.store.local_root else { return };
+        let base = root.join(key.as_ref());
+        for n in 1..=64 {
+            let mut staging = base.clone().into_os_string();
+            staging.push(format!("#{n}"));
+            if std::fs::remove_file(&staging).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Reads and checks the small JSON objects (format, identity).
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {
+        let Some(object) = self.get(key).await? else { return Ok(None) };
+        let corrupt = |reason: String| Error::Corrupt { key: key.to_string(), reason };
+        let json = frame::decode(&object).map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_slice(&json).map(Some).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Stores a small JSON object create-only; returns what is stored, which is
+    /// the existing object if another process created it first.
+    async fn create_json<T: Serialize + serde::de::DeserializeOwned>(&self, key: &Path, value: &T) -> Result<T> {
+        let json = serde_json::to_vec_pretty(value).expect("invariant: plain structs serialize");
+        let (object, header) = frame::encode(&json, Compression::None)
+            .map_err(|e| Error::Corrupt { key: key.to_string(), reason: e.to_string() })?;
+        match self.put_create(key, object.into(), &header).await {
+            Ok(_) => Ok(serde_json::from_slice(&json).expect("invariant: own JSON parses")),
+            // Created concurrently with other content (another time stamp): read theirs.
+            Err(Error::Conflict { .. }) => self.get_json(key).await?.ok_or_else(|| Error::Corrupt {
+                key: key.to_string(),
+                reason: "vanished after a create conflict".into(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks the format object: `Ok(false)` if there is none (no repository here).
+    pub async fn check_format(&self) -> Result<bool> {
+        let Some(info) = self.get_json::<FormatInfo>(&keys::format()).await? else { return Ok(false) };
+        if info.format != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                url: self.url.to_string(),
+                found: info.format,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Fails with [`Error::RepositoryMissing`] unless a repository is here.
+    pub async fn require_exists(&self) -> Result<()> {
+        if self.check_format().await? {
+            Ok(())
+        } else {
+            Err(Error::RepositoryMissing { url: self.url.to_string() })
+        }
+    }
+
+    /// The recorded cluster identity, checking the format on the way. Both
+    /// objects are read concurrently: this runs once per archived segment.
+    pub async fn identity(&self) -> Result<(bool, Option<ClusterIdentity>)> {
+        let cluster_key = keys::cluster();
+        let (format, identity) = tokio::join!(self.check_format(), self.get_json::<ClusterIdentity>(&cluster_key));
+        Ok((format?, identity?))
+    }
+
+    /// Creates the format object if missing (first use of a repository).
+    pub async fn create_format(&self) -> Result<()> {
+        let info = FormatInfo {
+            format: FORMAT_VERSION,
+            created_by: format!("pgwal {}", env!("CARGO_PKG_VERSION")),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let stored = self.create_json(&keys::format(), &info).await?;
+        if stored.format != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                url: self.url.to_string(),
+                found: stored.format,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records `identity` as the repository's cluster, or returns the one
+    /// already recorded (which the caller compares).
+    pub async fn create_identity(&self, identity: &ClusterIdentity) -> Result<ClusterIdentity> {
+        self.create_json(&keys::cluster(), identity).await
+    }
+}

@@ -1,0 +1,200 @@
+//! The repository's object store: built from a repository URL (the only seam
+//! where storage configuration enters), plus the retry policy every storage
+//! call goes through.
+
+mod retry;
+mod url;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+
+pub use self::retry::RetryPolicy;
+pub use self::url::RepoUrl;
+use crate::error::{Error, Result};
+
+/// S3 settings from the config file; the `AWS_*` environment overrides them.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint URL for self-hosted or non-AWS S3 (path-style requests).
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Access key ID.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token.
+    pub session_token: Option<String>,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: Option<bool>,
+}
+
+/// Google Cloud Storage settings; the `GOOGLE_*` environment overrides them.
+#[derive(Debug, Clone, Default)]
+pub struct GcsOptions {
+    /// Path to a service account JSON key file.
+    pub service_account_path: Option<String>,
+}
+
+/// Azure Blob Storage settings; the `AZURE_*` environment overrides them.
+#[derive(Debug, Clone, Default)]
+pub struct AzureOptions {
+    /// Storage account name.
+    pub account: Option<String>,
+    /// Storage account key.
+    pub access_key: Option<String>,
+    /// Endpoint URL (e.g. azurite).
+    pub endpoint: Option<String>,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: Option<bool>,
+}
+
+/// Everything needed to open a repository's store.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// S3 settings.
+    pub s3: S3Options,
+    /// GCS settings.
+    pub gcs: GcsOptions,
+    /// Azure settings.
+    pub azure: AzureOptions,
+}
+
+/// An opened store and, for `file://`, the directory it lives in.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// The store, rooted at the repository (prefix applied).
+    pub objects: Arc<dyn ObjectStore>,
+    /// The repository directory of a `file://` repository.
+    pub local_root: Option<PathBuf>,
+}
+
+/// Whether opening may create the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `archive`, `backup`: create on first use.
+    CreateIfMissing,
+    /// Every other command: a missing repository is an error.
+    MustExist,
+}
+
+/// Opens the store for `url`. A deadline bounds each request: pgwal retries
+/// itself (see [`RetryPolicy`]), so the client's own retries are turned off.
+pub fn open(url: &RepoUrl, opts: &StoreOptions, access: Access, request_timeout: Duration) -> Result<Store> {
+    let client = ClientOptions::new()
+        .with_timeout(request_timeout)
+        .with_connect_timeout(request_timeout.min(Duration::from_secs(5)));
+    let no_retry = RetryConfig { max_retries: 0, retry_timeout: request_timeout, ..RetryConfig::default() };
+    let cloud_err = |e: object_store::Error| {
+        Error::config(
+            format!("cannot use repository '{url}': {e}"),
+            "check the repository URL and the storage settings",
+        )
+    };
+    let (objects, prefix): (Arc<dyn ObjectStore>, &str) = match url {
+        RepoUrl::File(dir) => return open_local(url, dir, access),
+        RepoUrl::S3 { bucket, prefix } => {
+            let mut b = AmazonS3Builder::new();
+            let s3 = &opts.s3;
+            let settings = [
+                (&s3.endpoint, "aws_endpoint"),
+                (&s3.region, "aws_region"),
+                (&s3.access_key_id, "aws_access_key_id"),
+                (&s3.secret_access_key, "aws_secret_access_key"),
+                (&s3.session_token, "aws_session_token"),
+            ];
+            for (value, key) in settings {
+                if let Some(v) = value {
+                    b = b.with_config(key.parse().map_err(cloud_err)?, v);
+                }
+            }
+            // The environment wins over the file (SPEC §1: flag, env, file).
+            let mut allow_http = s3.allow_http.unwrap_or(false);
+            for (k, v) in std::env::vars() {
+                if k == "AWS_ALLOW_HTTP" {
+                    allow_http = v.eq_ignore_ascii_case("true") || v == "1";
+                } else if k.starts_with("AWS_") {
+                    if let Ok(key) = k.to_ascii_lowercase().parse() {
+                        b = b.with_config(key, v);
+                    }
+                }
+            }
+            if b.get_config_value(&"aws_region".parse().map_err(cloud_err)?).is_none() {
+                b = b.with_region("us-east-1");
+            }
+            // with_client_options replaces an earlier with_allow_http, so both go in one ClientOptions.
+            let b =
+                b.with_bucket_name(bucket).with_client_options(client.with_allow_http(allow_http)).with_retry(no_retry);
+            (Arc::new(b.build().map_err(cloud_err)?), prefix)
+        }
+        RepoUrl::Gcs { bucket, prefix } => {
+            let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            if std::env::var_os("GOOGLE_SERVICE_ACCOUNT").is_none() {
+                if let Some(p) = &opts.gcs.service_account_path {
+                    b = b.with_service_account_path(p);
+                }
+            }
+            let b = b.with_client_options(client).with_retry(no_retry);
+            (Arc::new(b.build().map_err(cloud_err)?), prefix)
+        }
+        RepoUrl::Azure { container, prefix } => {
+            let az = &opts.azure;
+            let mut b = MicrosoftAzureBuilder::new();
+            if let Some(v) = &az.account {
+                b = b.with_account(v);
+            }
+            if let Some(v) = &az.access_key {
+                b = b.with_access_key(v);
+            }
+            if let Some(v) = &az.endpoint {
+                b = b.with_endpoint(v.clone());
+            }
+            let mut allow_http = az.allow_http.unwrap_or(false);
+            for (k, v) in std::env::vars() {
+                if k == "AZURE_ALLOW_HTTP" {
+                    allow_http = v.eq_ignore_ascii_case("true") || v == "1";
+                } else if k.starts_with("AZURE_") {
+                    if let Ok(key) = k.to_ascii_lowercase().parse() {
+                        b = b.with_config(key, v);
+                    }
+                }
+            }
+            let b = b
+                .with_container_name(container)
+                .with_client_options(client.with_allow_http(allow_http))
+                .with_retry(no_retry);
+            (Arc::new(b.build().map_err(cloud_err)?), prefix)
+        }
+    };
+    let objects: Arc<dyn ObjectStore> =
+        if prefix.is_empty() { objects } else { Arc::new(PrefixStore::new(objects, prefix.to_string())) };
+    Ok(Store { objects, local_root: None })
+}
+
+fn open_local(url: &RepoUrl, dir: &Path, access: Access) -> Result<Store> {
+    match access {
+        Access::MustExist if !dir.is_dir() => return Err(Error::RepositoryMissing { url: url.to_string() }),
+        Access::MustExist => {}
+        Access::CreateIfMissing => {
+            std::fs::create_dir_all(dir).map_err(Error::io("cannot create repository directory", dir))?
+        }
+    }
+    // parse_url_opts would ignore fsync for file:// URLs: build it ourselves.
+    let fs = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| {
+            Error::config(
+                format!("cannot use repository directory '{}': {e}", dir.display()),
+                "the repository path must be an existing, absolute directory",
+            )
+        })?
+        .with_fsync(true);
+    Ok(Store { objects: Arc::new(fs), local_root: Some(dir.to_path_buf()) })
+}
