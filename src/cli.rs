@@ -5,20 +5,34 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The exit-status section shared by `--help` and the man page.
-pub const EXIT_STATUS: &str = "\
-EXIT STATUS:
-  0    success
-  1    failure; for 'fetch' exactly \"not in the archive\"
-  2    bad usage or configuration
-  'fetch' outside standby mode (no standby.signal in the data directory) exits
-  above 125 for every other failure, so that PostgreSQL stops recovery instead
-  of taking the failure for the end of WAL:
-  200  a stored object is corrupt (checksum, size or format)
-  201  the repository is unreachable or missing
-  202  bad usage or configuration
-  203  any other failure (e.g. DEST cannot be written)
-  In standby mode 'fetch' exits 1 for every failure: PostgreSQL then retries.";
+/// Exit statuses and their meaning: the one table behind `--help` and the man page.
+pub const EXIT_CODES: &[(&str, &str)] = &[
+    ("0", "success"),
+    ("1", "failure; for fetch exactly \"not in the archive\""),
+    ("2", "bad usage or configuration"),
+    ("200", "fetch outside standby mode: a stored object is corrupt (checksum, size or format)"),
+    ("201", "fetch outside standby mode: the repository is unreachable or missing"),
+    ("202", "fetch outside standby mode: bad usage or configuration"),
+    ("203", "fetch outside standby mode: any other failure (e.g. DEST cannot be written)"),
+];
+
+/// Why fetch has its own codes, for `--help` and the man page.
+pub const FETCH_EXIT_NOTE: &str =
+    "PostgreSQL takes any exit status from 1 to 125 of restore_command for \"no more WAL\" \
+and ends recovery there. So fetch, outside standby mode (no standby.signal in the data directory), exits above 125 \
+for every failure other than \"not in the archive\", which makes PostgreSQL stop recovery instead. In standby mode \
+fetch exits 1 for every failure: PostgreSQL then retries.";
+
+/// The exit-status text of `--help`.
+pub fn exit_status_help() -> String {
+    let mut text = String::from("Exit status:\n");
+    for (code, meaning) in EXIT_CODES {
+        text.push_str(&format!("  {code:<4} {meaning}\n"));
+    }
+    text.push('\n');
+    text.push_str(FETCH_EXIT_NOTE);
+    text
+}
 
 /// pgwal: WAL archiving, base backups and point-in-time recovery for PostgreSQL.
 #[derive(Debug, Parser)]
@@ -29,8 +43,9 @@ EXIT STATUS:
     long_about = "pgwal keeps PostgreSQL clusters recoverable. It compresses (zstd) and checksums \
 (SHA-256) every WAL segment and stores it in a repository on local disk or object storage \
 (S3, GCS, Azure). Wire it in as:\n\n  archive_command = 'pgwal archive %p'\n  restore_command = 'pgwal fetch %f %p'",
-    after_long_help = EXIT_STATUS,
-    propagate_version = true
+    after_long_help = exit_status_help(),
+    propagate_version = true,
+    disable_help_subcommand = true
 )]
 pub struct Cli {
     /// Options every command takes.
