@@ -3,7 +3,7 @@
 //! archive" apart from everything else (see `error::exit_code`).
 
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ExitRules, Result};
@@ -40,8 +40,9 @@ pub fn fetch(rt: &tokio::runtime::Runtime, repo: &Repository, name: &WalFileName
     })?;
 
     let tmp = temp_path(dest);
-    let mut file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    let result = frame::decode_with(&object, |_, piece| file.write_all(piece));
+    let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
+    // Worker threads write each piece at its offset as soon as it is decompressed.
+    let result = frame::decode_with(&object, |offset, piece| file.write_all_at(piece, offset));
     drop(object);
     let outcome = match result {
         Ok(Ok(_)) => Ok(()),

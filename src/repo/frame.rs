@@ -18,7 +18,7 @@
 //! one stream; pgwal compresses and decompresses the chunks on all cores.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -168,18 +168,25 @@ pub fn encode(data: &[u8], compression: Compression) -> Result<(Vec<u8>, FrameHe
         for _ in 0..workers(jobs) {
             let tx = tx.clone();
             let (next, chunks) = (&next, &chunks);
-            s.spawn(move || loop {
-                let job = next.fetch_add(1, Ordering::Relaxed);
-                if job >= jobs {
-                    break;
-                }
-                let result = if job == 0 {
-                    Err(sha256(data))
-                } else {
-                    Ok(zstd::bulk::compress(chunks[job - 1], level).map_err(|e| FrameError::Compress(e.to_string())))
-                };
-                if tx.send((job, result)).is_err() {
-                    break;
+            s.spawn(move || {
+                // One compression context per worker, reused across its chunks.
+                let mut cctx = zstd::bulk::Compressor::new(level).map_err(|e| FrameError::Compress(e.to_string()));
+                loop {
+                    let job = next.fetch_add(1, Ordering::Relaxed);
+                    if job >= jobs {
+                        break;
+                    }
+                    let result = if job == 0 {
+                        Err(sha256(data))
+                    } else {
+                        Ok(match cctx.as_mut() {
+                            Ok(c) => c.compress(chunks[job - 1]).map_err(|e| FrameError::Compress(e.to_string())),
+                            Err(e) => Err(e.clone()),
+                        })
+                    };
+                    if tx.send((job, result)).is_err() {
+                        break;
+                    }
                 }
             });
         }
@@ -233,50 +240,62 @@ fn zstd_frames(payload: &[u8]) -> Result<Vec<(&[u8], usize)>, FrameError> {
 }
 
 /// Decodes an object and checks it against its header, handing each piece of
-/// original bytes to `sink` in order. Decompression runs on all cores while the
-/// calling thread hashes, so checking costs little extra time. Nothing handed
-/// to `sink` may be trusted until this returns `Ok`.
-pub fn decode_with(
-    object: &[u8],
-    mut sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
-) -> Result<Result<FrameHeader, std::io::Error>, FrameError> {
+/// original bytes to `sink` with its offset. Worker threads decompress the
+/// zstd frames and hand them to `sink` in any order (so writing overlaps
+/// decompression), while the calling thread hashes them strictly in order.
+/// Nothing handed to `sink` may be trusted until this returns `Ok(Ok(_))`;
+/// `Ok(Err(_))` is the first error `sink` returned.
+pub fn decode_with<S>(object: &[u8], sink: S) -> Result<Result<FrameHeader, std::io::Error>, FrameError>
+where
+    S: Fn(u64, &[u8]) -> std::io::Result<()> + Sync,
+{
     let header = FrameHeader::parse(object)?;
     let payload = &object[HEADER_LEN..];
     if payload.len() as u64 != header.payload_size {
         return Err(FrameError::PayloadSize { expected: header.payload_size, actual: payload.len() as u64 });
     }
-    let mut hasher = Sha256::new();
-    let mut written: u64 = 0;
-    let mut sink_error = None;
-    let mut feed = |piece: &[u8], hasher: &mut Sha256| {
-        hasher.update(piece);
-        if sink_error.is_none() {
-            if let Err(e) = sink(written, piece) {
-                sink_error = Some(e);
-            }
+    let sink_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
+    let deliver = |offset: u64, piece: &[u8]| {
+        if let Err(e) = sink(offset, piece) {
+            sink_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
         }
-        written += piece.len() as u64;
     };
+    let mut hasher = Sha256::new();
+    let mut hashed: u64 = 0;
     if header.compression == 0 {
-        feed(payload, &mut hasher);
+        deliver(0, payload);
+        hasher.update(payload);
+        hashed = payload.len() as u64;
     } else {
         let frames = zstd_frames(payload)?;
         let declared: u64 = frames.iter().map(|f| f.1 as u64).sum();
         if declared != header.original_size {
             return Err(FrameError::OriginalSize { expected: header.original_size, actual: declared });
         }
+        let offsets: Vec<u64> = frames
+            .iter()
+            .scan(0u64, |at, f| {
+                let start = *at;
+                *at += f.1 as u64;
+                Some(start)
+            })
+            .collect();
         let next = AtomicUsize::new(0);
         let mut failed = None;
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
             for _ in 0..workers(frames.len()) {
                 let tx = tx.clone();
-                let (next, frames) = (&next, &frames);
-                s.spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(frame, content)) = frames.get(i) else { break };
-                    let out = zstd::bulk::decompress(frame, content)
-                        .map_err(|e| FrameError::Decompress(e.to_string()))
+                let (next, frames, offsets, deliver) = (&next, &frames, &offsets, &deliver);
+                s.spawn(move || {
+                    let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| FrameError::Decompress(e.to_string()));
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(frame, content)) = frames.get(i) else { break };
+                        let out = match dctx.as_mut() {
+                            Ok(d) => d.decompress(frame, content).map_err(|e| FrameError::Decompress(e.to_string())),
+                            Err(e) => Err(e.clone()),
+                        }
                         .and_then(|out| {
                             if out.len() == content {
                                 Ok(out)
@@ -284,14 +303,18 @@ pub fn decode_with(
                                 Err(FrameError::OriginalSize { expected: content as u64, actual: out.len() as u64 })
                             }
                         });
-                    let stop = out.is_err();
-                    if tx.send((i, out)).is_err() || stop {
-                        break;
+                        if let Ok(bytes) = &out {
+                            deliver(offsets[i], bytes);
+                        }
+                        let stop = out.is_err();
+                        if tx.send((i, out)).is_err() || stop {
+                            break;
+                        }
                     }
                 });
             }
             drop(tx);
-            // Hash (and hand on) the frames strictly in order as they complete.
+            // Hash the frames strictly in order as they complete.
             let mut ready: Vec<Option<Vec<u8>>> = (0..frames.len()).map(|_| None).collect();
             let mut cursor = 0;
             for (i, out) in rx {
@@ -304,7 +327,8 @@ pub fn decode_with(
                     }
                 }
                 while let Some(bytes) = ready.get_mut(cursor).and_then(Option::take) {
-                    feed(&bytes, &mut hasher);
+                    hasher.update(&bytes);
+                    hashed += bytes.len() as u64;
                     cursor += 1;
                 }
             }
@@ -313,14 +337,14 @@ pub fn decode_with(
             return Err(e);
         }
     }
-    if written != header.original_size {
-        return Err(FrameError::OriginalSize { expected: header.original_size, actual: written });
+    if hashed != header.original_size {
+        return Err(FrameError::OriginalSize { expected: header.original_size, actual: hashed });
     }
     let actual: Sha256Digest = hasher.finalize().into();
     if actual != header.sha256 {
         return Err(FrameError::Checksum { expected: hex(&header.sha256), actual: hex(&actual) });
     }
-    Ok(match sink_error {
+    Ok(match sink_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(header),
     })
@@ -328,13 +352,21 @@ pub fn decode_with(
 
 /// Decodes a whole object into memory, checked. For small objects.
 pub fn decode(object: &[u8]) -> Result<Vec<u8>, FrameError> {
-    let mut out = Vec::new();
-    let result = decode_with(object, |_, piece| {
-        out.extend_from_slice(piece);
+    let header = FrameHeader::parse(object)?;
+    // The header is not trusted yet: cap the allocation by what zstd could produce.
+    let capacity = usize::try_from(header.original_size).unwrap_or(0).min(object.len().saturating_mul(1 << 10));
+    let out = Mutex::new(Vec::with_capacity(capacity));
+    let result = decode_with(object, |offset, piece| {
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        let end = offset as usize + piece.len();
+        if out.len() < end {
+            out.resize(end, 0);
+        }
+        out[offset as usize..end].copy_from_slice(piece);
         Ok(())
     })?;
     result.map_err(|e| FrameError::Decompress(e.to_string()))?;
-    Ok(out)
+    Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
 #[cfg(test)]
