@@ -7,7 +7,7 @@ use clap::Parser;
 use pgwal::cli::{Cli, Command};
 use pgwal::error::{exit, exit_code, Error, ExitRules};
 use pgwal::ops::{archive, fetch};
-use pgwal::repo::Repository;
+use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};
 use pgwal::{config, Result};
 
@@ -51,7 +51,11 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let url = cfg.require_repo()?;
             let store = storage::open(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.archive.retry_deadline));
-            archive::archive(&rt, &repo, &args.path, &cfg.archive).map(|_| ())
+            let outcome = archive::archive(&rt, &repo, &args.path, &cfg.archive)?;
+            if outcome == PutOutcome::AlreadyIdentical {
+                eprintln!("pgwal: notice: '{}' was already archived with identical content", args.path.display());
+            }
+            Ok(())
         }
         Command::Fetch(args) => {
             if *rules == ExitRules::FetchRecovery {

@@ -23,8 +23,24 @@ pub fn archive(
         .parse()
         .map_err(|e: crate::pg::WalFileNameError| Error::InvalidWalFile { path: path.into(), reason: e.to_string() })?;
     let content = std::fs::read(path).map_err(Error::io("cannot read", path))?;
-    let validated =
-        validate_wal_file(&name, &content).map_err(|reason| Error::InvalidWalFile { path: path.into(), reason })?;
+    archive_content(rt, repo, &name, content, opts).map_err(|e| match e {
+        // Name the file PostgreSQL handed us, not just its WAL name.
+        Error::InvalidWalFile { reason, .. } => Error::InvalidWalFile { path: path.into(), reason },
+        other => other,
+    })
+}
+
+/// Archives `content` as WAL file `name`: the per-file work, callable by
+/// parallel workers. The caller reports [`PutOutcome::AlreadyIdentical`].
+pub fn archive_content(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    name: &WalFileName,
+    content: Vec<u8>,
+    opts: &ArchiveOptions,
+) -> Result<PutOutcome> {
+    let invalid = |reason: String| Error::InvalidWalFile { path: name.to_string().into(), reason };
+    let validated = validate_wal_file(name, &content).map_err(invalid)?;
 
     // Compression is the bulk of the work; the repository round trips overlap it.
     let (encoded, known) = std::thread::scope(|s| {
@@ -32,9 +48,8 @@ pub fn archive(
         let known = rt.block_on(repo.identity());
         (encoder.join(), known)
     });
-    let (object, header) = encoded
-        .map_err(|_| Error::Usage("compression thread panicked".into()))?
-        .map_err(|e| Error::InvalidWalFile { path: path.into(), reason: e.to_string() })?;
+    let (object, header) =
+        encoded.map_err(|_| invalid("compression thread panicked".into()))?.map_err(|e| invalid(e.to_string()))?;
     drop(content);
     let (format_exists, identity) = known?;
 
@@ -52,14 +67,9 @@ pub fn archive(
                 Some(id) => id,
                 None => repo.create_identity(&offered).await?,
             };
-            check_identity(&name, &recorded, &offered)?;
+            check_identity(name, &recorded, &offered)?;
         }
-        let key = keys::wal(&name);
-        let outcome = repo.put_create(&key, object.into(), &header).await?;
-        if outcome == PutOutcome::AlreadyIdentical {
-            eprintln!("pgwal: notice: '{name}' was already archived with identical content");
-        }
-        Ok(outcome)
+        repo.put_create(&keys::wal(name), object.into(), &header).await
     })
 }
 
