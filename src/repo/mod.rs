@@ -1,6 +1,7 @@
 //! What lives in the repository: its format and cluster identity, and framed
 //! objects stored create-only (an existing object is compared, never replaced).
 
+pub mod backup;
 pub mod frame;
 pub mod keys;
 
@@ -163,6 +164,48 @@ impl Repository {
                 break;
             }
         }
+    }
+
+    /// The raw store, for what the rules above do not cover (the lock object,
+    /// `expire`'s deletes). Data objects go through [`Repository::put_create`].
+    pub fn objects(&self) -> &std::sync::Arc<dyn object_store::ObjectStore> {
+        &self.store.objects
+    }
+
+    /// The names directly below `prefix` (a delimiter listing): e.g. the
+    /// backup IDs below `backup/`, the log files below `wal/`.
+    pub async fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>> {
+        let listed = self
+            .retry
+            .run(&format!("listing '{prefix}'"), || async {
+                self.store.objects.list_with_delimiter(Some(prefix)).await.map_err(storage_err("list", prefix))
+            })
+            .await?;
+        Ok(listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+    }
+
+    /// Every object below `prefix`, recursively.
+    pub async fn list_objects(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
+        use futures::TryStreamExt;
+        self.retry
+            .run(&format!("listing '{prefix}'"), || async {
+                self.store.objects.list(Some(prefix)).try_collect().await.map_err(storage_err("list", prefix))
+            })
+            .await
+    }
+
+    /// Reads and checks a framed JSON object; `None` if there is none.
+    pub async fn load_json<T: serde::de::DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {
+        self.get_json(key).await
+    }
+
+    /// Stores a framed JSON object create-only; an existing different one is a
+    /// [`Error::Conflict`].
+    pub async fn store_json<T: Serialize>(&self, key: &Path, value: &T) -> Result<PutOutcome> {
+        let json = serde_json::to_vec_pretty(value).expect("invariant: plain structs serialize");
+        let (object, header) = frame::encode(&json, Compression::Zstd(1))
+            .map_err(|e| Error::Corrupt { key: key.to_string(), reason: e.to_string() })?;
+        self.put_create(key, object.into(), &header).await
     }
 
     /// Reads and checks the small JSON objects (format, identity).
