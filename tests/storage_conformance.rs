@@ -83,6 +83,21 @@ fn conformance(name: &str, fresh: impl Fn(&str) -> Repository) {
             outcome.unwrap_or_else(|e| panic!("{name}: concurrent identical put failed: {e}"));
         }
         assert_eq!(repo.get(&key2).await.expect("get").expect("stored"), object, "{name}");
+
+        // The WAL inventory comes from listings alone: segments per timeline, gaps, history files.
+        for wal in
+            ["000000010000000000000004", "000000020000000000000005", "000000020000000100000000", "00000002.history"]
+        {
+            let k = keys::wal(&wal.parse().expect("name"));
+            repo.put_create(&k, object.clone(), &header).await.expect("put");
+        }
+        let inv = repo.wal_inventory(pgwal::pg::WalSegmentSize::DEFAULT).await.expect("inventory");
+        let tl1 = &inv.timelines[&pgwal::pg::TimelineId(1)];
+        let segs = |v: &[u64]| v.iter().map(|&n| pgwal::pg::SegmentNo(n)).collect::<Vec<_>>();
+        assert_eq!(tl1.segments, segs(&[1, 2, 4]), "{name}");
+        assert_eq!(tl1.gaps(), vec![(pgwal::pg::SegmentNo(3), pgwal::pg::SegmentNo(3))], "{name}");
+        assert_eq!(inv.timelines[&pgwal::pg::TimelineId(2)].segments, segs(&[5, 256]), "{name}: across log files");
+        assert_eq!(inv.histories, vec![pgwal::pg::TimelineId(2)], "{name}");
     });
 }
 

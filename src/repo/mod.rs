@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod frame;
 pub mod keys;
+pub mod wal_index;
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -59,6 +60,15 @@ pub enum PutOutcome {
     Stored,
     /// An identical object was already there (PostgreSQL retried after a crash).
     AlreadyIdentical,
+}
+
+/// What a delimiter listing found directly below a prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entries {
+    /// Sub-directory (common prefix) names.
+    pub dirs: Vec<String>,
+    /// Object names.
+    pub objects: Vec<String>,
 }
 
 /// A repository: a store plus the rules for what goes into it.
@@ -182,6 +192,20 @@ impl Repository {
             })
             .await?;
         Ok(listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+    }
+
+    /// Object names and sub-directory names directly below `prefix`.
+    pub async fn list_entries(&self, prefix: &Path) -> Result<Entries> {
+        let listed = self
+            .retry
+            .run(&format!("listing '{prefix}'"), || async {
+                self.store.objects.list_with_delimiter(Some(prefix)).await.map_err(storage_err("list", prefix))
+            })
+            .await?;
+        Ok(Entries {
+            dirs: listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect(),
+            objects: listed.objects.iter().filter_map(|o| o.location.filename().map(str::to_string)).collect(),
+        })
     }
 
     /// Every object below `prefix`, recursively.

@@ -1,0 +1,132 @@
+//! An inventory of the archived WAL: per timeline, which segments (and
+//! `.partial` segments) are stored and where the gaps are, plus the timeline
+//! history files. Built from delimiter listings of `wal/` and each log file
+//! directory, so it never reads a segment.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+
+use super::{keys, Repository};
+use crate::error::Result;
+use crate::pg::history::{parse_history, HistoryEntry};
+use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
+
+/// What is archived on one timeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimelineWal {
+    /// Complete segments, sorted.
+    pub segments: Vec<SegmentNo>,
+    /// `.partial` segments, sorted.
+    pub partials: Vec<SegmentNo>,
+}
+
+impl TimelineWal {
+    /// The first and last complete segment.
+    pub fn range(&self) -> Option<(SegmentNo, SegmentNo)> {
+        Some((*self.segments.first()?, *self.segments.last()?))
+    }
+
+    /// Missing runs between the first and last segment, inclusive bounds.
+    pub fn gaps(&self) -> Vec<(SegmentNo, SegmentNo)> {
+        self.segments
+            .windows(2)
+            .filter(|w| w[1].0 > w[0].0 + 1)
+            .map(|w| (SegmentNo(w[0].0 + 1), SegmentNo(w[1].0 - 1)))
+            .collect()
+    }
+
+    /// Whether every segment from `from` to `to` (inclusive) is stored.
+    pub fn has_all(&self, from: SegmentNo, to: SegmentNo) -> bool {
+        if from > to {
+            return true;
+        }
+        let Ok(start) = self.segments.binary_search(&from) else { return false };
+        let span = (to.0 - from.0) as usize;
+        self.segments.get(start + span) == Some(&to)
+    }
+}
+
+/// The archived WAL of a repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalInventory {
+    /// Segment size the names were interpreted with.
+    pub segment_size: Option<WalSegmentSize>,
+    /// Per timeline.
+    pub timelines: BTreeMap<TimelineId, TimelineWal>,
+    /// Timelines that have a `.history` file.
+    pub histories: Vec<TimelineId>,
+}
+
+impl Repository {
+    /// Lists the archived WAL. Log file directories are listed concurrently.
+    pub async fn wal_inventory(&self, segment_size: WalSegmentSize) -> Result<WalInventory> {
+        let top = self.list_entries(&Path::from("wal")).await?;
+        let mut inventory = WalInventory { segment_size: Some(segment_size), ..Default::default() };
+        for name in top.objects {
+            if let Ok(WalFileName::History { tli }) = name.parse::<WalFileName>() {
+                inventory.histories.push(tli);
+            }
+        }
+        inventory.histories.sort();
+        let dirs: Vec<String> = top.dirs.into_iter().filter(|d| d.len() == 16).collect();
+        let listings: Vec<Vec<String>> = futures::stream::iter(dirs)
+            .map(|d| async move { self.list_entries(&Path::from(format!("wal/{d}"))).await.map(|l| l.objects) })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        for name in listings.into_iter().flatten() {
+            let Ok(parsed) = name.parse::<WalFileName>() else { continue };
+            let Some(segno) = parsed.segment_no(segment_size) else { continue };
+            let tl = inventory.timelines.entry(parsed.timeline()).or_default();
+            match parsed {
+                WalFileName::Segment { .. } => tl.segments.push(segno),
+                WalFileName::Partial { .. } => tl.partials.push(segno),
+                _ => {}
+            }
+        }
+        for tl in inventory.timelines.values_mut() {
+            tl.segments.sort();
+            tl.segments.dedup();
+            tl.partials.sort();
+        }
+        Ok(inventory)
+    }
+
+    /// The ancestors of timeline `tli` from its `.history` file (empty for
+    /// timeline 1); `None` if a timeline above 1 has no history file.
+    pub async fn timeline_history(&self, tli: TimelineId) -> Result<Option<Vec<HistoryEntry>>> {
+        if tli.0 == 1 {
+            return Ok(Some(Vec::new()));
+        }
+        let key = keys::wal(&WalFileName::History { tli });
+        let Some(object) = self.get(&key).await? else { return Ok(None) };
+        let corrupt = |reason: String| crate::error::Error::Corrupt { key: key.to_string(), reason };
+        let content = super::frame::decode(&object).map_err(|e| corrupt(e.to_string()))?;
+        parse_history(tli, &content).map(Some).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tl(segs: &[u64]) -> TimelineWal {
+        TimelineWal { segments: segs.iter().map(|&s| SegmentNo(s)).collect(), partials: vec![] }
+    }
+
+    #[test]
+    fn gaps_and_coverage() {
+        let t = tl(&[3, 4, 5, 8, 9, 12]);
+        assert_eq!(t.range(), Some((SegmentNo(3), SegmentNo(12))));
+        assert_eq!(t.gaps(), vec![(SegmentNo(6), SegmentNo(7)), (SegmentNo(10), SegmentNo(11))]);
+        assert!(t.has_all(SegmentNo(3), SegmentNo(5)));
+        assert!(t.has_all(SegmentNo(8), SegmentNo(9)));
+        assert!(!t.has_all(SegmentNo(4), SegmentNo(8)));
+        assert!(!t.has_all(SegmentNo(2), SegmentNo(3)));
+        assert!(!t.has_all(SegmentNo(12), SegmentNo(13)));
+        assert!(t.has_all(SegmentNo(5), SegmentNo(4)), "an empty range is covered");
+        assert!(tl(&[]).gaps().is_empty());
+    }
+}
