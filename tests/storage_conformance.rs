@@ -58,14 +58,18 @@ fn conformance(name: &str, fresh: impl Fn(&str) -> Repository) {
         let original = vec![42u8; 100_000];
         let (object, header) = frame::encode(&original, Compression::Zstd(3)).expect("encode");
         let object = Bytes::from(object);
-        assert_eq!(repo.put_create(&key, object.clone(), &header).await.expect("put"), PutOutcome::Stored, "{name}");
         assert_eq!(
-            repo.put_create(&key, object.clone(), &header).await.expect("identical put"),
+            repo.put_create(&key, object.clone().into(), &header).await.expect("put"),
+            PutOutcome::Stored,
+            "{name}"
+        );
+        assert_eq!(
+            repo.put_create(&key, object.clone().into(), &header).await.expect("identical put"),
             PutOutcome::AlreadyIdentical,
             "{name}"
         );
         let (other, other_header) = frame::encode(&[43u8; 100_000], Compression::Zstd(3)).expect("encode");
-        let refused = repo.put_create(&key, Bytes::from(other), &other_header).await;
+        let refused = repo.put_create(&key, Bytes::from(other).into(), &other_header).await;
         assert!(
             matches!(refused, Err(Error::Conflict { .. })),
             "{name}: different content must be refused: {refused:?}"
@@ -78,7 +82,7 @@ fn conformance(name: &str, fresh: impl Fn(&str) -> Repository) {
         // Concurrent identical puts (PostgreSQL retrying while a slow call
         // still runs) all succeed and leave one intact object.
         let key2 = keys::wal(&"000000010000000000000002".parse().expect("name"));
-        let puts = (0..6).map(|_| repo.put_create(&key2, object.clone(), &header));
+        let puts = (0..6).map(|_| repo.put_create(&key2, object.clone().into(), &header));
         for outcome in futures::future::join_all(puts).await {
             outcome.unwrap_or_else(|e| panic!("{name}: concurrent identical put failed: {e}"));
         }
@@ -89,7 +93,7 @@ fn conformance(name: &str, fresh: impl Fn(&str) -> Repository) {
             ["000000010000000000000004", "000000020000000000000005", "000000020000000100000000", "00000002.history"]
         {
             let k = keys::wal(&wal.parse().expect("name"));
-            repo.put_create(&k, object.clone(), &header).await.expect("put");
+            repo.put_create(&k, object.clone().into(), &header).await.expect("put");
         }
         let inv = repo.wal_inventory(pgwal::pg::WalSegmentSize::DEFAULT).await.expect("inventory");
         let tl1 = &inv.timelines[&pgwal::pg::TimelineId(1)];

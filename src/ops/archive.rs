@@ -2,57 +2,69 @@
 //! compresses and hashes it on all cores while the repository's identity is
 //! read, and stores it create-only. Exit 0 means durably stored.
 
+use std::fs::File;
 use std::path::Path;
+
+use object_store::PutPayload;
 
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
-use crate::pg::validate::{validate_wal_file, ValidatedWal};
-use crate::pg::WalFileName;
-use crate::repo::frame::{self, Compression};
+use crate::pg::validate::{validate_segment_head, validate_wal_file, ValidatedWal};
+use crate::pg::{WalFileKind, WalFileName};
+use crate::repo::frame::{self, Compression, FrameHeader, StreamError};
 use crate::repo::{keys, ClusterIdentity, PutOutcome, Repository};
 
-/// Archives the WAL file at `path` into `repo`.
+/// Archives the WAL file at `path` into `repo`. Segments are read, hashed and
+/// compressed as a pipeline; history and backup files are small and read whole.
 pub fn archive(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
     path: &Path,
     opts: &ArchiveOptions,
 ) -> Result<PutOutcome> {
+    let invalid = |reason: String| Error::InvalidWalFile { path: path.into(), reason };
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let name: WalFileName = file_name
-        .parse()
-        .map_err(|e: crate::pg::WalFileNameError| Error::InvalidWalFile { path: path.into(), reason: e.to_string() })?;
-    let content = std::fs::read(path).map_err(Error::io("cannot read", path))?;
-    archive_content(rt, repo, &name, content, opts).map_err(|e| match e {
-        // Name the file PostgreSQL handed us, not just its WAL name.
-        Error::InvalidWalFile { reason, .. } => Error::InvalidWalFile { path: path.into(), reason },
-        other => other,
-    })
-}
+    let name: WalFileName = file_name.parse().map_err(|e: crate::pg::WalFileNameError| invalid(e.to_string()))?;
+    if !matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
+        let content = std::fs::read(path).map_err(Error::io("cannot read", path))?;
+        let validated = validate_wal_file(&name, &content).map_err(invalid)?;
+        let (object, header) =
+            frame::encode(&content, Compression::Zstd(opts.compress_level)).map_err(|e| invalid(e.to_string()))?;
+        return store(rt, repo, &name, validated, rt.block_on(repo.identity())?, object.into(), &header);
+    }
 
-/// Archives `content` as WAL file `name`: the per-file work, callable by
-/// parallel workers. The caller reports [`PutOutcome::AlreadyIdentical`].
-pub fn archive_content(
-    rt: &tokio::runtime::Runtime,
-    repo: &Repository,
-    name: &WalFileName,
-    content: Vec<u8>,
-    opts: &ArchiveOptions,
-) -> Result<PutOutcome> {
-    let invalid = |reason: String| Error::InvalidWalFile { path: name.to_string().into(), reason };
-    let validated = validate_wal_file(name, &content).map_err(invalid)?;
-
-    // Compression is the bulk of the work; the repository round trips overlap it.
+    let mut file = File::open(path).map_err(Error::io("cannot read", path))?;
+    let len = file.metadata().map_err(Error::io("cannot stat", path))?.len();
+    let first = frame::read_chunk(&mut file).map_err(Error::io("cannot read", path))?;
+    let page = validate_segment_head(&name, &first, len).map_err(invalid)?;
+    // The repository round trips overlap the read-hash-compress pipeline.
     let (encoded, known) = std::thread::scope(|s| {
-        let encoder = s.spawn(|| frame::encode(&content, Compression::Zstd(opts.compress_level)));
+        let encoder = s.spawn(|| frame::encode_stream(first, &mut file, opts.compress_level));
         let known = rt.block_on(repo.identity());
         (encoder.join(), known)
     });
-    let (object, header) =
-        encoded.map_err(|_| invalid("compression thread panicked".into()))?.map_err(|e| invalid(e.to_string()))?;
-    drop(content);
-    let (format_exists, identity) = known?;
+    let encoded = encoded.map_err(|_| invalid("compression thread panicked".into()))?.map_err(|e| match e {
+        StreamError::Read(io) => Error::io("cannot read", path)(io),
+        StreamError::Frame(f) => invalid(f.to_string()),
+    })?;
+    if encoded.header.original_size != len {
+        return Err(invalid(format!("file changed size while being read ({len} -> {})", encoded.header.original_size)));
+    }
+    let payload = PutPayload::from_iter(encoded.parts);
+    store(rt, repo, &name, ValidatedWal::Segment(page), known?, payload, &encoded.header)
+}
 
+/// Checks the cluster identity (recording it on first use) and stores the object.
+fn store(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    name: &WalFileName,
+    validated: ValidatedWal,
+    known: (bool, Option<ClusterIdentity>),
+    object: PutPayload,
+    header: &FrameHeader,
+) -> Result<PutOutcome> {
+    let (format_exists, identity) = known;
     rt.block_on(async {
         if !format_exists {
             repo.create_format().await?;
@@ -69,8 +81,25 @@ pub fn archive_content(
             };
             check_identity(name, &recorded, &offered)?;
         }
-        repo.put_create(&keys::wal(name), object.into(), &header).await
+        repo.put_create(&keys::wal(name), object, header).await
     })
+}
+
+/// Archives `content` as WAL file `name`: the per-file work for callers that
+/// already hold the bytes (benches, future parallel workers).
+pub fn archive_content(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    name: &WalFileName,
+    content: Vec<u8>,
+    opts: &ArchiveOptions,
+) -> Result<PutOutcome> {
+    let invalid = |reason: String| Error::InvalidWalFile { path: name.to_string().into(), reason };
+    let validated = validate_wal_file(name, &content).map_err(invalid)?;
+    let (object, header) =
+        frame::encode(&content, Compression::Zstd(opts.compress_level)).map_err(|e| invalid(e.to_string()))?;
+    drop(content);
+    store(rt, repo, name, validated, rt.block_on(repo.identity())?, object.into(), &header)
 }
 
 fn check_identity(name: &WalFileName, recorded: &ClusterIdentity, offered: &ClusterIdentity) -> Result<()> {

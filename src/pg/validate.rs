@@ -38,10 +38,16 @@ pub fn validate_wal_file(name: &WalFileName, content: &[u8]) -> Result<Validated
 }
 
 fn validate_segment(name: &WalFileName, content: &[u8]) -> Result<ValidatedWal, String> {
-    let header = LongPageHeader::parse(content).map_err(|e| e.to_string())?;
+    validate_segment_head(name, content, content.len() as u64).map(ValidatedWal::Segment)
+}
+
+/// Checks a segment (or `.partial`) from its first bytes and its length, so a
+/// caller can validate before it has read the whole file.
+pub fn validate_segment_head(name: &WalFileName, head: &[u8], len: u64) -> Result<LongPageHeader, String> {
+    let header = LongPageHeader::parse(head).map_err(|e| e.to_string())?;
     let size = header.segment_size;
-    if content.len() as u64 != size.bytes() {
-        return Err(format!("file is {} bytes but its header says segments are {} bytes", content.len(), size.bytes()));
+    if len != size.bytes() {
+        return Err(format!("file is {len} bytes but its header says segments are {} bytes", size.bytes()));
     }
     let segno = name
         .segment_no(size)
@@ -62,7 +68,7 @@ fn validate_segment(name: &WalFileName, content: &[u8]) -> Result<ValidatedWal, 
             name.timeline()
         ));
     }
-    Ok(ValidatedWal::Segment(header))
+    Ok(header)
 }
 
 #[cfg(test)]

@@ -214,6 +214,115 @@ pub fn encode(data: &[u8], compression: Compression) -> Result<(Vec<u8>, FrameHe
     Ok((out, header))
 }
 
+/// An object framed from a stream: the header and the payload as separate
+/// parts (header first), ready for a multi-part put without concatenating.
+#[derive(Debug, Clone)]
+pub struct StreamEncoded {
+    /// The header values.
+    pub header: FrameHeader,
+    /// The encoded header, then one zstd frame per chunk.
+    pub parts: Vec<bytes::Bytes>,
+}
+
+/// Why a stream could not be framed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Reading the input failed.
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    /// Compressing failed.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+}
+
+/// Reads up to one chunk; an empty result means end of input.
+pub fn read_chunk(reader: &mut impl std::io::Read) -> std::io::Result<bytes::Bytes> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(CHUNK_SIZE);
+    reader.take(CHUNK_SIZE as u64).read_to_end(&mut buf)?;
+    Ok(buf.into())
+}
+
+/// Frames `first` followed by the rest of `reader` with zstd at `level`,
+/// pipelined: the calling thread reads chunk after chunk while one thread
+/// hashes them in order and the other cores compress them, so no stage waits
+/// for the whole input. Memory: the input plus its compressed form.
+pub fn encode_stream(
+    first: bytes::Bytes,
+    reader: &mut impl std::io::Read,
+    level: i32,
+) -> Result<StreamEncoded, StreamError> {
+    let (hash_tx, hash_rx) = mpsc::channel::<bytes::Bytes>();
+    let (job_tx, job_rx) = mpsc::channel::<(usize, bytes::Bytes)>();
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Vec<u8>, FrameError>)>();
+    let mut total: u64 = 0;
+    let mut chunks = 0usize;
+    let (read_result, digest) = std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut h = Sha256::new();
+            for chunk in hash_rx {
+                h.update(&chunk);
+            }
+            let digest: Sha256Digest = h.finalize().into();
+            digest
+        });
+        for _ in 0..workers(usize::MAX) {
+            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+            s.spawn(move || {
+                let mut cctx = zstd::bulk::Compressor::new(level).map_err(|e| FrameError::Compress(e.to_string()));
+                loop {
+                    let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((i, chunk)) = job else { break };
+                    let out = match cctx.as_mut() {
+                        Ok(c) => c.compress(&chunk).map_err(|e| FrameError::Compress(e.to_string())),
+                        Err(e) => Err(e.clone()),
+                    };
+                    if done_tx.send((i, out)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut chunk = first;
+        let read_result = loop {
+            if chunk.is_empty() && chunks > 0 {
+                break Ok(());
+            }
+            total += chunk.len() as u64;
+            // Sends fail only if a receiver is gone, which a panic would have caused.
+            let _ = hash_tx.send(chunk.clone());
+            let _ = job_tx.send((chunks, chunk));
+            chunks += 1;
+            match read_chunk(reader) {
+                Ok(next) => chunk = next,
+                Err(e) => break Err(e),
+            }
+        };
+        drop(hash_tx);
+        drop(job_tx);
+        (read_result, hasher.join())
+    });
+    read_result?;
+    let sha256 = digest.map_err(|_| FrameError::Compress("hash thread panicked".into()))?;
+    let mut compressed: Vec<Option<bytes::Bytes>> = vec![None; chunks];
+    for (i, out) in done_rx {
+        compressed[i] = Some(out?.into());
+    }
+    let mut parts = Vec::with_capacity(chunks + 1);
+    parts.push(bytes::Bytes::new());
+    for part in compressed {
+        parts.push(part.ok_or_else(|| FrameError::Compress("a compression worker stopped early".into()))?);
+    }
+    let payload_size: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let header = FrameHeader { compression: 1, original_size: total, payload_size, sha256 };
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    header.write(&mut head);
+    parts[0] = head.into();
+    Ok(StreamEncoded { header, parts })
+}
+
 /// Splits a zstd payload into its frames, each with the content size its
 /// frame header declares (pgwal always writes it).
 fn zstd_frames(payload: &[u8]) -> Result<Vec<(&[u8], usize)>, FrameError> {
@@ -391,6 +500,33 @@ mod tests {
                 assert_eq!(decode(&obj).expect("decode"), data, "len {len} {c:?}");
             }
         }
+    }
+
+    #[test]
+    fn streaming_encode_matches_and_round_trips() {
+        for len in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 17] {
+            let data = sample(len);
+            let mut reader = &data[..];
+            let first = read_chunk(&mut reader).expect("read");
+            let enc = encode_stream(first, &mut reader, 1).expect("encode");
+            let object: Vec<u8> = enc.parts.iter().flat_map(|p| p.iter().copied()).collect();
+            assert_eq!(enc.header.sha256, sha256(&data), "len {len}");
+            assert_eq!(FrameHeader::parse(&object), Ok(enc.header));
+            assert_eq!(decode(&object).expect("decode"), data, "len {len}");
+            assert_eq!(object, encode(&data, Compression::Zstd(1)).expect("encode").0, "same bytes as encode()");
+        }
+    }
+
+    #[test]
+    fn streaming_encode_reports_read_errors() {
+        struct Failing;
+        impl std::io::Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk on fire"))
+            }
+        }
+        let result = encode_stream(bytes::Bytes::from(sample(10)), &mut Failing, 1);
+        assert!(matches!(result, Err(StreamError::Read(_))));
     }
 
     #[test]

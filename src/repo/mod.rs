@@ -131,11 +131,11 @@ impl Repository {
     /// object's checksum decides: identical is success (PostgreSQL calls again
     /// after a crash, and a retried PUT may find its own first attempt),
     /// different is a [`Error::Conflict`] and nothing changes.
-    pub async fn put_create(&self, key: &Path, object: Bytes, header: &FrameHeader) -> Result<PutOutcome> {
+    pub async fn put_create(&self, key: &Path, object: PutPayload, header: &FrameHeader) -> Result<PutOutcome> {
         let outcome = self
             .retry
             .run(&format!("storing '{key}'"), || {
-                let payload = PutPayload::from(object.clone());
+                let payload = object.clone();
                 async move {
                     let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
                     match self.store.objects.put_opts(key, payload, opts).await {
