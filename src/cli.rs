@@ -92,6 +92,132 @@ in the archive (PostgreSQL's probes for .history files end this way). Any other 
 unreachable repository, bad configuration) exits above 125 so that PostgreSQL stops recovery rather than \
 ending it early; in standby mode (standby.signal in the data directory) it exits 1 and PostgreSQL retries.")]
     Fetch(FetchArgs),
+    /// Take a base backup of the running cluster
+    #[command(long_about = "Takes a base backup of the running cluster through PostgreSQL's non-exclusive \
+backup API (pg_backup_start / pg_backup_stop on one session held open throughout) and stores it in the \
+repository: the files of the data directory and of every tablespace, read by parallel workers \
+(backup.workers, default one per core) into packs of about 32 MiB, each compressed with zstd \
+(backup.compress_level) and stored with its SHA-256, plus a manifest with every file's size, mode, \
+modification time and SHA-256, the start and stop LSN, timeline, times, PostgreSQL version and system \
+identifier. Files PostgreSQL's own base backup skips are skipped (pg_wal contents, postmaster.pid, \
+pg_replslot and pg_stat_tmp contents, temporary files, unlogged relations but their init fork...).\n\n\
+Connects with --conninfo / PGWAL_CONNINFO and the usual PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE; \
+reads files from --pgdata / PGDATA, else from the server's data_directory, and refuses a directory that \
+is not that server's. Refuses a server whose system identifier is not the repository's cluster (the first \
+backup into an empty repository records it). After pg_backup_stop it waits (backup.wal_timeout, default \
+5m) until every WAL segment from the start to the stop LSN is in the repository (PostgreSQL's \
+archive_command must be 'pgwal archive %p'), and stores the manifest last: a backup exists, for list and \
+restore, exactly when its manifest does. Exits 0 only then, and prints the backup ID (e.g. \
+20261123T074000F) on stdout, alone.\n\n\
+Two backups of one repository never run at once: the lock object lock/backup names its holder, and the \
+second backup fails with an error naming it. A lock left by a killed backup on the same host is taken over \
+at once; one from another host after backup.lock_stale_after (default 6h). An interrupted backup leaves \
+packs without a manifest, which nothing reads; run the backup again.")]
+    Backup(BackupArgs),
+    /// List backups and archived WAL
+    #[command(long_about = "Lists the complete backups (those whose manifest is stored; a backup that is \
+running or was interrupted has none and is only counted), oldest stop time first, with ID, type, parent, \
+start and stop time (UTC), start and stop LSN, timeline, data size and stored size; then the archived WAL \
+of each timeline: first and last segment and every gap between them. Reads only: a missing repository is \
+an error, and nothing is created.\n\n\
+With --json, prints one JSON object, a stable interface (fields may be added, never renamed or removed):\n\n\
+{\"backups\": [{\"id\": \"20261123T074000F\", \"type\": \"full\" or \"incr\", \"parent\": ID or null, \
+\"start_time\": \"2026-11-23T07:40:00Z\", \"stop_time\": RFC 3339 UTC, \"start_lsn\": \"0/2000028\", \
+\"stop_lsn\": \"0/2000100\", \"timeline\": 1, \"stop_timeline\": 1, \"server_version_num\": 150018, \
+\"data_size\": bytes, \"stored_size\": bytes, \"files\": count}, ...],\n\
+ \"wal\": [{\"timeline\": 1, \"first\": segment name or null, \"last\": segment name or null, \
+\"segments\": count, \"gaps\": [{\"first\": segment, \"last\": segment}, ...], \"partials\": \
+[\"...partial\", ...], \"history\": whether TTTTTTTT.history is stored}, ...],\n\
+ \"incomplete\": [IDs of backups without a manifest]}\n\n\
+backups are sorted by stop_time, wal by timeline; LSNs are PostgreSQL's X/Y hex form, sizes are bytes.")]
+    List(ListArgs),
+    /// Check the setup: configuration, repository, PostgreSQL, archiving
+    #[command(long_about = "Checks that this setup can archive, and says what is wrong in plain words: one \
+'ok:' or 'error:' line per check (with a 'hint:' where one helps). In order: the configuration; the \
+repository (reachable; one that does not exist yet is fine, the first archive creates it); the PostgreSQL \
+connection (--conninfo, PGHOST...); that the server's system identifier is the repository's cluster; \
+wal_level is replica or logical; archive_mode is on or always; archive_command calls 'pgwal archive'. \
+Then it forces a WAL switch (pg_switch_wal(), so it needs the primary and a role allowed to call it) and \
+waits up to --timeout until that segment is in the repository. Exits 0 only if every check passed. \
+Creates nothing itself.")]
+    Check(CheckArgs),
+    /// Restore a backup into a directory, set up to recover to a point in time
+    #[command(long_about = "Restores a backup into --target-dir and writes the recovery settings, so that \
+'pg_ctl start -D DIR' recovers through the archived WAL to the target and stops there.\n\n\
+The backup is --backup ID, else the newest complete backup (by stop time) that can reach the target: for \
+--target-time the newest that ended at or before that time, for --target-lsn the newest that ended at or \
+before that LSN, otherwise the newest, always on the history of the recovery timeline. Before anything is \
+written, restore refuses a target that no backup plus the archived WAL can reach: a target before the \
+oldest backup's end, or a segment missing from the WAL the recovery needs (the backup's own WAL; for \
+--target-lsn up to the target; for --target-time up to the newest segment archived before that time and \
+the one after it; without a target, up to the newest archived segment), naming the missing segment.\n\n\
+Files are fetched in packs by parallel workers (--jobs), written at their offsets, checked against the \
+SHA-256 in the manifest, and fsynced; a mismatch fails the restore and names the object. Directories and \
+files get their modes from the backup (0700 for the data directory). global/pg_control is written last, \
+so a restore that fails or is killed leaves a directory PostgreSQL refuses to start; running the same \
+restore again resumes it. Tablespaces return to their original directories, linked from pg_tblspc, \
+unless --tablespace-map moves them; restore refuses to write into a tablespace directory that already \
+holds this PostgreSQL version's subdirectory (it may belong to a running cluster).\n\n\
+Then it writes backup_label, recovery.signal and, in postgresql.auto.conf (earlier recovery settings there \
+are commented out): restore_command calling this pgwal binary with the same --repo and --config, \
+recovery_target_timeline, the target setting (the other target settings set to '' so that none left in \
+postgresql.conf applies) and recovery_target_action. Archive settings stay as they were: a restored server \
+that is promoted archives into the same repository on a new timeline, which never overwrites the old \
+timeline's WAL; set archive_mode = off first for a throwaway copy. The backup ID is printed on stdout.\n\n\
+Exits 2 for a request that cannot be carried out as given (bad or conflicting targets, an unknown backup \
+ID, a --tablespace-map OLD_DIR that is not a tablespace of the backup, a non-empty target directory \
+without --delta, a tablespace directory in use), 1 for every other failure (an unreachable target, missing \
+WAL, a corrupt object, a directory that cannot be written).")]
+    Restore(RestoreArgs),
+    /// Restore the newest backup as a standby of a running primary
+    #[command(long_about = "Seeds (or, with --delta, rebuilds) a standby: restores the newest backup into \
+--target-dir as 'pgwal restore' does, then writes standby.signal and, in postgresql.auto.conf, \
+primary_conninfo, primary_slot_name (with --slot), restore_command calling this pgwal binary with the same \
+--repo and --config, and recovery_target_timeline = 'latest'. Started, the server replays the archived \
+WAL, then streams from the primary. With --create-slot, the physical replication slot --slot is created \
+on the primary first (an existing slot of that name is used as it is), connecting with --primary-conninfo. \
+A gap in the archived WAL after the backup is reported as a warning: streaming may bridge it while the \
+primary still has that WAL.")]
+    Standby(StandbyArgs),
+}
+
+/// `--type` of `backup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackupKind {
+    /// Every file
+    Full,
+    /// Only what changed since the last backup (not implemented yet)
+    Incr,
+}
+
+/// Arguments of `backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Full or incremental
+    #[arg(long = "type", value_enum, default_value = "full", value_name = "TYPE")]
+    pub kind: BackupKind,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print the documented JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// How long to wait for the switched WAL segment to arrive (e.g. 30s, 2m)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
+        .filter(|d| !d.is_zero() && d.as_secs() <= 3600)
+        .ok_or_else(|| format!("invalid duration '{s}' (expected e.g. 30s or 2m, at most 1h)"))
 }
 
 /// Arguments of `archive`.
@@ -100,6 +226,78 @@ pub struct ArchiveArgs {
     /// The WAL file, as PostgreSQL's %p (relative to the data directory)
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
+}
+
+/// Where and how a restore writes: shared by `restore` and `standby`.
+#[derive(Debug, Args)]
+pub struct TargetDirArgs {
+    /// Directory to restore into: new, empty, or with --delta an earlier copy of this cluster
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: PathBuf,
+    /// Move the tablespace at OLD_DIR (its original directory) to NEW_DIR; repeatable
+    #[arg(long = "tablespace-map", value_name = "OLD_DIR=NEW_DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Restore over an existing copy: keep files whose size and SHA-256 match, rewrite the others, remove
+    /// files the backup does not have
+    #[arg(long)]
+    pub delta: bool,
+    /// Packs fetched and written in parallel [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// Arguments of `restore`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").multiple(false).args([
+    "target_time", "target_lsn", "target_xid", "target_name", "target_immediate"
+])))]
+pub struct RestoreArgs {
+    /// Target directory and write options
+    #[command(flatten)]
+    pub dir: TargetDirArgs,
+    /// Backup to restore [default: the newest that can reach the target]
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Recover to this time: RFC 3339 (2026-11-23T13:03:27Z) or PostgreSQL syntax (2026-11-23 14:03:27+01);
+    /// without a time zone, UTC
+    #[arg(long, value_name = "TS")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL position (as pg_current_wal_lsn() prints it, e.g. 0/3000148)
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// Recover until this transaction (as txid_current() prints it) has committed
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point (made with pg_create_restore_point)
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Recover only until the backup is consistent
+    #[arg(long)]
+    pub target_immediate: bool,
+    /// What the server does at the target: pause (read-only until pg_wal_replay_resume()), promote or
+    /// shutdown [default: pause]
+    #[arg(long, value_name = "ACTION", requires = "target")]
+    pub target_action: Option<String>,
+    /// Timeline to recover along: latest, current (the backup's) or a number
+    #[arg(long, value_name = "TIMELINE", default_value = "latest")]
+    pub target_timeline: String,
+}
+
+/// Arguments of `standby`.
+#[derive(Debug, Args)]
+pub struct StandbyArgs {
+    /// Target directory and write options
+    #[command(flatten)]
+    pub dir: TargetDirArgs,
+    /// How the standby connects to the primary (libpq key=value), written as primary_conninfo
+    #[arg(long, value_name = "STR", env = "PGWAL_PRIMARY_CONNINFO", hide_env_values = true)]
+    pub primary_conninfo: String,
+    /// Physical replication slot on the primary, written as primary_slot_name
+    #[arg(long, value_name = "NAME")]
+    pub slot: Option<String>,
+    /// Create the slot on the primary (an existing one is used as it is)
+    #[arg(long, requires = "slot")]
+    pub create_slot: bool,
 }
 
 /// Arguments of `fetch`.
@@ -131,5 +329,34 @@ mod tests {
             Cli::try_parse_from(["pgwal", "fetch", "00000002.history", "x", "--repo", "file:///r"]).expect("after");
         assert_eq!(before.global.repo.as_deref(), Some("file:///r"));
         assert_eq!(after.global.repo.as_deref(), Some("file:///r"));
+    }
+
+    #[test]
+    fn backup_list_and_check_arguments() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        match parse(&["pgwal", "backup"]).expect("backup").command {
+            Command::Backup(a) => assert_eq!(a.kind, BackupKind::Full),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["pgwal", "backup", "--type", "incr", "--conninfo", "host=/s"]).expect("incr").command {
+            Command::Backup(a) => assert_eq!(a.kind, BackupKind::Incr),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["pgwal", "backup", "--type", "diff"]).is_err());
+        assert!(matches!(
+            parse(&["pgwal", "list", "--json"]).expect("list").command,
+            Command::List(ListArgs { json: true })
+        ));
+        match parse(&["pgwal", "check", "--timeout", "2m"]).expect("check").command {
+            Command::Check(a) => assert_eq!(a.timeout, std::time::Duration::from_secs(120)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["pgwal", "check"]).expect("check").command {
+            Command::Check(a) => assert_eq!(a.timeout, std::time::Duration::from_secs(60)),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["0s", "soon", "2h"] {
+            assert!(parse(&["pgwal", "check", "--timeout", bad]).is_err(), "{bad}");
+        }
     }
 }

@@ -108,6 +108,65 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// PostgreSQL could not be reached.
+    #[error("cannot connect to PostgreSQL ({target}): {detail}")]
+    DbConnect {
+        /// Where pgwal tried to connect (no password).
+        target: String,
+        /// The client's or the server's message.
+        detail: String,
+    },
+    /// A query on PostgreSQL failed.
+    #[error("{what}: {detail}")]
+    Database {
+        /// What pgwal was doing.
+        what: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// Another backup holds the repository's backup lock.
+    #[error("another backup of this repository is running ({holder})")]
+    Locked {
+        /// Who holds the lock: host, PID, start time.
+        holder: String,
+    },
+    /// WAL a backup or check waited for did not reach the repository in time.
+    #[error("WAL segment '{segment}' did not arrive in the repository within {seconds}s")]
+    WalMissing {
+        /// The segment waited for.
+        segment: String,
+        /// How long pgwal waited.
+        seconds: u64,
+        /// What the server's archiver says, if known.
+        archiver: Option<String>,
+    },
+    /// `check` found problems (each was printed).
+    #[error("{failed} of {total} checks failed")]
+    ChecksFailed {
+        /// How many failed.
+        failed: usize,
+        /// How many ran.
+        total: usize,
+    },
+    /// A request that cannot be carried out as given (unknown backup ID,
+    /// non-empty target directory, a tablespace the backup does not have):
+    /// bad usage, exit status 2.
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong, naming the value.
+        message: String,
+        /// What to do instead.
+        hint: Option<String>,
+    },
+    /// A recovery target that no backup plus the archived WAL can reach (a
+    /// target before the oldest backup, a gap in the WAL): exit status 1.
+    #[error("{message}")]
+    Unreachable {
+        /// Why, naming the backup, target or missing segment.
+        message: String,
+        /// What to do instead.
+        hint: Option<String>,
+    },
 }
 
 /// Shorthand for results in pgwal.
@@ -155,6 +214,20 @@ impl Error {
             Error::DeadlineExceeded { .. } => {
                 Some("the repository is unreachable or failing; PostgreSQL will call again later".into())
             }
+            Error::DbConnect { .. } => Some(
+                "check --conninfo / PGWAL_CONNINFO (or PGHOST, PGPORT, PGUSER, PGPASSWORD) and that the server runs"
+                    .into(),
+            ),
+            Error::Locked { .. } => Some(
+                "wait for that backup to end; a lock left by a killed backup on this host is taken over at once, \
+                 one from another host after backup.lock_stale_after"
+                    .into(),
+            ),
+            Error::WalMissing { archiver, .. } => Some(format!(
+                "is archive_command set to 'pgwal archive %p' with this repository? {}",
+                archiver.as_deref().unwrap_or("see pg_stat_archiver and the PostgreSQL log")
+            )),
+            Error::BadRequest { hint, .. } | Error::Unreachable { hint, .. } => hint.clone(),
             _ => None,
         }
     }
@@ -194,7 +267,7 @@ pub enum ExitRules {
 pub fn exit_code(err: &Error, rules: ExitRules) -> u8 {
     match rules {
         ExitRules::Plain => match err {
-            Error::Usage(_) | Error::Config { .. } => exit::USAGE,
+            Error::Usage(_) | Error::Config { .. } | Error::BadRequest { .. } => exit::USAGE,
             _ => exit::FAILURE,
         },
         ExitRules::FetchStandby => exit::FAILURE,
@@ -256,6 +329,36 @@ mod tests {
         for err in all_kinds() {
             let code = exit_code(&err, ExitRules::FetchRecovery);
             assert!(matches!(err, Error::NotInArchive(_)) == (code <= 125), "{err} -> {code}");
+        }
+    }
+
+    /// Restore's refusals: bad usage exits 2, an unreachable target 1.
+    #[test]
+    fn restore_refusals() {
+        let bad = Error::BadRequest { message: "m".into(), hint: Some("h".into()) };
+        let unreachable = Error::Unreachable { message: "m".into(), hint: None };
+        assert_eq!(exit_code(&bad, ExitRules::Plain), 2);
+        assert_eq!(exit_code(&unreachable, ExitRules::Plain), 1);
+        assert_eq!(bad.hint().as_deref(), Some("h"));
+        assert!(!bad.is_transient() && !unreachable.is_transient());
+    }
+
+    /// Backup and check failures are plain failures (exit 1), never retried,
+    /// and each says what to do.
+    #[test]
+    fn backup_and_check_failures() {
+        let errors = [
+            Error::DbConnect { target: "host=/s".into(), detail: "no such file".into() },
+            Error::Database { what: "cannot start the backup".into(), detail: "ERROR: permission denied".into() },
+            Error::Locked { holder: "PID 7".into() },
+            Error::WalMissing { segment: "000000010000000000000002".into(), seconds: 300, archiver: None },
+            Error::ChecksFailed { failed: 1, total: 8 },
+        ];
+        for (i, e) in errors.iter().enumerate() {
+            assert_eq!(exit_code(e, ExitRules::Plain), 1, "{e}");
+            assert!(!e.is_transient(), "{e}");
+            assert_eq!(e.hint().is_some(), i != 1 && i != 4, "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
 

@@ -4,9 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pgwal::cli::{Cli, Command};
+use pgwal::cli::{BackupKind, Cli, Command};
 use pgwal::error::{exit, exit_code, Error, ExitRules};
-use pgwal::ops::{archive, fetch};
+use pgwal::ops::{archive, backup, check, fetch, list, restore, standby};
+use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};
 use pgwal::{config, Result};
@@ -67,7 +68,74 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
             fetch::fetch(&rt, &repo, &name, &args.dest)
         }
+        Command::Backup(args) => {
+            let request = backup::BackupRequest {
+                kind: match args.kind {
+                    BackupKind::Full => BackupType::Full,
+                    BackupKind::Incr => BackupType::Incr,
+                },
+                pgdata: cfg.pgdata.clone(),
+                conn: cfg.conn_target()?,
+                opts: cfg.backup.clone(),
+            };
+            request.validate()?;
+            let url = cfg.require_repo()?;
+            let deadline = cfg.backup.retry_deadline;
+            let store = storage::open(url, &cfg.store, Access::CreateIfMissing, deadline)?;
+            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
+            let id = backup::backup(&rt, &repo, &request)?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::List(args) => {
+            let url = cfg.require_repo()?;
+            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
+            print!("{}", list::list(&rt, &repo, args.json)?);
+            Ok(())
+        }
+        Command::Check(args) => {
+            let url = cfg.require_repo()?;
+            let open_repo = || {
+                let store = storage::open(url, &cfg.store, Access::MustExist, cfg.archive.retry_deadline)?;
+                Ok(Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.archive.retry_deadline)))
+            };
+            let request = check::CheckRequest {
+                config_file: cfg.file.clone(),
+                repo_url: url.to_string(),
+                open_repo: &open_repo,
+                conn: cfg.conn_target(),
+                timeout: args.timeout,
+            };
+            check::check(&rt, &request)
+        }
+        Command::Restore(args) => {
+            let opts = config::restore::restore_options(args, &cfg)?;
+            let repo = open_for_restore(&cfg, &opts)?;
+            finish_restore(&restore::restore(&rt, &repo, &opts)?)
+        }
+        Command::Standby(args) => {
+            let opts = config::restore::standby_options(args, &cfg)?;
+            let repo = open_for_restore(&cfg, &opts)?;
+            finish_restore(&standby::standby(&rt, &repo, &opts)?)
+        }
     }
+}
+
+/// The repository as `restore` and `standby` read it: never created.
+fn open_for_restore(cfg: &config::Config, opts: &config::restore::RestoreOptions) -> Result<Repository> {
+    let store = storage::open(&opts.repo, &cfg.store, Access::MustExist, opts.retry_deadline)?;
+    Ok(Repository::new(store, opts.repo.clone(), RetryPolicy::with_deadline(opts.retry_deadline)))
+}
+
+/// Notices and the summary on stderr, the backup ID alone on stdout.
+fn finish_restore(outcome: &restore::Outcome) -> Result<()> {
+    for notice in &outcome.notices {
+        eprintln!("pgwal: notice: {notice}");
+    }
+    eprintln!("pgwal: {}", outcome.summary());
+    println!("{}", outcome.backup);
+    Ok(())
 }
 
 /// One line `pgwal: error: ...` with the cause chain, then a hint.

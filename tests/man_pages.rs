@@ -24,6 +24,11 @@ const ENVIRONMENT: &str = r#".SH ENVIRONMENT
 Defaults for \-\-config, \-\-repo, \-\-pgdata and \-\-conninfo. A flag beats the
 environment, which beats the config file.
 .TP
+\fBPGHOST\fR, \fBPGPORT\fR, \fBPGUSER\fR, \fBPGPASSWORD\fR, \fBPGDATABASE\fR, \fBPGCONNECT_TIMEOUT\fR, \fBPGPASSFILE\fR
+How backup and check reach PostgreSQL, as for libpq: settings in \-\-conninfo
+win over these, which win over ~/.pgpass and the defaults (the Unix socket in
+/var/run/postgresql, port 5432, the OS user's name).
+.TP
 \fBAWS_ACCESS_KEY_ID\fR, \fBAWS_SECRET_ACCESS_KEY\fR, \fBAWS_SESSION_TOKEN\fR, \fBAWS_REGION\fR, \fBAWS_ENDPOINT_URL\fR, \fBAWS_ALLOW_HTTP\fR
 S3 credentials and endpoint; they override the [s3] section of the config file.
 .TP
@@ -36,7 +41,7 @@ The config file when neither \-\-config nor PGWAL_CONFIG names one; optional.
 An annotated example ships as config/pgwal.toml. Unknown keys are refused, and
 so is a file holding secrets that every user can read.
 .SH "SEE ALSO"
-\fBpgwal\fR(1), \fBpgwal\-archive\fR(1), \fBpgwal\-fetch\fR(1), \fBpgwal\-repository\fR(5)
+\fBpgwal\fR(1), \fBpgwal\-archive\fR(1), \fBpgwal\-fetch\fR(1), \fBpgwal\-backup\fR(1), \fBpgwal\-list\fR(1), \fBpgwal\-check\fR(1), \fBpgwal\-restore\fR(1), \fBpgwal\-standby\fR(1), \fBpgwal\-repository\fR(5)
 "#;
 
 /// The sections clap_mangen renders, then pgwal's own: exit status (from the

@@ -2,6 +2,8 @@
 //! merged once (flag, then environment, then file) and validated into the
 //! typed options the commands take. The one place configuration is read.
 
+pub mod restore;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +23,16 @@ pub const DEFAULT_COMPRESS_LEVEL: i32 = 1;
 
 /// Retry deadline for storage calls of `archive` and `fetch` when none is configured.
 pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Storage retry deadline of `backup` when none is configured: a pack is
+/// 32 MiB, so one request takes longer than a WAL segment's.
+pub const DEFAULT_BACKUP_RETRY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long `backup` waits for its WAL to reach the repository by default.
+pub const DEFAULT_WAL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// When a backup lock taken on another host counts as abandoned by default.
+pub const DEFAULT_LOCK_STALE_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// What the command line (and clap's environment fallbacks) supplied.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +63,21 @@ pub struct FetchOptions {
     pub retry_deadline: Duration,
 }
 
+/// Options of `backup`.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// zstd level for packs, 1-19.
+    pub compress_level: i32,
+    /// Files read, compressed and uploaded in parallel (at least 1).
+    pub workers: usize,
+    /// How long to keep retrying transient storage errors.
+    pub retry_deadline: Duration,
+    /// How long to wait for the backup's WAL to arrive in the repository.
+    pub wal_timeout: Duration,
+    /// Age after which another host's backup lock is taken over.
+    pub lock_stale_after: Duration,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -66,6 +93,8 @@ pub struct Config {
     pub archive: ArchiveOptions,
     /// `fetch` options.
     pub fetch: FetchOptions,
+    /// `backup` options.
+    pub backup: BackupOptions,
     /// Object store settings.
     pub store: StoreOptions,
 }
@@ -80,6 +109,8 @@ struct FileConfig {
     archive: ArchiveSection,
     #[serde(default)]
     fetch: FetchSection,
+    #[serde(default)]
+    backup: BackupSection,
     #[serde(default)]
     s3: S3Section,
     #[serde(default)]
@@ -99,6 +130,16 @@ struct ArchiveSection {
 #[serde(deny_unknown_fields)]
 struct FetchSection {
     retry_deadline: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupSection {
+    compress_level: Option<i32>,
+    workers: Option<usize>,
+    retry_deadline: Option<String>,
+    wal_timeout: Option<String>,
+    lock_stale_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,7 +174,7 @@ impl FileConfig {
     }
 }
 
-/// Parses a duration such as `500ms`, `20s` or `2m`.
+/// Parses a duration such as `500ms`, `20s`, `2m` or `6h`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -143,6 +184,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
         "m" | "min" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
         _ => None,
     }
 }
@@ -154,6 +196,18 @@ fn deadline(key: &str, value: Option<&str>, file: &Path) -> Result<Duration> {
         _ => Err(Error::config(
             format!("invalid {key} '{v}' in '{}'", file.display()),
             "give a duration of at most an hour such as \"500ms\", \"20s\" or \"2m\"",
+        )),
+    }
+}
+
+/// A duration key of the `[backup]` section, between one second and `max`.
+fn backup_duration(key: &str, value: Option<&str>, default: Duration, max: Duration, file: &Path) -> Result<Duration> {
+    let Some(v) = value else { return Ok(default) };
+    match parse_duration(v) {
+        Some(d) if d >= Duration::from_secs(1) && d <= max => Ok(d),
+        _ => Err(Error::config(
+            format!("invalid backup.{key} '{v}' in '{}'", file.display()),
+            format!("give a duration from 1s to {}m such as \"30s\" or \"10m\"", max.as_secs() / 60),
         )),
     }
 }
@@ -240,6 +294,48 @@ pub fn load(o: &Overrides) -> Result<Config> {
     let fetch = FetchOptions {
         retry_deadline: deadline("fetch.retry_deadline", file.fetch.retry_deadline.as_deref(), &shown)?,
     };
+    let backup_level = file.backup.compress_level.unwrap_or(level);
+    if !(1..=19).contains(&backup_level) {
+        return Err(Error::config(
+            format!("invalid backup.compress_level {backup_level} in '{}'", shown.display()),
+            "choose a zstd level from 1 (fastest) to 19; without it backups use archive.compress_level",
+        ));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match file.backup.workers {
+        None | Some(0) => cores,
+        Some(n) if n <= 64 => n,
+        Some(n) => {
+            let hint = "choose from 1 to 64, or 0 for one per core (the default); each worker holds two 32 MiB buffers";
+            return Err(Error::config(format!("invalid backup.workers {n} in '{}'", shown.display()), hint));
+        }
+    };
+    let b = &file.backup;
+    let backup = BackupOptions {
+        compress_level: backup_level,
+        workers,
+        retry_deadline: backup_duration(
+            "retry_deadline",
+            b.retry_deadline.as_deref(),
+            DEFAULT_BACKUP_RETRY_DEADLINE,
+            Duration::from_secs(3600),
+            &shown,
+        )?,
+        wal_timeout: backup_duration(
+            "wal_timeout",
+            b.wal_timeout.as_deref(),
+            DEFAULT_WAL_TIMEOUT,
+            Duration::from_secs(24 * 3600),
+            &shown,
+        )?,
+        lock_stale_after: backup_duration(
+            "lock_stale_after",
+            b.lock_stale_after.as_deref(),
+            DEFAULT_LOCK_STALE_AFTER,
+            Duration::from_secs(7 * 24 * 3600),
+            &shown,
+        )?,
+    };
     let store = StoreOptions {
         s3: S3Options {
             endpoint: file.s3.endpoint,
@@ -264,11 +360,18 @@ pub fn load(o: &Overrides) -> Result<Config> {
         conninfo: non_empty(o.conninfo.clone()).or(file.conninfo),
         archive,
         fetch,
+        backup,
         store,
     })
 }
 
 impl Config {
+    /// How to reach PostgreSQL: `conninfo` merged with the libpq environment
+    /// (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`...).
+    pub fn conn_target(&self) -> Result<crate::db::ConnTarget> {
+        crate::db::ConnTarget::new(self.conninfo.as_deref(), &crate::db::PgEnv::from_process())
+    }
+
     /// The repository, or the error that says how to configure one.
     pub fn require_repo(&self) -> Result<&RepoUrl> {
         self.repo.as_ref().ok_or_else(|| {
@@ -337,6 +440,11 @@ mod tests {
             "[archive]\ncompress_level = 23",
             "[archive]\nretry_deadline = \"soon\"",
             "[fetch]\nretry_deadline = \"2h\"",
+            "[backup]\ncompress_level = 20",
+            "[backup]\nworkers = 1000",
+            "[backup]\nwal_timeout = \"0s\"",
+            "[backup]\nlock_stale_after = \"soon\"",
+            "[backup]\nthreads = 2",
             "repo = 5",
             "this is not toml",
         ] {
@@ -369,6 +477,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("20s"), Some(Duration::from_secs(20)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("6h"), Some(Duration::from_secs(6 * 3600)));
         assert_eq!(parse_duration("20"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("-1s"), None);

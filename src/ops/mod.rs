@@ -2,4 +2,10 @@
 //! never global configuration, and returns errors to `main`.
 
 pub mod archive;
+pub mod backup;
+pub mod check;
 pub mod fetch;
+pub mod list;
+pub mod lock;
+pub mod restore;
+pub mod standby;

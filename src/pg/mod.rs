@@ -5,6 +5,7 @@
 pub mod history;
 pub mod lsn;
 pub mod page_header;
+pub mod recovery;
 pub mod validate;
 pub mod walfile;
 

@@ -287,6 +287,39 @@ impl PackBuilder {
         Extent { pack: self.number, offset, size: bytes.len() as u64 }
     }
 
+    /// Reads up to `max` bytes (at most the room left) from `reader` straight
+    /// into the pack, stopping early at end of file, and returns their
+    /// extent (empty at end of file). See [`PackBuilder::bytes`] to hash them.
+    pub fn push_from(&mut self, reader: &mut impl std::io::Read, max: usize) -> std::io::Result<Extent> {
+        let offset = self.data.len();
+        let want = max.min(self.room());
+        self.data.resize(offset + want, 0);
+        let mut filled = 0;
+        while filled < want {
+            match reader.read(&mut self.data[offset + filled..offset + want]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.data.truncate(offset);
+                    return Err(e);
+                }
+            }
+        }
+        self.data.truncate(offset + filled);
+        Ok(Extent { pack: self.number, offset: offset as u64, size: filled as u64 })
+    }
+
+    /// The bytes of `extent`, which must come from the current pack.
+    pub fn bytes(&self, extent: &Extent) -> &[u8] {
+        &self.data[extent.offset as usize..(extent.offset + extent.size) as usize]
+    }
+
+    /// Number of the current pack.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
     /// Bytes that still fit before the pack is full.
     pub fn room(&self) -> usize {
         PACK_TARGET.saturating_sub(self.data.len())
@@ -349,6 +382,20 @@ mod tests {
         let (n, data) = b.take();
         assert_eq!((n, data.as_slice()), (0, &b"hello"[..]));
         assert_eq!(b.push(b"x"), Extent { pack: 1, offset: 0, size: 1 });
+    }
+
+    #[test]
+    fn packs_read_straight_from_files() {
+        let mut b = PackBuilder::new(7);
+        b.push(b"ab");
+        let mut src = &b"hello world"[..];
+        let e = b.push_from(&mut src, 5).expect("read");
+        assert_eq!(e, Extent { pack: 7, offset: 2, size: 5 });
+        assert_eq!(b.bytes(&e), b"hello");
+        let rest = b.push_from(&mut src, 100).expect("read");
+        assert_eq!(b.bytes(&rest), b" world", "stops at end of file");
+        assert_eq!(b.push_from(&mut src, 100).expect("read").size, 0);
+        assert_eq!(b.room(), PACK_TARGET - 13);
     }
 
     #[test]

@@ -78,7 +78,7 @@ const PORT_ATTEMPTS: usize = 5;
 const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
 
 /// Environment variables passed through to commands despite `env_clear`:
-/// none of them changes what pgwal or PostgreSQL does, they only help debugging.
+/// debugging aids, and `TZ` so that pgwal, psql and the test agree on time.
 const PASSTHROUGH_ENV: &[&str] = &["PATH", "RUST_BACKTRACE", "RUST_LOG", "LLVM_PROFILE_FILE", "TZ"];
 
 // ---------------------------------------------------------------------------
@@ -708,8 +708,9 @@ impl PgCluster {
     /// Wraps an existing data directory `home/pgdata` (a base backup, or a
     /// target dir written by `pgwal restore`) as a cluster with a new port
     /// and socket directory in `home`, appended to its postgresql.conf. Not
-    /// started.
+    /// started. `home` is (re)given to the run-as user, who writes the log there.
     pub fn existing(home: &Path) -> Result<PgCluster> {
+        create_user_dir(home)?;
         let data_dir = home.join(DATA_SUBDIR);
         ensure!(
             data_dir.join("PG_VERSION").is_file(),
@@ -1406,6 +1407,16 @@ impl Pgwal {
     /// Adds one argument.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Pgwal {
         self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    /// Adds several arguments.
+    pub fn args<I, S>(mut self, args: I) -> Pgwal
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
         self
     }
 

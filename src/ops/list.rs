@@ -1,0 +1,364 @@
+//! `pgwal list [--json]`: the complete backups (those whose manifest is
+//! stored) sorted by stop time, and the archived WAL per timeline with its
+//! gaps. Reads only; a missing repository is an error.
+//!
+//! The `--json` form is API (monitoring reads it): fields are only ever
+//! added. Its shape is documented in the command's long help (man page).
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
+use crate::repo::backup::{backups_prefix, manifest_key, BackupId, BackupType, Manifest};
+use crate::repo::Repository;
+
+/// One backup as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupSummary {
+    /// Backup ID.
+    pub id: String,
+    /// `full` or `incr`.
+    #[serde(rename = "type")]
+    pub kind: BackupType,
+    /// Parent backup of an incremental one.
+    pub parent: Option<String>,
+    /// Start time, RFC 3339 UTC.
+    pub start_time: String,
+    /// Stop time, RFC 3339 UTC: the earliest point the backup recovers to.
+    pub stop_time: String,
+    /// Start LSN (`X/Y`).
+    pub start_lsn: String,
+    /// Stop LSN (`X/Y`).
+    pub stop_lsn: String,
+    /// Timeline at start.
+    pub timeline: u32,
+    /// Timeline at stop.
+    pub stop_timeline: u32,
+    /// `server_version_num` of the server backed up.
+    pub server_version_num: u32,
+    /// Bytes of file content.
+    pub data_size: u64,
+    /// Bytes stored in packs.
+    pub stored_size: u64,
+    /// Number of files.
+    pub files: usize,
+}
+
+/// A run of missing segments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// First missing segment.
+    pub first: String,
+    /// Last missing segment.
+    pub last: String,
+}
+
+/// The archived WAL of one timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimelineSummary {
+    /// Timeline ID.
+    pub timeline: u32,
+    /// First stored segment (null if only `.partial` segments are stored).
+    pub first: Option<String>,
+    /// Last stored segment.
+    pub last: Option<String>,
+    /// Number of stored complete segments.
+    pub segments: usize,
+    /// Missing runs between first and last.
+    pub gaps: Vec<Gap>,
+    /// Stored `.partial` segments.
+    pub partials: Vec<String>,
+    /// Whether the timeline's `.history` file is stored (timeline 1 has none).
+    pub history: bool,
+}
+
+/// What `list` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Listing {
+    /// Complete backups, oldest stop time first.
+    pub backups: Vec<BackupSummary>,
+    /// Archived WAL per timeline, lowest timeline first.
+    pub wal: Vec<TimelineSummary>,
+    /// IDs of backups without a manifest: running, or interrupted.
+    pub incomplete: Vec<String>,
+}
+
+fn summarize(m: &Manifest) -> BackupSummary {
+    BackupSummary {
+        id: m.id.to_string(),
+        kind: m.kind,
+        parent: m.parent.as_ref().map(BackupId::to_string),
+        start_time: m.start_time.clone(),
+        stop_time: m.stop_time.clone(),
+        start_lsn: m.start_lsn.to_string(),
+        stop_lsn: m.stop_lsn.to_string(),
+        timeline: m.timeline.0,
+        stop_timeline: m.stop_timeline.0,
+        server_version_num: m.server_version_num,
+        data_size: m.data_size,
+        stored_size: m.stored_size,
+        files: m.files.len(),
+    }
+}
+
+/// Every complete backup's manifest, oldest stop time first, and the IDs of
+/// incomplete ones. For `list`, `restore`, `verify` and `expire` alike.
+pub async fn load_manifests(repo: &Repository) -> Result<(Vec<Manifest>, Vec<String>)> {
+    let ids = repo.list_dirs(&backups_prefix()).await?;
+    let loaded: Vec<(String, Option<Manifest>)> = futures::stream::iter(ids)
+        .map(|name| async move {
+            // A directory that is not a backup ID is not ours: ignore it.
+            let Ok(id) = name.parse::<BackupId>() else { return Ok((name, None)) };
+            let manifest: Option<Manifest> = repo.load_json(&manifest_key(&id)).await?;
+            if let Some(m) = &manifest {
+                if m.id != id {
+                    return Err(Error::Corrupt {
+                        key: manifest_key(&id).to_string(),
+                        reason: format!("it describes backup '{}'", m.id),
+                    });
+                }
+            }
+            Ok((name, manifest))
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    let mut manifests = Vec::new();
+    let mut incomplete = Vec::new();
+    for (name, m) in loaded {
+        match m {
+            Some(m) => manifests.push(m),
+            None if name.parse::<BackupId>().is_ok() => incomplete.push(name),
+            None => {}
+        }
+    }
+    // RFC 3339 UTC with whole seconds sorts as text; the ID breaks ties.
+    manifests.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
+    incomplete.sort();
+    Ok((manifests, incomplete))
+}
+
+/// Reads what `list` shows.
+pub async fn listing(repo: &Repository) -> Result<Listing> {
+    let (format_exists, identity) = repo.identity().await?;
+    if !format_exists {
+        return Err(Error::RepositoryMissing { url: repo.url().to_string() });
+    }
+    let (manifests, incomplete) = load_manifests(repo).await?;
+    let mut out = Listing { backups: manifests.iter().map(summarize).collect(), wal: Vec::new(), incomplete };
+    // Without a recorded cluster nothing was archived yet: no segment size, no WAL.
+    let Some(size) = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size)) else { return Ok(out) };
+    let inventory = repo.wal_inventory(size).await?;
+    let name = |tli: TimelineId, s: SegmentNo| WalFileName::segment(tli, s, size).to_string();
+    let mut timelines: Vec<TimelineId> = inventory.timelines.keys().copied().collect();
+    for h in &inventory.histories {
+        if !timelines.contains(h) {
+            timelines.push(*h);
+        }
+    }
+    timelines.sort();
+    for tli in timelines {
+        let wal = inventory.timelines.get(&tli).cloned().unwrap_or_default();
+        out.wal.push(TimelineSummary {
+            timeline: tli.0,
+            first: wal.range().map(|(f, _)| name(tli, f)),
+            last: wal.range().map(|(_, l)| name(tli, l)),
+            segments: wal.segments.len(),
+            gaps: wal.gaps().into_iter().map(|(a, b)| Gap { first: name(tli, a), last: name(tli, b) }).collect(),
+            partials: wal.partials.iter().map(|&p| format!("{}.partial", name(tli, p))).collect(),
+            history: inventory.histories.contains(&tli),
+        });
+    }
+    Ok(out)
+}
+
+/// Bytes for people: `512 B`, `3.4 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `2026-11-23T07:40:00Z` as `2026-11-23 07:40:00`.
+fn short_time(t: &str) -> String {
+    t.trim_end_matches('Z').replacen('T', " ", 1)
+}
+
+/// The listing as text for people.
+pub fn render_text(l: &Listing) -> String {
+    let mut out = String::new();
+    if l.backups.is_empty() {
+        out.push_str("no complete backups\n");
+    } else {
+        let header =
+            ["ID", "TYPE", "PARENT", "START (UTC)", "STOP (UTC)", "START LSN", "STOP LSN", "TLI", "DATA", "STORED"];
+        let rows: Vec<Vec<String>> = l
+            .backups
+            .iter()
+            .map(|b| {
+                vec![
+                    b.id.clone(),
+                    match b.kind {
+                        BackupType::Full => "full".into(),
+                        BackupType::Incr => "incr".into(),
+                    },
+                    b.parent.clone().unwrap_or_else(|| "-".into()),
+                    short_time(&b.start_time),
+                    short_time(&b.stop_time),
+                    b.start_lsn.clone(),
+                    b.stop_lsn.clone(),
+                    b.timeline.to_string(),
+                    human_size(b.data_size),
+                    human_size(b.stored_size),
+                ]
+            })
+            .collect();
+        let widths: Vec<usize> = (0..header.len())
+            .map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0))
+            .collect();
+        let line = |cells: Vec<&str>| {
+            let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            format!("{}\n", padded.join("  ").trim_end())
+        };
+        out.push_str(&line(header.to_vec()));
+        for r in &rows {
+            out.push_str(&line(r.iter().map(String::as_str).collect()));
+        }
+    }
+    if !l.incomplete.is_empty() {
+        out.push_str(&format!(
+            "({} backup(s) without a manifest not listed, running or interrupted: {})\n",
+            l.incomplete.len(),
+            l.incomplete.join(", ")
+        ));
+    }
+    out.push('\n');
+    if l.wal.is_empty() {
+        out.push_str("no archived WAL\n");
+    }
+    for t in &l.wal {
+        let range = match (&t.first, &t.last) {
+            (Some(f), Some(last)) => format!("{f} .. {last} ({} segments)", t.segments),
+            _ => "no complete segments".into(),
+        };
+        out.push_str(&format!("WAL timeline {}: {range}", t.timeline));
+        if t.gaps.is_empty() {
+            out.push_str(", no gaps");
+        } else {
+            let gaps: Vec<String> = t
+                .gaps
+                .iter()
+                .map(|g| if g.first == g.last { g.first.clone() } else { format!("{} .. {}", g.first, g.last) })
+                .collect();
+            out.push_str(&format!(", GAPS: {}", gaps.join(", ")));
+        }
+        if !t.partials.is_empty() {
+            out.push_str(&format!(", partial: {}", t.partials.join(", ")));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The listing as the documented JSON object.
+pub fn render_json(l: &Listing) -> String {
+    serde_json::to_string_pretty(l).expect("invariant: plain structs serialize")
+}
+
+/// `pgwal list`: the text or JSON to print.
+pub fn list(rt: &tokio::runtime::Runtime, repo: &Repository, json: bool) -> Result<String> {
+    let l = rt.block_on(listing(repo))?;
+    Ok(if json { render_json(&l) } else { render_text(&l) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Listing {
+        Listing {
+            backups: vec![BackupSummary {
+                id: "20261123T074000F".into(),
+                kind: BackupType::Full,
+                parent: None,
+                start_time: "2026-11-23T07:40:00Z".into(),
+                stop_time: "2026-11-23T07:40:05Z".into(),
+                start_lsn: "0/2000028".into(),
+                stop_lsn: "0/2000100".into(),
+                timeline: 1,
+                stop_timeline: 1,
+                server_version_num: 150018,
+                data_size: 23 << 20,
+                stored_size: 3 << 20,
+                files: 950,
+            }],
+            wal: vec![TimelineSummary {
+                timeline: 1,
+                first: Some("000000010000000000000001".into()),
+                last: Some("000000010000000000000009".into()),
+                segments: 7,
+                gaps: vec![Gap { first: "000000010000000000000004".into(), last: "000000010000000000000005".into() }],
+                partials: vec![],
+                history: false,
+            }],
+            incomplete: vec!["20261124T000000F".into()],
+        }
+    }
+
+    #[test]
+    fn text_shows_backups_gaps_and_incomplete() {
+        let text = render_text(&sample());
+        assert!(text.contains("20261123T074000F  full  -"), "{text}");
+        assert!(text.contains("23.0 MiB"), "{text}");
+        assert!(text.contains("GAPS: 000000010000000000000004 .. 000000010000000000000005"), "{text}");
+        assert!(text.contains("without a manifest not listed"), "{text}");
+    }
+
+    /// The documented JSON shape: changing it breaks users' monitoring.
+    #[test]
+    fn json_shape_is_stable() {
+        let v: serde_json::Value = serde_json::from_str(&render_json(&sample())).expect("json");
+        let b = &v["backups"][0];
+        for key in [
+            "id",
+            "type",
+            "parent",
+            "start_time",
+            "stop_time",
+            "start_lsn",
+            "stop_lsn",
+            "timeline",
+            "stop_timeline",
+            "server_version_num",
+            "data_size",
+            "stored_size",
+            "files",
+        ] {
+            assert!(b.get(key).is_some(), "backups[].{key}");
+        }
+        assert_eq!(b["type"], "full");
+        assert_eq!(b["stop_lsn"], "0/2000100");
+        let w = &v["wal"][0];
+        for key in ["timeline", "first", "last", "segments", "gaps", "partials", "history"] {
+            assert!(w.get(key).is_some(), "wal[].{key}");
+        }
+        assert_eq!(w["gaps"][0]["first"], "000000010000000000000004");
+        assert_eq!(v["incomplete"][0], "20261124T000000F");
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_size(5), "5 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,400 @@
+//! `pgwal backup` and `pgwal list` on real PostgreSQL 15: a backup taken
+//! under pgbench write load stores every file (checked against the packs and
+//! against PGDATA), recovers into a working cluster with exactly the
+//! primary's rows, and shows in `list --json`; a backup of another cluster is
+//! refused and stores nothing; two backups at once are refused by the lock;
+//! a killed backup never shows and its stale lock is taken over.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use common::*;
+use pgwal::repo::backup::{FileEntry, Manifest};
+use pgwal::repo::frame;
+
+/// Rows and sums that any lost or reordered WAL would change.
+const FINGERPRINT: &str = "SELECT (SELECT count(*) FROM pgbench_history) || ' ' || \
+    (SELECT sum(abalance) FROM pgbench_accounts) || ' ' || (SELECT sum(tbalance) FROM pgbench_tellers) || ' ' || \
+    (SELECT count(*) || ':' || sum(n) FROM in_tablespace)";
+
+fn file_repo_config(dir: &TestDir) -> Result<PathBuf> {
+    let config = dir.join("pgwal.toml");
+    write_private_file(&config, &format!("repo = \"file://{}\"\n", dir.join("repo").display()))?;
+    Ok(config)
+}
+
+fn cfg(config: &Path) -> String {
+    config.to_string_lossy().into_owned()
+}
+
+/// `pgwal backup` against `pg`, reading its data directory.
+fn backup_cmd(config: &Path, pg: &PgCluster) -> Pgwal {
+    Pgwal::new(["--config", &cfg(config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"]).arg(pg.data_dir())
+}
+
+/// Runs a backup that must succeed and returns the ID it printed.
+fn take_backup(cmd: Pgwal) -> Result<String> {
+    let out = cmd.run()?.ensure_success()?;
+    let id = out.stdout.trim().to_string();
+    ensure!(
+        id.len() == 16 && id.ends_with('F') && !id.contains('\n'),
+        "backup must print its ID alone on stdout: {out}"
+    );
+    Ok(id)
+}
+
+fn list_json(config: &Path, extra_env: &[(String, String)]) -> Result<serde_json::Value> {
+    let out =
+        Pgwal::new(["--config", &cfg(config), "list", "--json"]).envs(extra_env.to_vec()).run()?.ensure_success()?;
+    serde_json::from_str(&out.stdout).with_context(|| format!("list --json printed no JSON: {out}"))
+}
+
+fn backup_ids(listing: &serde_json::Value) -> Vec<String> {
+    listing["backups"]
+        .as_array()
+        .map_or(Vec::new(), |a| a.iter().filter_map(|b| b["id"].as_str().map(String::from)).collect())
+}
+
+fn parse_lsn(s: &str) -> Result<u64> {
+    let (hi, lo) = s.split_once('/').context("LSN without '/'")?;
+    Ok(u64::from_str_radix(hi, 16)? << 32 | u64::from_str_radix(lo, 16)?)
+}
+
+/// Reads and checks a stored object (frame header, size, SHA-256).
+fn read_object(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    frame::decode(&bytes).with_context(|| format!("decoding {}", path.display()))
+}
+
+fn load_manifest(repo_root: &Path, id: &str) -> Result<Manifest> {
+    let json = read_object(&repo_root.join(format!("backup/{id}/manifest")))?;
+    Ok(serde_json::from_slice(&json)?)
+}
+
+/// Every pack of the backup, decoded (each checks its own SHA-256).
+fn load_packs(repo_root: &Path, m: &Manifest) -> Result<HashMap<u32, Vec<u8>>> {
+    let mut packs = HashMap::new();
+    for p in &m.packs {
+        let data = read_object(&repo_root.join(format!("backup/{}/pack/{:06}", m.id, p.number)))?;
+        ensure!(data.len() as u64 == p.original_size, "pack {} size differs from the manifest", p.number);
+        ensure!(frame::hex(&frame::sha256(&data)) == p.sha256, "pack {} SHA-256 differs from the manifest", p.number);
+        packs.insert(p.number, data);
+    }
+    Ok(packs)
+}
+
+/// A file's content from the packs, checked against its manifest entry.
+fn content(packs: &HashMap<u32, Vec<u8>>, f: &FileEntry) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(f.size as usize);
+    for e in &f.extents {
+        let pack = packs.get(&e.pack).with_context(|| format!("{}: no pack {}", f.path, e.pack))?;
+        let piece = pack
+            .get(e.offset as usize..(e.offset + e.size) as usize)
+            .with_context(|| format!("{}: extent beyond pack", f.path))?;
+        out.extend_from_slice(piece);
+    }
+    ensure!(out.len() as u64 == f.size, "{}: extents hold {} bytes, manifest says {}", f.path, out.len(), f.size);
+    ensure!(
+        frame::hex(&frame::sha256(&out)) == f.sha256,
+        "{}: SHA-256 of the packed bytes differs from the manifest",
+        f.path
+    );
+    Ok(out)
+}
+
+/// Writes the backup into `home/pgdata` by hand (what `pgwal restore` will
+/// do), with tablespaces relocated per `ts_dirs`, plus backup_label and a
+/// tablespace_map naming the new locations.
+fn materialize(
+    m: &Manifest,
+    packs: &HashMap<u32, Vec<u8>>,
+    home: &Path,
+    ts_dirs: &HashMap<u32, PathBuf>,
+) -> Result<()> {
+    let data = home.join(DATA_SUBDIR);
+    create_user_dir(&data)?;
+    let root = |ts: Option<u32>| -> Result<PathBuf> {
+        match ts {
+            None => Ok(data.clone()),
+            Some(oid) => ts_dirs.get(&oid).cloned().with_context(|| format!("no directory for tablespace {oid}")),
+        }
+    };
+    for d in &m.directories {
+        create_user_dir(&root(d.tablespace)?.join(&d.path))?;
+    }
+    for f in &m.files {
+        let path = root(f.tablespace)?.join(&f.path);
+        if let Some(parent) = path.parent() {
+            create_user_dir(parent)?;
+        }
+        write_user_file(&path, &content(packs, f)?, f.mode)?;
+    }
+    write_user_file(&data.join("backup_label"), m.backup_label.as_bytes(), 0o600)?;
+    if !m.tablespaces.is_empty() {
+        let map: String = m.tablespaces.iter().map(|t| format!("{} {}\n", t.oid, ts_dirs[&t.oid].display())).collect();
+        write_user_file(&data.join("tablespace_map"), map.as_bytes(), 0o600)?;
+    }
+    Ok(())
+}
+
+/// Runs pgbench in short rounds until `stop` is set.
+fn load_until(pg: &PgCluster, stop: &AtomicBool) -> Result<u32> {
+    let mut rounds = 0;
+    while !stop.load(Ordering::Relaxed) {
+        pg.pgbench(&["-c", "2", "-j", "2", "-T", "2", "--no-vacuum"])?;
+        rounds += 1;
+    }
+    Ok(rounds)
+}
+
+#[test]
+fn backup_under_load_recovers_exactly() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = file_repo_config(&dir)?;
+    let ts_dir = dir.subdir("ts1")?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "max_wal_size = 64MB"])?;
+    pg.start()?;
+    pg.pgbench_init(3)?;
+    pg.sql(&format!("CREATE TABLESPACE ts1 LOCATION {}", conf_quote(&ts_dir.to_string_lossy())))?;
+    pg.sql("CREATE TABLE in_tablespace TABLESPACE ts1 AS SELECT g AS n FROM generate_series(1, 20000) g")?;
+    pg.sql("CREATE UNLOGGED TABLE scratch AS SELECT g AS n FROM generate_series(1, 1000) g")?;
+
+    // The backup runs while pgbench writes.
+    let stop = AtomicBool::new(false);
+    let (backup, rounds) = std::thread::scope(|s| {
+        let load = s.spawn(|| load_until(&pg, &stop));
+        std::thread::sleep(Duration::from_secs(1));
+        let backup = take_backup(backup_cmd(&config, &pg));
+        stop.store(true, Ordering::Relaxed);
+        (backup, load.join().expect("pgbench thread"))
+    });
+    let id = backup?;
+    ensure!(rounds? >= 1, "pgbench ran during the backup");
+    pg.sql("INSERT INTO in_tablespace SELECT g FROM generate_series(20001, 20100) g")?;
+    let expected = pg.sql(FINGERPRINT)?;
+    let last = pg.switch_wal()?;
+    pg.wait_archived(&last, Duration::from_secs(120))?;
+
+    let listing = list_json(&config, &[])?;
+    ensure!(backup_ids(&listing) == vec![id.clone()], "list shows the backup: {listing}");
+    let b = &listing["backups"][0];
+    let (start, stop_lsn) =
+        (parse_lsn(b["start_lsn"].as_str().unwrap_or(""))?, parse_lsn(b["stop_lsn"].as_str().unwrap_or(""))?);
+    ensure!(stop_lsn > start, "stop LSN after start LSN: {b}");
+    ensure!(b["type"] == "full" && b["timeline"] == 1 && b["data_size"].as_u64() > Some(40 << 20), "{b}");
+    ensure!(listing["wal"][0]["timeline"] == 1 && listing["wal"][0]["gaps"] == serde_json::json!([]), "{listing}");
+    let text = Pgwal::new(["--config", &cfg(&config), "list"]).run()?.ensure_success()?.stdout;
+    ensure!(text.contains(&id) && text.contains("WAL timeline 1:") && text.contains("no gaps"), "list text:\n{text}");
+
+    let repo_root = dir.join("repo");
+    let m = load_manifest(&repo_root, &id)?;
+    ensure!(m.system_identifier == pg.system_identifier()?, "manifest names the cluster");
+    ensure!(m.backup_label.contains("START WAL LOCATION") && m.tablespace_map.is_some(), "label and map: {m:?}");
+    ensure!(m.stored_size < m.data_size, "packs are compressed");
+    let packs = load_packs(&repo_root, &m)?;
+    let by_path: HashMap<(Option<u32>, &str), &FileEntry> =
+        m.files.iter().map(|f| ((f.tablespace, f.path.as_str()), f)).collect();
+    for excluded in ["postmaster.pid", "postmaster.opts", "pg_wal/000000010000000000000001", "backup_label"] {
+        ensure!(!by_path.contains_key(&(None, excluded)), "{excluded} must not be in the backup");
+    }
+    ensure!(!m.files.iter().any(|f| f.path.starts_with("pg_wal/")), "no WAL in the backup");
+    let dirs: Vec<&str> = m.directories.iter().map(|d| d.path.as_str()).collect();
+    ensure!(
+        dirs.contains(&"pg_wal") && dirs.contains(&"pg_wal/archive_status") && dirs.contains(&"pg_replslot"),
+        "{dirs:?}"
+    );
+    let ts_oid = pg.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'")?.parse::<u32>()?;
+    ensure!(m.tablespaces.len() == 1 && m.tablespaces[0].oid == ts_oid, "{:?}", m.tablespaces);
+    ensure!(
+        m.files.iter().any(|f| f.tablespace == Some(ts_oid) && f.path.starts_with("PG_15_")),
+        "tablespace files are in"
+    );
+    let scratch = pg.sql("SELECT pg_relation_filepath('scratch')")?;
+    ensure!(!by_path.contains_key(&(None, scratch.as_str())), "an unlogged table's main fork is skipped");
+    ensure!(by_path.contains_key(&(None, format!("{scratch}_init").as_str())), "its init fork is kept");
+    // Every file's bytes re-checked against the manifest.
+    for f in &m.files {
+        content(&packs, f)?;
+    }
+    let control = content(&packs, by_path[&(None, "global/pg_control")])?;
+    ensure!(control[..8] == pg.system_identifier()?.parse::<u64>()?.to_ne_bytes(), "pg_control is the cluster's");
+
+    pg.stop()?;
+    for same in ["PG_VERSION", "postgresql.conf", "pg_hba.conf", "global/pg_filenode.map"] {
+        let on_disk = std::fs::read(pg.data_dir().join(same))?;
+        ensure!(content(&packs, by_path[&(None, same)])? == on_disk, "{same} differs from PGDATA");
+    }
+
+    // The backup plus the archive recover to exactly the primary's rows.
+    let copy_home = dir.join("copy");
+    let copy_ts = dir.subdir("copy-ts1")?;
+    materialize(&m, &packs, &copy_home, &HashMap::from([(ts_oid, copy_ts)]))?;
+    let mut copy = PgCluster::existing(&copy_home)?;
+    copy.set_conf(&[restore_command_setting(&config), "archive_mode = off".to_string()])?;
+    copy.touch_in_data_dir("recovery.signal")?;
+    copy.start()?;
+    copy.wait_recovery_finished(Duration::from_secs(180))?;
+    let recovered = copy.sql(FINGERPRINT)?;
+    ensure!(recovered == expected, "recovered {recovered:?}, primary had {expected:?}");
+    ensure!(copy.sql("SELECT count(*) FROM scratch")? == "0", "unlogged tables come back empty");
+    let mut amcheck = copy.pg_client("pg_amcheck");
+    amcheck.args(["--all", "--install-missing", "--heapallindexed"]);
+    let out = run(&mut amcheck, None, COMMAND_TIMEOUT)?;
+    ensure!(out.success(), "pg_amcheck finds the recovered cluster sound: {out}");
+    Ok(())
+}
+
+#[test]
+fn s3_backup_and_another_cluster_is_refused() -> Result<()> {
+    let dir = TestDir::new()?;
+    let s3 = S3Server::start()?;
+    let bucket = s3.create_bucket("pgwal")?;
+    let config = dir.join("pgwal.toml");
+    write_private_file(&config, &s3.config_toml("s3://pgwal/main"))?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config)])?;
+    pg.start()?;
+    pg.pgbench_init(1)?;
+
+    // libpq's environment instead of --conninfo, and the data directory from the server.
+    let pg_env = [
+        ("PGHOST".to_string(), pg.socket_dir().to_string_lossy().into_owned()),
+        ("PGPORT".to_string(), pg.port().to_string()),
+        ("PGUSER".to_string(), "postgres".to_string()),
+    ];
+    let id = take_backup(Pgwal::new(["--config", &cfg(&config), "backup"]).envs(pg_env.clone()))?;
+    let listing = list_json(&config, &[])?;
+    ensure!(backup_ids(&listing) == vec![id.clone()], "{listing}");
+    let repo_root = bucket.join("main");
+    let m = load_manifest(&repo_root, &id)?;
+    let packs = load_packs(&repo_root, &m)?;
+    for f in &m.files {
+        content(&packs, f)?;
+    }
+    let version = m.files.iter().find(|f| f.path == "PG_VERSION").context("PG_VERSION is backed up")?;
+    ensure!(content(&packs, version)? == std::fs::read(pg.data_dir().join("PG_VERSION"))?, "PG_VERSION");
+
+    // Another cluster (another system identifier) into the same repository.
+    let mut other = PgCluster::init(&dir.join("other"), &[])?;
+    other.start()?;
+    ensure!(other.system_identifier()? != pg.system_identifier()?, "initdb gives each cluster its own identifier");
+    let before = list_tree(&repo_root.join("backup"))?;
+    let out = backup_cmd(&config, &other).run()?;
+    ensure!(out.code() == Some(1) && out.stdout.is_empty(), "a backup of another cluster fails: {out}");
+    ensure!(out.stderr.contains("belongs to cluster") && out.stderr.contains(&pg.system_identifier()?), "{out}");
+    ensure!(list_tree(&repo_root.join("backup"))? == before, "the refused backup stored nothing");
+    ensure!(!repo_root.join("lock/backup").exists(), "and released its lock");
+    ensure!(backup_ids(&list_json(&config, &[])?) == vec![id], "list is unchanged");
+
+    // Reading commands never create a repository.
+    let missing = dir.join("pgwal-missing.toml");
+    write_private_file(&missing, &s3.config_toml("s3://pgwal/nothing-here"))?;
+    let out = Pgwal::new(["--config", &cfg(&missing), "list"]).run()?;
+    ensure!(out.code() == Some(1) && out.stderr.contains("no pgwal repository"), "{out}");
+    ensure!(!bucket.join("nothing-here").exists(), "list created nothing");
+    Ok(())
+}
+
+fn list_tree(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                out.extend(list_tree(&p)?);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Waits for a spawned pgwal and returns its output.
+fn finish(child: Child) -> Result<std::process::Output> {
+    Ok(child.wait_with_output()?)
+}
+
+#[test]
+fn concurrent_backups_are_locked_out_and_killed_ones_never_show() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = file_repo_config(&dir)?;
+    // A slow archiver keeps each backup waiting for its WAL for a while.
+    let slow_archive = format!(
+        "archive_command = {}",
+        conf_quote(&format!("sleep 2; {}", pgwal_shell_command(&["--config", &cfg(&config), "archive", "%p"])))
+    );
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&slow_archive])?;
+    pg.start()?;
+    let repo_root = dir.join("repo");
+    let lock = repo_root.join("lock/backup");
+
+    // Two at once: the second is refused, naming the first.
+    let spawn = |cmd: Pgwal| -> Result<Child> {
+        let mut c = cmd.command();
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        Ok(c.spawn()?)
+    };
+    let first = spawn(backup_cmd(&config, &pg))?;
+    let first_pid = first.id();
+    wait_until(Duration::from_secs(60), "the first backup to take the lock", || Ok(lock.exists()))?;
+    let second = backup_cmd(&config, &pg).run()?;
+    ensure!(second.code() == Some(1) && second.stdout.is_empty(), "the second backup fails: {second}");
+    ensure!(
+        second.stderr.contains("another backup of this repository is running")
+            && second.stderr.contains(&first_pid.to_string()),
+        "the error names the holder: {second}"
+    );
+    let out = finish(first)?;
+    ensure!(out.status.success(), "the first backup succeeds: {}", String::from_utf8_lossy(&out.stderr));
+    let first_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(!lock.exists(), "the lock is released");
+
+    // Killed while it waits for its WAL: never listed, and its lock is taken over.
+    let mut killed = spawn(backup_cmd(&config, &pg))?;
+    let packs_of_new_backup = || -> Result<bool> {
+        Ok(list_tree(&repo_root.join("backup"))?
+            .iter()
+            .any(|p| p.to_string_lossy().contains("/pack/") && !p.to_string_lossy().contains(&format!("/{first_id}/"))))
+    };
+    wait_until(Duration::from_secs(60), "the next backup to store a pack", packs_of_new_backup)?;
+    killed.kill()?; // SIGKILL to our own child, by its PID
+    let status = killed.wait()?;
+    ensure!(!status.success(), "killed");
+    ensure!(lock.exists(), "a killed backup leaves its lock");
+    let listing = list_json(&config, &[])?;
+    ensure!(backup_ids(&listing) == vec![first_id.clone()], "the killed backup is not listed: {listing}");
+    ensure!(listing["incomplete"].as_array().is_some_and(|a| a.len() == 1), "but counted as incomplete: {listing}");
+
+    let out = backup_cmd(&config, &pg).run()?.ensure_success()?;
+    ensure!(out.stderr.contains("taking over the stale backup lock"), "{out}");
+    let third_id = out.stdout.trim().to_string();
+    ensure!(backup_ids(&list_json(&config, &[])?) == vec![first_id, third_id], "both complete backups are listed");
+    ensure!(!lock.exists(), "released again");
+    Ok(())
+}
+
+#[test]
+fn usage_errors() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = file_repo_config(&dir)?;
+    let out = Pgwal::new(["--config", &cfg(&config), "backup", "--type", "incr"]).run()?;
+    ensure!(out.code() == Some(2) && out.stderr.contains("not implemented yet"), "{out}");
+    let out = Pgwal::new(["--config", &cfg(&config), "list"]).run()?;
+    ensure!(out.code() == Some(1) && out.stderr.contains("no pgwal repository"), "{out}");
+    ensure!(!dir.join("repo").exists(), "list creates nothing");
+    let out = Pgwal::new(["--config", &cfg(&config), "backup", "--conninfo", "host=/nonexistent port=1 user=postgres"])
+        .run()?;
+    ensure!(out.code() == Some(1) && out.stderr.contains("cannot connect to PostgreSQL"), "{out}");
+    ensure!(out.stderr.contains("hint:"), "{out}");
+    if dir.join("repo/lock/backup").exists() {
+        bail!("a failed backup must release its lock");
+    }
+    Ok(())
+}
