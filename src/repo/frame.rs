@@ -214,8 +214,7 @@ pub fn encode(data: &[u8], compression: Compression) -> Result<(Vec<u8>, FrameHe
     Ok((out, header))
 }
 
-/// An object framed from a stream: the header and the payload as separate
-/// parts (header first), ready for a multi-part put without concatenating.
+/// An object framed from a stream: the encoded header, then the zstd frames.
 #[derive(Debug, Clone)]
 pub struct StreamEncoded {
     /// The header values.
