@@ -11,11 +11,12 @@ use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
 use crate::pg::validate::{validate_segment_head, validate_wal_file, ValidatedWal};
 use crate::pg::{WalFileKind, WalFileName};
-use crate::repo::frame::{self, Compression, FrameHeader, StreamError};
+use crate::repo::frame::{self, Compression, FrameHeader};
 use crate::repo::{keys, ClusterIdentity, PutOutcome, Repository};
+use crate::storage::mapped::MappedFile;
 
-/// Archives the WAL file at `path` into `repo`. Segments are read, hashed and
-/// compressed as a pipeline; history and backup files are small and read whole.
+/// Archives the WAL file at `path` into `repo`. Segments are mapped, not
+/// copied; history and backup files are small and read whole.
 pub fn archive(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
@@ -33,31 +34,36 @@ pub fn archive(
         return store(rt, repo, &name, validated, rt.block_on(repo.identity())?, object.into(), &header);
     }
 
-    let mut file = File::open(path).map_err(Error::io("cannot read", path))?;
-    let len = file.metadata().map_err(Error::io("cannot stat", path))?.len();
-    let first = frame::read_chunk(&mut file).map_err(Error::io("cannot read", path))?;
-    let page = validate_segment_head(&name, &first, len).map_err(invalid)?;
-    // The repository round trips overlap the read-hash-compress pipeline.
+    let file = File::open(path).map_err(Error::io("cannot read", path))?;
+    let before = file.metadata().map_err(Error::io("cannot stat", path))?;
+    let len = before.len();
+    let head = read_head(&file, len).map_err(Error::io("cannot read", path))?;
+    let page = validate_segment_head(&name, &head, len).map_err(invalid)?;
+    let mapped = MappedFile::map(&file, len as usize).map_err(Error::io("cannot read", path))?;
+    // The repository round trips overlap hashing and compressing on all cores.
     let (encoded, known) = std::thread::scope(|s| {
-        let encoder = s.spawn(|| frame::encode_stream(first, &mut file, opts.compress_level));
+        let encoder = s.spawn(|| frame::encode(mapped.bytes(), Compression::Zstd(opts.compress_level)));
         let known = rt.block_on(repo.identity());
         (encoder.join(), known)
     });
-    let encoded = encoded.map_err(|_| invalid("compression thread panicked".into()))?.map_err(|e| match e {
-        StreamError::Read(io) => Error::io("cannot read", path)(io),
-        StreamError::Frame(f) => invalid(f.to_string()),
-    })?;
-    if encoded.header.original_size != len {
-        return Err(invalid(format!("file changed size while being read ({len} -> {})", encoded.header.original_size)));
+    let (object, header) =
+        encoded.map_err(|_| invalid("compression thread panicked".into()))?.map_err(|e| invalid(e.to_string()))?;
+    drop(mapped);
+    // PostgreSQL never changes a segment while archive_command runs; anything
+    // else doing so would make what was hashed differ from what is stored.
+    let after = file.metadata().map_err(Error::io("cannot stat", path))?;
+    if after.len() != len || after.modified().ok() != before.modified().ok() {
+        return Err(invalid("file changed while it was being archived; PostgreSQL will retry".into()));
     }
-    // One contiguous body: S3 servers reject the chunked upload a multi-part
-    // payload turns into (seen with s3s-fs), and the copy costs about 1 ms.
-    let mut object = Vec::with_capacity(encoded.parts.iter().map(|p| p.len()).sum());
-    for part in &encoded.parts {
-        object.extend_from_slice(part);
-    }
-    drop(encoded.parts);
-    store(rt, repo, &name, ValidatedWal::Segment(page), known?, object.into(), &encoded.header)
+    store(rt, repo, &name, ValidatedWal::Segment(page), known?, object.into(), &header)
+}
+
+/// The first page of a segment, for validation before anything else is done.
+fn read_head(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut head = vec![0u8; len.min(crate::pg::page_header::LONG_PAGE_HEADER_LEN as u64) as usize];
+    file.read_exact_at(&mut head, 0)?;
+    Ok(head)
 }
 
 /// Checks the cluster identity (recording it on first use) and stores the object.

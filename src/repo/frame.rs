@@ -22,6 +22,8 @@ use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::storage::mapped::HugeBuffer;
+
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 64;
 /// Magic bytes at the start of every object.
@@ -214,114 +216,6 @@ pub fn encode(data: &[u8], compression: Compression) -> Result<(Vec<u8>, FrameHe
     Ok((out, header))
 }
 
-/// An object framed from a stream: the encoded header, then the zstd frames.
-#[derive(Debug, Clone)]
-pub struct StreamEncoded {
-    /// The header values.
-    pub header: FrameHeader,
-    /// The encoded header, then one zstd frame per chunk.
-    pub parts: Vec<bytes::Bytes>,
-}
-
-/// Why a stream could not be framed.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    /// Reading the input failed.
-    #[error("{0}")]
-    Read(#[from] std::io::Error),
-    /// Compressing failed.
-    #[error("{0}")]
-    Frame(#[from] FrameError),
-}
-
-/// Reads up to one chunk; an empty result means end of input.
-pub fn read_chunk(reader: &mut impl std::io::Read) -> std::io::Result<bytes::Bytes> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(CHUNK_SIZE);
-    reader.take(CHUNK_SIZE as u64).read_to_end(&mut buf)?;
-    Ok(buf.into())
-}
-
-/// Frames `first` followed by the rest of `reader` with zstd at `level`,
-/// pipelined: the calling thread reads chunk after chunk while one thread
-/// hashes them in order and the other cores compress them, so no stage waits
-/// for the whole input. Memory: the input plus its compressed form.
-pub fn encode_stream(
-    first: bytes::Bytes,
-    reader: &mut impl std::io::Read,
-    level: i32,
-) -> Result<StreamEncoded, StreamError> {
-    let (hash_tx, hash_rx) = mpsc::channel::<bytes::Bytes>();
-    let (job_tx, job_rx) = mpsc::channel::<(usize, bytes::Bytes)>();
-    let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Vec<u8>, FrameError>)>();
-    let mut total: u64 = 0;
-    let mut chunks = 0usize;
-    let (read_result, digest) = std::thread::scope(|s| {
-        let hasher = s.spawn(move || {
-            let mut h = Sha256::new();
-            for chunk in hash_rx {
-                h.update(&chunk);
-            }
-            let digest: Sha256Digest = h.finalize().into();
-            digest
-        });
-        for _ in 0..workers(usize::MAX) {
-            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-            s.spawn(move || {
-                let mut cctx = zstd::bulk::Compressor::new(level).map_err(|e| FrameError::Compress(e.to_string()));
-                loop {
-                    let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((i, chunk)) = job else { break };
-                    let out = match cctx.as_mut() {
-                        Ok(c) => c.compress(&chunk).map_err(|e| FrameError::Compress(e.to_string())),
-                        Err(e) => Err(e.clone()),
-                    };
-                    if done_tx.send((i, out)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        let mut chunk = first;
-        let read_result = loop {
-            if chunk.is_empty() && chunks > 0 {
-                break Ok(());
-            }
-            total += chunk.len() as u64;
-            // Sends fail only if a receiver is gone, which a panic would have caused.
-            let _ = hash_tx.send(chunk.clone());
-            let _ = job_tx.send((chunks, chunk));
-            chunks += 1;
-            match read_chunk(reader) {
-                Ok(next) => chunk = next,
-                Err(e) => break Err(e),
-            }
-        };
-        drop(hash_tx);
-        drop(job_tx);
-        (read_result, hasher.join())
-    });
-    read_result?;
-    let sha256 = digest.map_err(|_| FrameError::Compress("hash thread panicked".into()))?;
-    let mut compressed: Vec<Option<bytes::Bytes>> = vec![None; chunks];
-    for (i, out) in done_rx {
-        compressed[i] = Some(out?.into());
-    }
-    let mut parts = Vec::with_capacity(chunks + 1);
-    parts.push(bytes::Bytes::new());
-    for part in compressed {
-        parts.push(part.ok_or_else(|| FrameError::Compress("a compression worker stopped early".into()))?);
-    }
-    let payload_size: u64 = parts.iter().map(|p| p.len() as u64).sum();
-    let header = FrameHeader { compression: 1, original_size: total, payload_size, sha256 };
-    let mut head = Vec::with_capacity(HEADER_LEN);
-    header.write(&mut head);
-    parts[0] = head.into();
-    Ok(StreamEncoded { header, parts })
-}
-
 /// Splits a zstd payload into its frames, each with the content size its
 /// frame header declares (pgwal always writes it).
 fn zstd_frames(payload: &[u8]) -> Result<Vec<(&[u8], usize)>, FrameError> {
@@ -380,6 +274,17 @@ where
         if declared != header.original_size {
             return Err(FrameError::OriginalSize { expected: header.original_size, actual: declared });
         }
+        // One output buffer in huge pages, cut into one slice per frame: each
+        // worker decompresses into its frame's slice and hands it to `sink`;
+        // the calling thread hashes the slices in order as they complete.
+        let mut output = HugeBuffer::new(declared as usize).map_err(|e| FrameError::Decompress(e.to_string()))?;
+        let mut slots: Vec<Mutex<&mut [u8]>> = Vec::with_capacity(frames.len());
+        let mut rest = output.as_mut_slice();
+        for &(_, content) in &frames {
+            let (slot, tail) = rest.split_at_mut(content);
+            slots.push(Mutex::new(slot));
+            rest = tail;
+        }
         let offsets: Vec<u64> = frames
             .iter()
             .scan(0u64, |at, f| {
@@ -391,29 +296,33 @@ where
         let next = AtomicUsize::new(0);
         let mut failed = None;
         std::thread::scope(|s| {
-            let (tx, rx) = mpsc::channel();
+            let (tx, rx) = mpsc::channel::<(usize, Result<(), FrameError>)>();
             for _ in 0..workers(frames.len()) {
                 let tx = tx.clone();
-                let (next, frames, offsets, deliver) = (&next, &frames, &offsets, &deliver);
+                let (next, frames, offsets, slots, deliver) = (&next, &frames, &offsets, &slots, &deliver);
                 s.spawn(move || {
                     let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| FrameError::Decompress(e.to_string()));
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&(frame, content)) = frames.get(i) else { break };
+                        let mut slot = slots[i].lock().unwrap_or_else(|p| p.into_inner());
                         let out = match dctx.as_mut() {
-                            Ok(d) => d.decompress(frame, content).map_err(|e| FrameError::Decompress(e.to_string())),
+                            Ok(d) => d
+                                .decompress_to_buffer(frame, &mut **slot)
+                                .map_err(|e| FrameError::Decompress(e.to_string())),
                             Err(e) => Err(e.clone()),
                         }
-                        .and_then(|out| {
-                            if out.len() == content {
-                                Ok(out)
+                        .and_then(|n| {
+                            if n == content {
+                                Ok(())
                             } else {
-                                Err(FrameError::OriginalSize { expected: content as u64, actual: out.len() as u64 })
+                                Err(FrameError::OriginalSize { expected: content as u64, actual: n as u64 })
                             }
                         });
-                        if let Ok(bytes) = &out {
-                            deliver(offsets[i], bytes);
+                        if out.is_ok() {
+                            deliver(offsets[i], &slot);
                         }
+                        drop(slot);
                         let stop = out.is_err();
                         if tx.send((i, out)).is_err() || stop {
                             break;
@@ -423,20 +332,19 @@ where
             }
             drop(tx);
             // Hash the frames strictly in order as they complete.
-            let mut ready: Vec<Option<Vec<u8>>> = (0..frames.len()).map(|_| None).collect();
+            let mut ready = vec![false; frames.len()];
             let mut cursor = 0;
             for (i, out) in rx {
-                match out {
-                    Ok(bytes) => ready[i] = Some(bytes),
-                    Err(e) => {
-                        failed = Some(e);
-                        next.store(usize::MAX / 2, Ordering::Relaxed);
-                        break;
-                    }
+                if let Err(e) = out {
+                    failed = Some(e);
+                    next.store(usize::MAX / 2, Ordering::Relaxed);
+                    break;
                 }
-                while let Some(bytes) = ready.get_mut(cursor).and_then(Option::take) {
-                    hasher.update(&bytes);
-                    hashed += bytes.len() as u64;
+                ready[i] = true;
+                while ready.get(cursor) == Some(&true) {
+                    let slot = slots[cursor].lock().unwrap_or_else(|p| p.into_inner());
+                    hasher.update(&**slot);
+                    hashed += slot.len() as u64;
                     cursor += 1;
                 }
             }
@@ -499,33 +407,6 @@ mod tests {
                 assert_eq!(decode(&obj).expect("decode"), data, "len {len} {c:?}");
             }
         }
-    }
-
-    #[test]
-    fn streaming_encode_matches_and_round_trips() {
-        for len in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 17] {
-            let data = sample(len);
-            let mut reader = &data[..];
-            let first = read_chunk(&mut reader).expect("read");
-            let enc = encode_stream(first, &mut reader, 1).expect("encode");
-            let object: Vec<u8> = enc.parts.iter().flat_map(|p| p.iter().copied()).collect();
-            assert_eq!(enc.header.sha256, sha256(&data), "len {len}");
-            assert_eq!(FrameHeader::parse(&object), Ok(enc.header));
-            assert_eq!(decode(&object).expect("decode"), data, "len {len}");
-            assert_eq!(object, encode(&data, Compression::Zstd(1)).expect("encode").0, "same bytes as encode()");
-        }
-    }
-
-    #[test]
-    fn streaming_encode_reports_read_errors() {
-        struct Failing;
-        impl std::io::Read for Failing {
-            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-                Err(std::io::Error::other("disk on fire"))
-            }
-        }
-        let result = encode_stream(bytes::Bytes::from(sample(10)), &mut Failing, 1);
-        assert!(matches!(result, Err(StreamError::Read(_))));
     }
 
     #[test]

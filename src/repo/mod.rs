@@ -95,8 +95,22 @@ impl Repository {
         &self.url
     }
 
-    /// Reads a whole object; `None` if there is none.
+    /// Reads a whole object; `None` if there is none. A local object is
+    /// mapped rather than copied: objects are never modified once created.
     pub async fn get(&self, key: &Path) -> Result<Option<Bytes>> {
+        if let Some(root) = &self.store.local_root {
+            let path = root.join(key.as_ref());
+            return match std::fs::File::open(&path) {
+                Ok(file) => {
+                    let len = file.metadata().map_err(Error::io("cannot stat", &path))?.len();
+                    let mapped = crate::storage::mapped::MappedFile::map(&file, len as usize)
+                        .map_err(Error::io("cannot read", &path))?;
+                    Ok(Some(Bytes::from_owner(mapped)))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io("cannot read", &path)(e)),
+            };
+        }
         self.retry
             .run(&format!("reading '{key}'"), || async {
                 match self.store.objects.get(key).await {

@@ -2,6 +2,7 @@
 //! where storage configuration enters), plus the retry policy every storage
 //! call goes through.
 
+pub mod mapped;
 pub mod pgdata;
 mod retry;
 mod url;
