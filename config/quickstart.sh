@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # pgwal quickstart: builds pgwal, starts a throwaway PostgreSQL cluster that
 # archives every WAL segment with `archive_command = 'pgwal archive %p'` into
-# a local-disk repository, writes some pgbench traffic, then recovers a copy
-# of the cluster purely from that archive with `restore_command = 'pgwal fetch
-# %f %p'` and checks that the copy has exactly the primary's rows.
+# a local-disk repository, takes a base backup with `pgwal backup`, writes
+# pgbench traffic, marks a restore point, then "makes a mistake" (deletes
+# rows). `pgwal restore --target-name` then brings a copy back to the moment
+# before the mistake, replaying the archive through `pgwal fetch`, and the
+# script checks that the copy has exactly the rows the primary had then.
 #
 #   bash config/quickstart.sh          (as root or as a normal user)
 #
@@ -63,7 +65,7 @@ PGWAL="$WORK/pgwal"
 REPO="file://$WORK/repo"
 PORT=${PGWAL_QUICKSTART_PORT:-55499}
 psql_p() { as_pg "$PG_BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
-FINGERPRINT="SELECT (SELECT count(*) FROM pgbench_history) || ' history rows, total balance ' || (SELECT sum(abalance) FROM pgbench_accounts)"
+FINGERPRINT="SELECT (SELECT count(*) FROM pgbench_accounts) || ' accounts, ' || (SELECT count(*) FROM pgbench_history) || ' history rows, total balance ' || (SELECT sum(abalance) FROM pgbench_accounts)"
 
 stop_all() {
     for d in "$WORK/primary" "$WORK/restored"; do
@@ -84,13 +86,17 @@ archive_command = '$PGWAL --repo $REPO archive %p'
 CONF
 as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/primary" -l "$WORK/primary.log" -w start >/dev/null
 
-say "copying the cluster with pg_basebackup -X none (the copy holds no WAL: it must come from the archive)"
-as_pg "$PG_BINDIR/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -D "$WORK/restored" -X none -c fast
-
-say "writing traffic: pgbench -i -s 2, then 2000 transactions"
+say "pgbench -i -s 2, then a base backup: pgwal backup"
 as_pg "$PG_BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -s 2 -q postgres 2>&1 | tail -n 1
+BACKUP=$(as_pg env PGHOST="$WORK" PGPORT="$PORT" PGUSER=postgres "$PGWAL" --repo "$REPO" --pgdata "$WORK/primary" backup)
+echo "backup $BACKUP"
+
+say "traffic after the backup (2000 pgbench transactions), then a restore point"
 as_pg "$PG_BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -c 2 -t 1000 -n postgres | grep -E '^(tps|number of transactions actually)'
 EXPECTED=$(psql_p "$PORT" "$FINGERPRINT")
+psql_p "$PORT" "SELECT pg_create_restore_point('before_mistake')" >/dev/null
+say "the mistake: DELETE FROM pgbench_accounts WHERE aid <= 50000"
+psql_p "$PORT" "DELETE FROM pgbench_accounts WHERE aid <= 50000"
 LAST=$(psql_p "$PORT" "SELECT pg_walfile_name(pg_switch_wal())")
 
 say "waiting until $LAST is in the repository"
@@ -101,25 +107,25 @@ for _ in $(seq 1 600); do
 done
 [[ $DONE == true* ]] || { echo "archiving did not reach $LAST; see $WORK/primary.log" >&2; exit 1; }
 echo "archived through $LAST, failed attempts: ${DONE#* }"
-as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/primary" -m fast -w stop >/dev/null
+as_pg "$PGWAL" --repo "$REPO" list
 
-say "recovering the copy with: restore_command = '$PGWAL --repo $REPO fetch %f %p'"
+say "restoring a copy to the restore point: pgwal restore --target-name before_mistake --target-action promote"
+as_pg "$PGWAL" --repo "$REPO" restore --target-dir "$WORK/restored" --target-name before_mistake --target-action promote
 cat >> "$WORK/restored/postgresql.conf" <<CONF
 port = $((PORT - 1))
 archive_mode = off
-restore_command = '$PGWAL --repo $REPO fetch %f %p'
 CONF
-as_pg touch "$WORK/restored/recovery.signal"
+grep -E "^(restore_command|recovery_target)" "$WORK/restored/postgresql.auto.conf" | grep -v "= ''" || true
 as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/restored" -l "$WORK/restored.log" -w -t 300 start >/dev/null
 for _ in $(seq 1 600); do
     [[ $(psql_p $((PORT - 1)) "SELECT pg_is_in_recovery()" 2>/dev/null) == f ]] && break
     sleep 0.1
 done
 GOT=$(psql_p $((PORT - 1)) "$FINGERPRINT")
-echo "primary:  $EXPECTED"
-echo "restored: $GOT"
+echo "primary before the mistake: $EXPECTED"
+echo "restored copy:             $GOT"
 [[ $GOT == "$EXPECTED" ]] || { echo "MISMATCH: see $WORK/restored.log" >&2; exit 1; }
 
-say "OK: the copy recovered from the pgwal archive has exactly the primary's rows"
+say "OK: the copy restored from the pgwal repository has exactly the rows from before the mistake"
 echo "repository: $WORK/repo ($(du -sh "$WORK/repo" | cut -f1), $(find "$WORK/repo/wal" -type f | wc -l) WAL files)"
 echo "server logs: $WORK/primary.log, $WORK/restored.log"
