@@ -104,6 +104,13 @@ fn s3_server_stops_and_starts_again_on_the_same_port() -> Result<()> {
     assert!(!s3.is_running());
     assert!(!port_is_open(port), "port {port} still open after stop");
 
+    // A port taken by someone else while stopped is an error, not a server
+    // that looks up but is not ours.
+    let squatter = TcpListener::bind(("127.0.0.1", port))?;
+    let err = s3.start_again().expect_err("started on a taken port");
+    assert!(format!("{err:#}").contains("exited"), "{err:#}");
+    drop(squatter);
+
     s3.start_again()?;
     assert_eq!(s3.port(), port);
     assert!(port_is_open(port));

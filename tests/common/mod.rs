@@ -433,6 +433,34 @@ pub fn port_is_open(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
 }
 
+/// True when process `pid` holds a TCP socket listening on `port` (IPv4):
+/// the socket's inode from `/proc/net/tcp` is among the process's open fds.
+pub fn process_listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // "sl local_address rem_address st tx_queue:rx_queue tr:tm retrnsmt uid timeout inode ..."
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            let listening = u16::from_str_radix(local_port, 16).ok()? == port && *fields.get(3)? == LISTEN;
+            let inode = fields.get(9)?;
+            listening.then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().filter_map(|fd| fs::read_link(fd.path()).ok()).any(|target| {
+        let target = target.to_string_lossy();
+        inodes.iter().any(|inode| *inode == target)
+    })
+}
+
 /// A pseudo-random number, different on every call: enough for ports and
 /// names, not for secrets (the harness uses no rand crate).
 fn random_u64() -> u64 {
@@ -1259,13 +1287,15 @@ impl S3Server {
         let child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
         let child = self.child.insert(child);
         let port = self.port;
-        let ready =
-            wait_until(Duration::from_secs(30), &format!("s3s-fs to accept connections on port {port}"), || {
-                if let Some(status) = child.try_wait().context("checking on s3s-fs")? {
-                    bail!("s3s-fs exited with {status}");
-                }
-                Ok(port_is_open(port))
-            });
+        let pid = child.id();
+        let ready = wait_until(Duration::from_secs(30), &format!("s3s-fs to listen on port {port}"), || {
+            if let Some(status) = child.try_wait().context("checking on s3s-fs")? {
+                bail!("s3s-fs exited with {status}");
+            }
+            // Not just "the port is open": another process (say a second
+            // test run) may have taken the port while this server was stopped.
+            Ok(process_listens_on(pid, port))
+        });
         if let Err(e) = ready {
             let _ = self.stop();
             let log = fs::read_to_string(&self.log_file).unwrap_or_default();
