@@ -30,9 +30,17 @@ pub const HEADER_LEN: usize = 64;
 pub const MAGIC: &[u8; 8] = b"PGWALOBJ";
 /// The frame format version this build writes and reads.
 pub const FRAME_VERSION: u16 = 1;
-/// Original bytes per zstd frame: small enough that a 16 MiB segment splits
-/// across cores, large enough that the ratio loss at chunk edges is negligible.
-pub const CHUNK_SIZE: usize = 4 << 20;
+/// Original bytes per zstd frame: small enough that a 16 MiB segment spreads
+/// evenly over the cores and that hashing can follow decompression closely
+/// (the hash, strictly in order, is the critical path of `fetch`), large
+/// enough that the ratio loss at frame edges stays negligible (measured on
+/// real WAL at level 1: 4.401 with 4 MiB frames, 4.388 with 1 MiB).
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// The most original bytes one frame may claim when read back: a corrupt
+/// frame header must not make a reader allocate without bound. Generous, so
+/// objects written with other chunk sizes stay readable.
+const MAX_FRAME_CONTENT: usize = 64 << 20;
 
 /// How the payload is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +241,7 @@ fn zstd_frames(payload: &[u8]) -> Result<Vec<(&[u8], usize)>, FrameError> {
         // sizes from a corrupt header before allocating for them.
         let content = usize::try_from(content)
             .ok()
-            .filter(|&c| c <= CHUNK_SIZE.max(frame.len().saturating_mul(1 << 16)))
+            .filter(|&c| c <= MAX_FRAME_CONTENT)
             .ok_or_else(|| FrameError::Decompress("zstd frame claims an impossible size".into()))?;
         frames.push((frame, content));
         rest = tail;
