@@ -140,17 +140,7 @@ fn finish_restore(outcome: &restore::Outcome) -> Result<()> {
 
 /// One line `pgwal: error: ...` with the cause chain, then a hint.
 fn report(e: &Error) {
-    let mut line = format!("pgwal: error: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    eprintln!("{}", line.replace('\n', " "));
+    eprintln!("pgwal: error: {}", e.one_line());
     if let Some(hint) = e.hint() {
         eprintln!("hint: {hint}");
     }

@@ -60,17 +60,7 @@ impl Report {
 
 /// An error with its causes on one line.
 fn chain(e: &Error) -> String {
-    let mut line = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    line.replace('\n', " ")
+    e.one_line()
 }
 
 /// Whether `archive_command` runs pgwal's archive command.

@@ -179,16 +179,9 @@ pub async fn read_lock(repo: &Repository) -> Result<Option<(Option<LockInfo>, Du
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{RepoUrl, RetryPolicy, Store};
-    use std::sync::Arc;
 
     fn memory_repo() -> Repository {
-        let store = Store { objects: Arc::new(object_store::memory::InMemory::new()), local_root: None };
-        Repository::new(
-            store,
-            "file:///mem".parse::<RepoUrl>().expect("url"),
-            RetryPolicy::with_deadline(Duration::from_secs(1)),
-        )
+        Repository::in_memory()
     }
 
     async fn plant(repo: &Repository, info: &LockInfo) {

@@ -90,6 +90,13 @@ impl Repository {
         Repository { store, url, retry }
     }
 
+    /// An empty repository in memory, for tests and benchmarks.
+    pub fn in_memory() -> Repository {
+        let store = Store { objects: std::sync::Arc::new(object_store::memory::InMemory::new()), local_root: None };
+        let url = RepoUrl::S3 { bucket: "memory".into(), prefix: String::new() };
+        Repository::new(store, url, RetryPolicy::with_deadline(std::time::Duration::from_secs(1)))
+    }
+
     /// The repository URL.
     pub fn url(&self) -> &RepoUrl {
         &self.url

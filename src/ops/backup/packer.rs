@@ -285,17 +285,10 @@ fn flush(shared: &Shared, tx: &mpsc::Sender<Encoded>, open: &mut Option<OpenPack
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{RepoUrl, RetryPolicy, Store};
     use object_store::ObjectStoreExt;
-    use std::time::Duration;
 
     fn memory_repo() -> Repository {
-        let store = Store { objects: Arc::new(object_store::memory::InMemory::new()), local_root: None };
-        Repository::new(
-            store,
-            "file:///mem".parse::<RepoUrl>().expect("url"),
-            RetryPolicy::with_deadline(Duration::from_secs(1)),
-        )
+        Repository::in_memory()
     }
 
     /// Files of every size, including ones spanning several packs, come back
