@@ -169,6 +169,22 @@ pub enum Error {
     },
 }
 
+/// Any error and its causes on one line: each cause that does not already
+/// appear in the text is appended after ": ".
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line.replace('\n', " ")
+}
+
 /// Shorthand for results in pgwal.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -196,17 +212,7 @@ impl Error {
 
     /// The error and its causes on one line, for `pgwal: error:` messages.
     pub fn one_line(&self) -> String {
-        let mut line = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !line.contains(&text) {
-                line.push_str(": ");
-                line.push_str(&text);
-            }
-            source = s.source();
-        }
-        line.replace('\n', " ")
+        one_line(self)
     }
 
     /// What the user can do about it, where there is something.
