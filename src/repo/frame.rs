@@ -301,36 +301,42 @@ where
                 Some(start)
             })
             .collect();
+        // Decompresses the next unclaimed frame into its slot and hands it to
+        // `sink`; `None` when every frame is claimed.
         let next = AtomicUsize::new(0);
+        let decompress_next = |dctx: &mut Result<zstd::bulk::Decompressor<'static>, FrameError>| {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let &(frame, content) = frames.get(i)?;
+            let mut slot = slots[i].lock().unwrap_or_else(|p| p.into_inner());
+            let out = match dctx.as_mut() {
+                Ok(d) => d.decompress_to_buffer(frame, &mut **slot).map_err(|e| FrameError::Decompress(e.to_string())),
+                Err(e) => Err(e.clone()),
+            }
+            .and_then(|n| {
+                if n == content {
+                    Ok(())
+                } else {
+                    Err(FrameError::OriginalSize { expected: content as u64, actual: n as u64 })
+                }
+            });
+            if out.is_ok() {
+                deliver(offsets[i], &slot);
+            }
+            Some((i, out))
+        };
+        let new_dctx = || zstd::bulk::Decompressor::new().map_err(|e| FrameError::Decompress(e.to_string()));
         let mut failed = None;
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel::<(usize, Result<(), FrameError>)>();
-            for _ in 0..workers(frames.len()) {
+            // One core is the calling thread's: it hashes in order and, when
+            // the next frame is not ready yet, decompresses one itself rather
+            // than wait, so no core is oversubscribed or idle.
+            for _ in 1..workers(frames.len()) {
                 let tx = tx.clone();
-                let (next, frames, offsets, slots, deliver) = (&next, &frames, &offsets, &slots, &deliver);
+                let (decompress_next, new_dctx) = (&decompress_next, &new_dctx);
                 s.spawn(move || {
-                    let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| FrameError::Decompress(e.to_string()));
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(frame, content)) = frames.get(i) else { break };
-                        let mut slot = slots[i].lock().unwrap_or_else(|p| p.into_inner());
-                        let out = match dctx.as_mut() {
-                            Ok(d) => d
-                                .decompress_to_buffer(frame, &mut **slot)
-                                .map_err(|e| FrameError::Decompress(e.to_string())),
-                            Err(e) => Err(e.clone()),
-                        }
-                        .and_then(|n| {
-                            if n == content {
-                                Ok(())
-                            } else {
-                                Err(FrameError::OriginalSize { expected: content as u64, actual: n as u64 })
-                            }
-                        });
-                        if out.is_ok() {
-                            deliver(offsets[i], &slot);
-                        }
-                        drop(slot);
+                    let mut dctx = new_dctx();
+                    while let Some((i, out)) = decompress_next(&mut dctx) {
                         let stop = out.is_err();
                         if tx.send((i, out)).is_err() || stop {
                             break;
@@ -339,21 +345,43 @@ where
                 });
             }
             drop(tx);
-            // Hash the frames strictly in order as they complete.
+            let mut dctx = new_dctx();
             let mut ready = vec![false; frames.len()];
             let mut cursor = 0;
-            for (i, out) in rx {
-                if let Err(e) = out {
+            let mut note = |(i, out): (usize, Result<(), FrameError>), ready: &mut Vec<bool>| match out {
+                Ok(()) => {
+                    ready[i] = true;
+                    true
+                }
+                Err(e) => {
                     failed = Some(e);
                     next.store(usize::MAX / 2, Ordering::Relaxed);
-                    break;
+                    false
                 }
-                ready[i] = true;
-                while ready.get(cursor) == Some(&true) {
+            };
+            while cursor < frames.len() {
+                while let Ok(done) = rx.try_recv() {
+                    if !note(done, &mut ready) {
+                        return;
+                    }
+                }
+                if ready[cursor] {
                     let slot = slots[cursor].lock().unwrap_or_else(|p| p.into_inner());
                     hasher.update(&**slot);
                     hashed += slot.len() as u64;
                     cursor += 1;
+                    continue;
+                }
+                let done = match decompress_next(&mut dctx) {
+                    Some(done) => done,
+                    // Everything is claimed: wait for the workers.
+                    None => match rx.recv() {
+                        Ok(done) => done,
+                        Err(_) => return,
+                    },
+                };
+                if !note(done, &mut ready) {
+                    return;
                 }
             }
         });
