@@ -97,23 +97,6 @@ fn store(
     })
 }
 
-/// Archives `content` as WAL file `name`: the per-file work for callers that
-/// already hold the bytes (benches, future parallel workers).
-pub fn archive_content(
-    rt: &tokio::runtime::Runtime,
-    repo: &Repository,
-    name: &WalFileName,
-    content: Vec<u8>,
-    opts: &ArchiveOptions,
-) -> Result<PutOutcome> {
-    let invalid = |reason: String| Error::InvalidWalFile { path: name.to_string().into(), reason };
-    let validated = validate_wal_file(name, &content).map_err(invalid)?;
-    let (object, header) =
-        frame::encode(&content, Compression::Zstd(opts.compress_level)).map_err(|e| invalid(e.to_string()))?;
-    drop(content);
-    store(rt, repo, name, validated, rt.block_on(repo.identity())?, object.into(), &header)
-}
-
 fn check_identity(name: &WalFileName, recorded: &ClusterIdentity, offered: &ClusterIdentity) -> Result<()> {
     if recorded.system_identifier != offered.system_identifier {
         return Err(Error::WrongCluster {

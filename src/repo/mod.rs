@@ -206,13 +206,7 @@ impl Repository {
     /// The names directly below `prefix` (a delimiter listing): e.g. the
     /// backup IDs below `backup/`, the log files below `wal/`.
     pub async fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>> {
-        let listed = self
-            .retry
-            .run(&format!("listing '{prefix}'"), || async {
-                self.store.objects.list_with_delimiter(Some(prefix)).await.map_err(storage_err("list", prefix))
-            })
-            .await?;
-        Ok(listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+        Ok(self.list_entries(prefix).await?.dirs)
     }
 
     /// Object names and sub-directory names directly below `prefix`.
