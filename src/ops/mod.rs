@@ -7,5 +7,6 @@ pub mod check;
 pub mod fetch;
 pub mod list;
 pub mod lock;
+pub mod progress;
 pub mod restore;
 pub mod standby;

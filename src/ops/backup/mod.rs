@@ -27,6 +27,7 @@ use crate::config::BackupOptions;
 use crate::db::{label_timeline, ConnTarget, Session};
 use crate::error::{Error, Result};
 use crate::ops::lock::BackupLock;
+use crate::ops::progress::Progress;
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST_FORMAT};
 use crate::repo::{keys, ClusterIdentity, Repository};
@@ -171,20 +172,17 @@ async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<
     let system_identifier = session.system_identifier().await?;
     let pgdata = data_directory(&session, req.pgdata.as_deref(), system_identifier).await?;
     let (id, started) = fresh_id(repo).await?;
-    let progress = std::io::stderr().is_terminal();
-
     let start_lsn = session.backup_start(&format!("pgwal backup {id}"), true).await?;
-    if progress {
-        eprintln!("pgwal: backup {id} started at {start_lsn}, copying '{}'", pgdata.display());
-    }
     let major = session.version_num() / 10000;
     let walk_dir = pgdata.clone();
     let walked = tokio::task::spawn_blocking(move || walk::walk(&walk_dir, major))
         .await
         .map_err(|e| Error::io("cannot walk", &pgdata)(std::io::Error::other(e.to_string())))??;
-    let pack_opts =
-        packer::PackOptions { compress_level: req.opts.compress_level, workers: req.opts.workers, progress };
-    let mut packed = packer::pack_files(repo, &id, walked.files, &pack_opts).await?;
+    let pack_opts = packer::PackOptions { compress_level: req.opts.compress_level, workers: req.opts.workers };
+    let progress = Progress::new(format!("backup {id}"), walked.files.iter().map(|f| f.size).sum());
+    let packed = packer::pack_files(repo, &id, walked.files, &pack_opts, &progress).await;
+    progress.finish();
+    let mut packed = packed?;
 
     let stop = session.backup_stop().await?;
     let stopped = chrono::Utc::now();
@@ -222,7 +220,7 @@ async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<
         files: packed.files,
     };
     repo.store_json(&manifest_key(&id), &manifest).await?;
-    if progress {
+    if std::io::stderr().is_terminal() {
         eprintln!(
             "pgwal: backup {id} complete: {} files, {} MiB, {} MiB stored, WAL {}..{}",
             manifest.files.len(),

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::walk::FileToCopy;
 use crate::error::{Error, Result};
+use crate::ops::progress::Progress;
 use crate::repo::backup::{pack_key, BackupId, Extent, FileEntry, PackBuilder, PackInfo};
 use crate::repo::frame::{self, Compression, FrameHeader};
 use crate::repo::Repository;
@@ -36,8 +37,6 @@ pub struct PackOptions {
     pub compress_level: i32,
     /// Worker threads (at least 1).
     pub workers: usize,
-    /// Print a progress line on stderr now and then.
-    pub progress: bool,
 }
 
 /// What the packing produced.
@@ -78,6 +77,7 @@ pub async fn pack_files(
     id: &BackupId,
     files: Vec<FileToCopy>,
     opts: &PackOptions,
+    progress: &Progress,
 ) -> Result<Packed> {
     let workers = opts.workers.max(1);
     let shared = Arc::new(Shared {
@@ -108,7 +108,7 @@ pub async fn pack_files(
     let mut failure: Option<Error> = None;
     let mut uploads = FuturesUnordered::new();
     let mut receiving = true;
-    let (mut stored_bytes, mut reported) = (0u64, 0usize);
+    let mut stored_bytes = 0u64;
     while receiving || !uploads.is_empty() {
         tokio::select! {
             msg = rx.recv(), if receiving => match msg {
@@ -120,16 +120,8 @@ pub async fn pack_files(
                 Ok(info) => {
                     stored_bytes += info.stored_size;
                     out.packs.push(info);
-                    if opts.progress && out.packs.len() >= reported + 8 {
-                        reported = out.packs.len();
-                        let read = shared.read_bytes.load(Ordering::Relaxed);
-                        eprintln!(
-                            "pgwal: backup: {} packs stored, {} MiB read, {} MiB stored",
-                            reported,
-                            read >> 20,
-                            stored_bytes >> 20
-                        );
-                    }
+                    let read = shared.read_bytes.load(Ordering::Relaxed);
+                    progress.update(read, &format!("{} MiB stored", stored_bytes >> 20));
                 }
                 Err(e) => {
                     failure.get_or_insert(e);
@@ -312,8 +304,8 @@ mod tests {
         for workers in [1, 3] {
             // Several workers number packs in another order: a fresh repository each time.
             let repo = memory_repo();
-            let opts = PackOptions { compress_level: 1, workers, progress: false };
-            let packed = rt.block_on(pack_files(&repo, &id, files.clone(), &opts)).expect("pack");
+            let opts = PackOptions { compress_level: 1, workers };
+            let packed = rt.block_on(pack_files(&repo, &id, files.clone(), &opts, &Progress::hidden())).expect("pack");
             assert_eq!(packed.files.len(), sizes.len(), "the vanished file is left out");
             let mut packs = std::collections::HashMap::new();
             for p in &packed.packs {

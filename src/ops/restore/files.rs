@@ -12,15 +12,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::ops::progress::Progress;
 use crate::repo::backup::{
     is_safe_relative_path, manifest_key, pack_key, BackupType, FileEntry, Manifest, MANIFEST_FORMAT,
 };
@@ -462,6 +462,49 @@ struct Shared {
     manifest: Arc<Manifest>,
     paths: BTreeMap<usize, PathBuf>,
     remaining: BTreeMap<usize, AtomicUsize>,
+    /// The running SHA-256 of each file that spans several packs.
+    spanning: BTreeMap<usize, Mutex<InOrderHash>>,
+    /// Bytes written so far, for the progress bar.
+    done: AtomicU64,
+    progress: Progress,
+}
+
+/// The SHA-256 of a file whose pieces arrive from several packs, computed as
+/// the pieces arrive so that the file is never read back: pieces are hashed
+/// in file order, and a piece that arrives early waits here (a copy) until
+/// those before it have come. Packs are handed out in order with a bounded
+/// window, so at most that window's worth waits.
+struct InOrderHash {
+    next: u64,
+    hasher: Sha256,
+    early: BTreeMap<u64, Vec<u8>>,
+}
+
+impl InOrderHash {
+    fn new() -> InOrderHash {
+        InOrderHash { next: 0, hasher: Sha256::new(), early: BTreeMap::new() }
+    }
+
+    fn add(&mut self, offset: u64, bytes: &[u8]) {
+        if offset != self.next {
+            self.early.insert(offset, bytes.to_vec());
+            return;
+        }
+        self.hasher.update(bytes);
+        self.next += bytes.len() as u64;
+        while let Some(piece) = self.early.remove(&self.next) {
+            self.hasher.update(&piece);
+            self.next += piece.len() as u64;
+        }
+    }
+
+    /// The hex SHA-256 once every byte up to `size` has been added.
+    fn finish(&mut self, size: u64) -> Option<String> {
+        if self.next != size || !self.early.is_empty() {
+            return None;
+        }
+        Some(frame::hex(&std::mem::take(&mut self.hasher).finalize().into()))
+    }
 }
 
 /// Totals of a restore's file writing.
@@ -490,6 +533,7 @@ pub fn write_files(
     let m = manifest.as_ref();
     let mut paths = BTreeMap::new();
     let mut remaining = BTreeMap::new();
+    let mut spanning = BTreeMap::new();
     let mut by_pack: BTreeMap<u32, Vec<Piece>> = BTreeMap::new();
     let mut written = Written::default();
     for &i in write {
@@ -517,13 +561,24 @@ pub fn write_files(
             file_offset += e.size;
         }
         remaining.insert(i, AtomicUsize::new(entry.extents.len()));
+        if entry.extents.len() > 1 {
+            spanning.insert(i, Mutex::new(InOrderHash::new()));
+        }
         paths.insert(i, path);
         written.files += 1;
         written.bytes += entry.size;
     }
     written.packs = by_pack.len();
-    let shared = Arc::new(Shared { manifest: Arc::clone(manifest), paths, remaining });
-    rt.block_on(async {
+    let progress = Progress::new(format!("restore {}", m.id), written.bytes);
+    let shared = Arc::new(Shared {
+        manifest: Arc::clone(manifest),
+        paths,
+        remaining,
+        spanning,
+        done: AtomicU64::new(0),
+        progress,
+    });
+    let result = rt.block_on(async {
         futures::stream::iter(by_pack)
             .map(|(number, pieces)| {
                 let shared = Arc::clone(&shared);
@@ -542,10 +597,15 @@ pub fn write_files(
                         })?
                 }
             })
-            .buffer_unordered(jobs.max(1))
+            // In order (with `jobs` packs in flight): files spanning packs are
+            // hashed as their pieces arrive, and only a bounded window of
+            // pieces may wait for those before them.
+            .buffered(jobs.max(1))
             .try_collect::<Vec<()>>()
             .await
-    })?;
+    });
+    shared.progress.finish();
+    result?;
     Ok(written)
 }
 
@@ -571,7 +631,9 @@ fn fill_from_pack(shared: &Shared, number: u32, object: &[u8], pieces: &[Piece])
         let path = &shared.paths[&piece.file];
         let start = piece.pack_offset as usize;
         let bytes = data.get(start..start + piece.size as usize).ok_or_else(|| corrupt("too short".into()))?;
-        if entry.extents.len() == 1 && !frame::hex(&frame::sha256(bytes)).eq_ignore_ascii_case(&entry.sha256) {
+        if let Some(hash) = shared.spanning.get(&piece.file) {
+            hash.lock().map_err(|_| corrupt("a restore worker failed".into()))?.add(piece.file_offset, bytes);
+        } else if !frame::hex(&frame::sha256(bytes)).eq_ignore_ascii_case(&entry.sha256) {
             return Err(corrupt(format!(
                 "file '{}' has SHA-256 {} in the pack, the manifest says {}",
                 entry.path,
@@ -579,21 +641,30 @@ fn fill_from_pack(shared: &Shared, number: u32, object: &[u8], pieces: &[Piece])
                 entry.sha256
             )));
         }
-        let file = pgdata::open_for_fill(path).map_err(Error::io("cannot open", path))?;
-        file.write_all_at(bytes, piece.file_offset).map_err(Error::io("cannot write", path))?;
-        drop(file);
+        pgdata::fill_at(path, bytes, piece.file_offset).map_err(Error::io("cannot write", path))?;
         if shared.remaining[&piece.file].fetch_sub(1, Ordering::AcqRel) == 1 {
-            finish_file(entry, path, &key)?;
+            finish_file(shared, piece.file, &key)?;
         }
+        let done = shared.done.fetch_add(piece.size, Ordering::Relaxed) + piece.size;
+        shared.progress.update(done, "");
     }
     Ok(())
 }
 
-/// The last piece of a file is in place: check a file that spans several
-/// packs by reading it back, then make it durable.
-fn finish_file(entry: &FileEntry, path: &Path, key: &str) -> Result<()> {
-    if entry.extents.len() > 1 {
-        let actual = hash_file(path).map_err(Error::io("cannot read back", path))?;
+/// The last piece of a file is in place: check the SHA-256 of a file that
+/// spans several packs (single-pack files were checked before writing),
+/// then make it durable.
+fn finish_file(shared: &Shared, file: usize, key: &str) -> Result<()> {
+    let entry = &shared.manifest.files[file];
+    let path = &shared.paths[&file];
+    if let Some(hash) = shared.spanning.get(&file) {
+        let actual = hash.lock().ok().and_then(|mut h| h.finish(entry.size));
+        let Some(actual) = actual else {
+            return Err(Error::Corrupt {
+                key: key.to_string(),
+                reason: format!("the pieces of file '{}' do not add up to its size", entry.path),
+            });
+        };
         if !actual.eq_ignore_ascii_case(&entry.sha256) {
             return Err(Error::Corrupt {
                 key: key.to_string(),
@@ -613,4 +684,30 @@ pub fn sync_dirs(dirs: &[PathBuf]) -> Result<()> {
         pgdata::sync_dir(d).map_err(Error::io("cannot fsync directory", d))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod in_order_hash_tests {
+    use super::*;
+
+    #[test]
+    fn pieces_in_any_order_hash_like_the_whole_file() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let expected = frame::hex(&frame::sha256(&data));
+        let cuts = [(3000u64, 7000u64), (0, 1000), (7000, 10_000), (1000, 3000)];
+        let mut h = InOrderHash::new();
+        for (i, (a, b)) in cuts.iter().enumerate() {
+            assert_eq!(h.finish(10_000), None, "not complete after {i} pieces");
+            h.add(*a, &data[*a as usize..*b as usize]);
+        }
+        assert_eq!(h.finish(10_000).as_deref(), Some(expected.as_str()));
+    }
+
+    #[test]
+    fn a_missing_piece_never_finishes() {
+        let mut h = InOrderHash::new();
+        h.add(0, b"abc");
+        h.add(6, b"ghi");
+        assert_eq!(h.finish(9), None);
+    }
 }
