@@ -4,8 +4,11 @@
 pub mod archive;
 pub mod backup;
 pub mod check;
+pub mod coverage;
+pub mod expire;
 pub mod fetch;
 pub mod list;
 pub mod lock;
 pub mod restore;
 pub mod standby;
+pub mod verify;
