@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod frame;
 pub mod keys;
+pub mod synthetic;
 pub mod wal_index;
 
 use bytes::Bytes;
