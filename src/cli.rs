@@ -119,8 +119,11 @@ packs without a manifest, which nothing reads; run the backup again.")]
     #[command(long_about = "Lists the complete backups (those whose manifest is stored; a backup that is \
 running or was interrupted has none and is only counted), oldest stop time first, with ID, type, parent, \
 start and stop time (UTC), start and stop LSN, timeline, data size and stored size; then the archived WAL \
-of each timeline: first and last segment and every gap between them. Reads only: a missing repository is \
-an error, and nothing is created.\n\n\
+of each timeline: first and last segment and every gap between them; then the archive's health: the \
+newest segment and how long ago it was stored, the newest backup and how long ago it stopped. Reads only \
+listings, the manifests and one object's metadata (fast on millions of segments: WAL is listed one log-file \
+directory of 256 segments at a time, 16 directories at once). A missing repository is an error, and \
+nothing is created.\n\n\
 With --json, prints one JSON object, a stable interface (fields may be added, never renamed or removed):\n\n\
 {\"backups\": [{\"id\": \"20261123T074000F\", \"type\": \"full\" or \"incr\", \"parent\": ID or null, \
 \"start_time\": \"2026-11-23T07:40:00Z\", \"stop_time\": RFC 3339 UTC, \"start_lsn\": \"0/2000028\", \
@@ -129,7 +132,10 @@ With --json, prints one JSON object, a stable interface (fields may be added, ne
  \"wal\": [{\"timeline\": 1, \"first\": segment name or null, \"last\": segment name or null, \
 \"segments\": count, \"gaps\": [{\"first\": segment, \"last\": segment}, ...], \"partials\": \
 [\"...partial\", ...], \"history\": whether TTTTTTTT.history is stored}, ...],\n\
- \"incomplete\": [IDs of backups without a manifest]}\n\n\
+ \"incomplete\": [IDs of backups without a manifest],\n\
+ \"health\": {\"newest_segment\": segment name or null, \"newest_segment_time\": RFC 3339 UTC or null, \
+\"newest_segment_age_seconds\": n or null, \"newest_backup\": ID or null, \"newest_backup_age_seconds\": n or \
+null, \"gaps\": number of gaps over all timelines}}\n\n\
 backups are sorted by stop_time, wal by timeline; LSNs are PostgreSQL's X/Y hex form, sizes are bytes.")]
     List(ListArgs),
     /// Check the setup: configuration, repository, PostgreSQL, archiving
