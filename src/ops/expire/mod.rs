@@ -311,6 +311,53 @@ pub async fn expire(repo: &Repository, opts: &ExpireOptions, now: DateTime<Utc>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::lock::BackupLock;
+    use crate::pg::Lsn;
+    use crate::repo::synthetic;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    /// A backup being taken (live lock, packs without a manifest) is never
+    /// touched; once the lock is gone, its packs count as left behind.
+    #[test]
+    fn a_running_backup_is_left_alone() {
+        rt().block_on(async {
+            let repo = Repository::in_memory();
+            let size = WalSegmentSize::new(1 << 20).expect("size");
+            synthetic::init(&repo, 7, size).await.expect("init");
+            for seg in 1..=12 {
+                synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
+            }
+            let at = |h: i64| chrono::DateTime::from_timestamp(1_800_000_000 + h * 3600, 0).expect("time");
+            for (seg, h) in [(2u64, 1), (6, 2)] {
+                let start = Lsn(seg * size.bytes() + 0x28);
+                synthetic::put_backup(&repo, 7, TimelineId(1), start, Lsn(start.0 + 0x100), at(h)).await.expect("b");
+            }
+            // A backup in progress: a pack, no manifest, and the lock held by this (live) process.
+            let running: BackupId = "20261123T120000F".parse().expect("id");
+            synthetic::put(&repo, &crate::repo::backup::pack_key(&running, 0), b"data").await.expect("pack");
+            let lock = BackupLock::acquire(&repo, Duration::from_secs(3600)).await.expect("lock");
+            let opts = ExpireOptions {
+                policy: Policy { retain_full: Some(1), retain_days: None },
+                dry_run: false,
+                lock_stale_after: Duration::from_secs(3600),
+            };
+            let out = expire(&repo, &opts, at(10)).await.expect("expire");
+            assert_eq!(out.expired.len(), 1);
+            assert!(out.orphans.is_empty(), "the running backup's packs stay");
+            assert!(out.notes.iter().any(|n| n.contains("a backup is being taken")), "{:?}", out.notes);
+            let pack = crate::repo::backup::pack_key(&running, 0);
+            assert!(repo.get(&pack).await.expect("get").is_some());
+            assert_eq!(out.wal.len(), 5, "segments 1-5 go, 6 on stay: {:?}", out.wal);
+            // The backup ended without a manifest (killed): now its packs go.
+            lock.release(&repo).await.expect("release");
+            let out = expire(&repo, &opts, at(10)).await.expect("expire");
+            assert_eq!(out.orphans.len(), 1);
+            assert!(repo.get(&pack).await.expect("get").is_none());
+        });
+    }
 
     #[test]
     fn log_dirs() {
