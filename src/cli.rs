@@ -10,6 +10,7 @@ pub const EXIT_CODES: &[(&str, &str)] = &[
     ("0", "success"),
     ("1", "failure; for fetch exactly \"not in the archive\""),
     ("2", "bad usage or configuration"),
+    ("3", "verify: the repository has errors (each is listed)"),
     ("200", "fetch outside standby mode: a stored object is corrupt (checksum, size or format)"),
     ("201", "fetch outside standby mode: the repository is unreachable or missing"),
     ("202", "fetch outside standby mode: bad usage or configuration"),
@@ -118,8 +119,11 @@ packs without a manifest, which nothing reads; run the backup again.")]
     #[command(long_about = "Lists the complete backups (those whose manifest is stored; a backup that is \
 running or was interrupted has none and is only counted), oldest stop time first, with ID, type, parent, \
 start and stop time (UTC), start and stop LSN, timeline, data size and stored size; then the archived WAL \
-of each timeline: first and last segment and every gap between them. Reads only: a missing repository is \
-an error, and nothing is created.\n\n\
+of each timeline: first and last segment and every gap between them; then the archive's health: the \
+newest segment and how long ago it was stored, the newest backup and how long ago it stopped. Reads only \
+listings, the manifests and one object's metadata (fast on millions of segments: WAL is listed one log-file \
+directory of 256 segments at a time, 16 directories at once). A missing repository is an error, and \
+nothing is created.\n\n\
 With --json, prints one JSON object, a stable interface (fields may be added, never renamed or removed):\n\n\
 {\"backups\": [{\"id\": \"20261123T074000F\", \"type\": \"full\" or \"incr\", \"parent\": ID or null, \
 \"start_time\": \"2026-11-23T07:40:00Z\", \"stop_time\": RFC 3339 UTC, \"start_lsn\": \"0/2000028\", \
@@ -128,7 +132,10 @@ With --json, prints one JSON object, a stable interface (fields may be added, ne
  \"wal\": [{\"timeline\": 1, \"first\": segment name or null, \"last\": segment name or null, \
 \"segments\": count, \"gaps\": [{\"first\": segment, \"last\": segment}, ...], \"partials\": \
 [\"...partial\", ...], \"history\": whether TTTTTTTT.history is stored}, ...],\n\
- \"incomplete\": [IDs of backups without a manifest]}\n\n\
+ \"incomplete\": [IDs of backups without a manifest],\n\
+ \"health\": {\"newest_segment\": segment name or null, \"newest_segment_time\": RFC 3339 UTC or null, \
+\"newest_segment_age_seconds\": n or null, \"newest_backup\": ID or null, \"newest_backup_age_seconds\": n or \
+null, \"gaps\": number of gaps over all timelines}}\n\n\
 backups are sorted by stop_time, wal by timeline; LSNs are PostgreSQL's X/Y hex form, sizes are bytes.")]
     List(ListArgs),
     /// Check the setup: configuration, repository, PostgreSQL, archiving
@@ -179,6 +186,103 @@ on the primary first (an existing slot of that name is used as it is), connectin
 A gap in the archived WAL after the backup is reported as a warning: streaming may bridge it while the \
 primary still has that WAL.")]
     Standby(StandbyArgs),
+    /// Check that every backup can be recovered to every point after it
+    #[command(long_about = "Checks the repository and lists every problem with its object, WAL segment or \
+backup. Reads back every backup's manifest and every pack it names, decompresses them and recomputes their \
+SHA-256 and that of every file in the manifest; reads the .history files and builds the timeline tree (every \
+timeline from 2 to the newest needs its history file, or recovery cannot follow it); checks that for each \
+backup, and each timeline descending from it, every WAL segment from the backup's start LSN through its stop \
+LSN and on to the newest segment archived on that timeline is present (switching timelines at each history \
+file's switch point); and reads back every archived WAL file, checking its SHA-256, and for segments their \
+size, first page (position and timeline as the name says) and cluster. Objects are read --jobs at a time, \
+so memory stays bounded. A repository with WAL but no backup yet is checked for what it has (a gap in a \
+timeline's WAL is then an error).\n\n\
+Warnings do not fail verify: a gap in WAL no backup needs, and a backup directory without a manifest (a \
+backup that is running, or was interrupted; 'pgwal expire' removes the latter).\n\n\
+--quick reads no data: manifests and history files are read, packs and WAL are checked by name and size \
+from listings only. --backup ID checks one backup and only the WAL it needs.\n\n\
+Exits 0 when there is no error, 3 when verify found errors (listed on stdout), 2 for bad usage (an \
+unknown --backup ID), 1 when it could not run (an unreachable or missing repository).\n\n\
+With --json, prints one JSON object, a stable interface (fields may be added, never renamed or removed):\n\n\
+{\"ok\": true when there is no error, \"quick\": bool, \"seconds\": wall-clock seconds, \
+\"checked\": {\"backups\": n, \"packs\": n, \"files\": n, \"wal_files\": n, \"histories\": n, \
+\"original_bytes\": bytes read and hashed (uncompressed), \"stored_bytes\": bytes read}, \
+\"problems\": [{\"severity\": \"error\" or \"warning\", \"kind\": one of corrupt_object, missing_object, \
+size_mismatch, file_checksum, missing_wal, missing_history, wal_gap, incomplete_backup, wrong_cluster, \
+\"object\": object key or null, \"segment\": WAL file name (the first of a run) or null, \"backup\": \
+backup ID or null, \"message\": one line}, ...]}\n\n\
+Errors come first in problems.")]
+    Verify(VerifyArgs),
+    /// Delete the backups beyond the retention policy and the WAL no retained backup needs
+    #[command(long_about = "Applies the retention policy: --retain-full N keeps the N newest full \
+backups; --retain-days D keeps every backup that stopped in the last D days plus the newest full backup \
+that stopped before them, so every point of the last D days stays recoverable. With both, a backup either \
+rule keeps is kept. Without flags, expire.retain_full and expire.retain_days of the config file apply (flags \
+replace the file's policy as a whole). Backups are ranked by their stop time (then stop LSN), never by ID. \
+The newest backup is always kept, and so is every parent of a kept incremental backup.\n\n\
+WAL: on each timeline, every segment from the first one any retained backup reads from it (for recovery \
+to any point after the backup, on the backup's timeline and every timeline descending from it) is kept; \
+older segments, .partial and .backup files go. The WAL of a timeline no retained backup reaches goes too, \
+unless a backup is being taken or the timeline's history file is missing. .history files are never \
+deleted (they are tiny, and PostgreSQL's search for the newest timeline stops at the first missing one).\n\n\
+A backup being taken is never touched: a backup directory without a manifest is removed only while no \
+backup holds the lock lock/backup (a lock left by a killed backup does not count).\n\n\
+Deletion order keeps the repository consistent at every step: each expired backup's manifest first \
+(from then on the backup does not exist), then its packs, oldest backup first; then packs of backups \
+without a manifest; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
+An interrupted expire leaves a repository that verifies; run it again to finish. --dry-run prints the same \
+report and deletes nothing.\n\n\
+Prints one line per backup and per run of WAL segments deleted (or, with --dry-run, that would be), then \
+the backups kept. Refuses (exit 2, nothing deleted) a missing policy, --retain-full 0, --retain-days 0 or \
+negative, and a repository without any complete backup.")]
+    Expire(ExpireArgs),
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Check only this backup and the WAL it needs
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Names and sizes only: read no pack or WAL data
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the documented JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Objects read in parallel [default: 4]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: Option<u32>,
+}
+
+/// Arguments of `expire`.
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// Keep the N newest full backups (at least 1)
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_retain_full)]
+    pub retain_full: Option<u32>,
+    /// Keep what recovers to every point of the last D days (at least 1)
+    #[arg(long, value_name = "D", allow_negative_numbers = true, value_parser = parse_retain_days)]
+    pub retain_days: Option<u32>,
+    /// Print what would be deleted; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_retain_full(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n as u32),
+        Ok(0) => Err("0 would delete every backup; give at least 1".into()),
+        _ => Err(format!("'{s}' is not a number of backups from 1 to 10000")),
+    }
+}
+
+fn parse_retain_days(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if (1..=36_500).contains(&n) => Ok(n as u32),
+        Ok(n) if n < 0 => Err(format!("{n} days is negative; give a number of days from 1 to 36500")),
+        _ => Err(format!("'{s}' is not a number of days from 1 to 36500")),
+    }
 }
 
 /// `--type` of `backup`.

@@ -158,6 +158,12 @@ pub enum Error {
         /// What to do instead.
         hint: Option<String>,
     },
+    /// `verify` found errors in the repository (each was printed): exit status 3.
+    #[error("verify found {errors} error(s) in the repository")]
+    VerifyFailed {
+        /// How many errors.
+        errors: usize,
+    },
     /// A recovery target that no backup plus the archived WAL can reach (a
     /// target before the oldest backup, a gap in the WAL): exit status 1.
     #[error("{message}")]
@@ -249,6 +255,10 @@ impl Error {
                 archiver.as_deref().unwrap_or("see pg_stat_archiver and the PostgreSQL log")
             )),
             Error::BadRequest { hint, .. } | Error::Unreachable { hint, .. } => hint.clone(),
+            Error::VerifyFailed { .. } => Some(
+                "each error above names the object, segment or backup; restore missing WAL or objects from another copy, or take a new backup"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -262,6 +272,8 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad usage or configuration.
     pub const USAGE: u8 = 2;
+    /// `verify`: the repository has errors (each was listed).
+    pub const PROBLEMS: u8 = 3;
     /// `fetch` outside standby mode: a stored object is corrupt.
     pub const FETCH_CORRUPT: u8 = 200;
     /// `fetch` outside standby mode: the repository is unreachable or missing.
@@ -289,6 +301,7 @@ pub fn exit_code(err: &Error, rules: ExitRules) -> u8 {
     match rules {
         ExitRules::Plain => match err {
             Error::Usage(_) | Error::Config { .. } | Error::BadRequest { .. } => exit::USAGE,
+            Error::VerifyFailed { .. } => exit::PROBLEMS,
             _ => exit::FAILURE,
         },
         ExitRules::FetchStandby => exit::FAILURE,
@@ -362,6 +375,14 @@ mod tests {
         assert_eq!(exit_code(&unreachable, ExitRules::Plain), 1);
         assert_eq!(bad.hint().as_deref(), Some("h"));
         assert!(!bad.is_transient() && !unreachable.is_transient());
+    }
+
+    /// verify's finding has its own status, so scripts tell it from "could not run".
+    #[test]
+    fn verify_problems_exit_3() {
+        let e = Error::VerifyFailed { errors: 2 };
+        assert_eq!(exit_code(&e, ExitRules::Plain), 3);
+        assert!(e.hint().is_some() && !e.is_transient());
     }
 
     /// Backup and check failures are plain failures (exit 1), never retried,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pgwal::cli::{BackupKind, Cli, Command};
 use pgwal::error::{exit, exit_code, Error, ExitRules};
-use pgwal::ops::{archive, backup, check, fetch, list, restore, standby};
+use pgwal::ops::{archive, backup, check, expire, fetch, list, restore, standby, verify};
 use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};
@@ -108,6 +108,49 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 timeout: args.timeout,
             };
             check::check(&rt, &request)
+        }
+        Command::Verify(args) => {
+            let backup = args
+                .backup
+                .as_deref()
+                .map(|b| {
+                    b.parse().map_err(|e: pgwal::repo::backup::BackupIdError| Error::BadRequest {
+                        message: e.to_string(),
+                        hint: Some("'pgwal list' shows the backup IDs".into()),
+                    })
+                })
+                .transpose()?;
+            let opts = verify::VerifyOptions { backup, quick: args.quick, jobs: args.jobs.map_or(4, |j| j as usize) };
+            let url = cfg.require_repo()?;
+            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
+            let report = rt.block_on(verify::verify(&repo, &opts))?;
+            print!("{}", if args.json { report.render_json() + "\n" } else { report.render_text() });
+            let errors = report.problems.iter().filter(|p| p.severity == verify::Severity::Error).count();
+            if errors > 0 {
+                return Err(Error::VerifyFailed { errors });
+            }
+            Ok(())
+        }
+        Command::Expire(args) => {
+            let flags = args.retain_full.is_some() || args.retain_days.is_some();
+            let policy = if flags {
+                expire::plan::Policy { retain_full: args.retain_full, retain_days: args.retain_days }
+            } else {
+                expire::plan::Policy { retain_full: cfg.expire.retain_full, retain_days: cfg.expire.retain_days }
+            };
+            let opts =
+                expire::ExpireOptions { policy, dry_run: args.dry_run, lock_stale_after: cfg.backup.lock_stale_after };
+            let url = cfg.require_repo()?;
+            let deadline = cfg.backup.retry_deadline;
+            let store = storage::open(url, &cfg.store, Access::MustExist, deadline)?;
+            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
+            let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now()))?;
+            for note in &outcome.notes {
+                eprintln!("pgwal: notice: {note}");
+            }
+            print!("{}", outcome.render());
+            Ok(())
         }
         Command::Restore(args) => {
             let opts = config::restore::restore_options(args, &cfg)?;

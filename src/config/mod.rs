@@ -78,6 +78,16 @@ pub struct BackupOptions {
     pub lock_stale_after: Duration,
 }
 
+/// The retention policy of `expire` from the `[expire]` section; `None`
+/// where the file says nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOptions {
+    /// Keep this many newest full backups.
+    pub retain_full: Option<u32>,
+    /// Keep what recovers to every point of this many days.
+    pub retain_days: Option<u32>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -95,6 +105,8 @@ pub struct Config {
     pub fetch: FetchOptions,
     /// `backup` options.
     pub backup: BackupOptions,
+    /// `expire`'s retention policy from the file.
+    pub expire: RetentionOptions,
     /// Object store settings.
     pub store: StoreOptions,
 }
@@ -111,6 +123,8 @@ struct FileConfig {
     fetch: FetchSection,
     #[serde(default)]
     backup: BackupSection,
+    #[serde(default)]
+    expire: ExpireSection,
     #[serde(default)]
     s3: S3Section,
     #[serde(default)]
@@ -140,6 +154,13 @@ struct BackupSection {
     retry_deadline: Option<String>,
     wal_timeout: Option<String>,
     lock_stale_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpireSection {
+    retain_full: Option<i64>,
+    retain_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -336,6 +357,20 @@ pub fn load(o: &Overrides) -> Result<Config> {
             &shown,
         )?,
     };
+    let retain = |key: &str, value: Option<i64>, max: i64| -> Result<Option<u32>> {
+        match value {
+            None => Ok(None),
+            Some(n) if (1..=max).contains(&n) => Ok(Some(n as u32)),
+            Some(n) => Err(Error::config(
+                format!("invalid expire.{key} {n} in '{}'", shown.display()),
+                format!("give a number from 1 to {max}; leave the key out to not use that rule"),
+            )),
+        }
+    };
+    let expire = RetentionOptions {
+        retain_full: retain("retain_full", file.expire.retain_full, 10_000)?,
+        retain_days: retain("retain_days", file.expire.retain_days, 36_500)?,
+    };
     let store = StoreOptions {
         s3: S3Options {
             endpoint: file.s3.endpoint,
@@ -361,6 +396,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         archive,
         fetch,
         backup,
+        expire,
         store,
     })
 }
@@ -445,6 +481,9 @@ mod tests {
             "[backup]\nwal_timeout = \"0s\"",
             "[backup]\nlock_stale_after = \"soon\"",
             "[backup]\nthreads = 2",
+            "[expire]\nretain_full = 0",
+            "[expire]\nretain_days = -3",
+            "[expire]\nretain_weeks = 2",
             "repo = 5",
             "this is not toml",
         ] {

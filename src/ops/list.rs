@@ -73,6 +73,23 @@ pub struct TimelineSummary {
     pub history: bool,
 }
 
+/// How fresh the archive is: what monitoring alerts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// The newest archived segment (highest timeline, highest segment).
+    pub newest_segment: Option<String>,
+    /// When it was stored (RFC 3339 UTC, the object's modification time).
+    pub newest_segment_time: Option<String>,
+    /// Seconds since then.
+    pub newest_segment_age_seconds: Option<i64>,
+    /// The newest complete backup (by stop time).
+    pub newest_backup: Option<String>,
+    /// Seconds since it stopped.
+    pub newest_backup_age_seconds: Option<i64>,
+    /// Number of gaps over all timelines.
+    pub gaps: usize,
+}
+
 /// What `list` reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Listing {
@@ -82,6 +99,8 @@ pub struct Listing {
     pub wal: Vec<TimelineSummary>,
     /// IDs of backups without a manifest: running, or interrupted.
     pub incomplete: Vec<String>,
+    /// Ages of the newest segment and backup, and the gap count.
+    pub health: Health,
 }
 
 fn summarize(m: &Manifest) -> BackupSummary {
@@ -139,14 +158,50 @@ pub async fn load_manifests(repo: &Repository) -> Result<(Vec<Manifest>, Vec<Str
     Ok((manifests, incomplete))
 }
 
+/// Seconds from an RFC 3339 time to `now`.
+fn age_seconds(t: &str, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| (now - t.to_utc()).num_seconds())
+}
+
 /// Reads what `list` shows.
 pub async fn listing(repo: &Repository) -> Result<Listing> {
+    let mut out = listing_without_health(repo).await?;
+    let now = chrono::Utc::now();
+    if let Some(b) = out.backups.last() {
+        out.health.newest_backup = Some(b.id.clone());
+        out.health.newest_backup_age_seconds = age_seconds(&b.stop_time, now);
+    }
+    out.health.gaps = out.wal.iter().map(|t| t.gaps.len()).sum();
+    let newest = out.wal.iter().rev().find_map(|t| t.last.clone());
+    if let Some(name) = newest {
+        if let Ok(parsed) = name.parse::<WalFileName>() {
+            use object_store::ObjectStoreExt;
+            let key = crate::repo::keys::wal(&parsed);
+            // Only the time is missing: a vanished or unreadable object leaves it out.
+            if let Ok(meta) = repo.objects().head(&key).await {
+                out.health.newest_segment_time =
+                    Some(meta.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                out.health.newest_segment_age_seconds = Some((now - meta.last_modified).num_seconds());
+            }
+        }
+        out.health.newest_segment = Some(name);
+    }
+    Ok(out)
+}
+
+/// Backups and WAL, without the ages.
+async fn listing_without_health(repo: &Repository) -> Result<Listing> {
     let (format_exists, identity) = repo.identity().await?;
     if !format_exists {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }
     let (manifests, incomplete) = load_manifests(repo).await?;
-    let mut out = Listing { backups: manifests.iter().map(summarize).collect(), wal: Vec::new(), incomplete };
+    let mut out = Listing {
+        backups: manifests.iter().map(summarize).collect(),
+        wal: Vec::new(),
+        incomplete,
+        health: Health::default(),
+    };
     // Without a recorded cluster nothing was archived yet: no segment size, no WAL.
     let Some(size) = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size)) else { return Ok(out) };
     let inventory = repo.wal_inventory(size).await?;
@@ -266,7 +321,28 @@ pub fn render_text(l: &Listing) -> String {
         }
         out.push('\n');
     }
+    let h = &l.health;
+    match (&h.newest_segment, h.newest_segment_age_seconds) {
+        (Some(s), Some(age)) => out.push_str(&format!("newest WAL segment {s}, archived {} ago", human_age(age))),
+        (Some(s), None) => out.push_str(&format!("newest WAL segment {s}")),
+        (None, _) => out.push_str("no WAL segment archived"),
+    }
+    match (&h.newest_backup, h.newest_backup_age_seconds) {
+        (Some(b), Some(age)) => out.push_str(&format!("; newest backup {b}, stopped {} ago\n", human_age(age))),
+        _ => out.push_str("; no complete backup\n"),
+    }
     out
+}
+
+/// Seconds for people: `42s`, `5m 3s`, `7h 12m`, `3d 4h`.
+pub fn human_age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
 }
 
 /// The listing as the documented JSON object.
@@ -311,6 +387,14 @@ mod tests {
                 history: false,
             }],
             incomplete: vec!["20261124T000000F".into()],
+            health: Health {
+                newest_segment: Some("000000010000000000000009".into()),
+                newest_segment_time: Some("2026-11-23T07:50:00Z".into()),
+                newest_segment_age_seconds: Some(125),
+                newest_backup: Some("20261123T074000F".into()),
+                newest_backup_age_seconds: Some(7 * 3600 + 60),
+                gaps: 1,
+            },
         }
     }
 
@@ -321,6 +405,8 @@ mod tests {
         assert!(text.contains("23.0 MiB"), "{text}");
         assert!(text.contains("GAPS: 000000010000000000000004 .. 000000010000000000000005"), "{text}");
         assert!(text.contains("without a manifest not listed"), "{text}");
+        assert!(text.contains("newest WAL segment 000000010000000000000009, archived 2m 5s ago"), "{text}");
+        assert!(text.contains("newest backup 20261123T074000F, stopped 7h 1m ago"), "{text}");
     }
 
     /// The documented JSON shape: changing it breaks users' monitoring.
@@ -353,6 +439,17 @@ mod tests {
         }
         assert_eq!(w["gaps"][0]["first"], "000000010000000000000004");
         assert_eq!(v["incomplete"][0], "20261124T000000F");
+        let h = &v["health"];
+        for key in [
+            "newest_segment",
+            "newest_segment_time",
+            "newest_segment_age_seconds",
+            "newest_backup",
+            "newest_backup_age_seconds",
+            "gaps",
+        ] {
+            assert!(h.get(key).is_some(), "health.{key}");
+        }
     }
 
     #[test]

@@ -156,6 +156,16 @@ impl BackupLock {
     }
 }
 
+/// Who holds the backup lock, if a backup is being taken: a lock that
+/// [`BackupLock::acquire`] would take over (a killed backup) does not count.
+pub async fn live_holder(repo: &Repository, stale_after: Duration) -> Result<Option<String>> {
+    let Some((found, age)) = read_lock(repo).await? else { return Ok(None) };
+    if stale_reason(found.as_ref(), age, stale_after, &host_name()).is_some() {
+        return Ok(None);
+    }
+    Ok(Some(found.map_or_else(|| "lock 'lock/backup' of unknown content".into(), |l| l.describe())))
+}
+
 /// The current lock and its age; `Ok(None)` if there is none. Content that
 /// does not parse comes back as `Some((None, age))`.
 pub async fn read_lock(repo: &Repository) -> Result<Option<(Option<LockInfo>, Duration)>> {

@@ -4,9 +4,12 @@
 pub mod archive;
 pub mod backup;
 pub mod check;
+pub mod coverage;
+pub mod expire;
 pub mod fetch;
 pub mod list;
 pub mod lock;
 pub mod progress;
 pub mod restore;
 pub mod standby;
+pub mod verify;

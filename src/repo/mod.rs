@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod frame;
 pub mod keys;
+pub mod synthetic;
 pub mod wal_index;
 
 use bytes::Bytes;
@@ -14,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use self::frame::{Compression, FrameHeader};
 use crate::error::{Error, Result};
 use crate::storage::{RepoUrl, RetryPolicy, Store};
+
+/// How many deletes [`Repository::delete`] has in flight.
+pub const DELETES_IN_FLIGHT: usize = 16;
 
 /// The repository format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -201,6 +205,44 @@ impl Repository {
     /// `expire`'s deletes). Data objects go through [`Repository::put_create`].
     pub fn objects(&self) -> &std::sync::Arc<dyn object_store::ObjectStore> {
         &self.store.objects
+    }
+
+    /// Deletes objects in the order given, at most [`DELETES_IN_FLIGHT`] at
+    /// a time, so that an interrupted run has deleted a prefix of `keys` plus
+    /// at most that many more just after it. An object already gone counts as
+    /// deleted. Only `expire` deletes (SPEC §3.2). On local disk, directories
+    /// left empty are removed too.
+    pub async fn delete(&self, keys: &[Path]) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let what = format!("deleting '{key}'");
+                self.retry
+                    .run(&what, || async {
+                        match self.store.objects.delete(key).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(storage_err("delete", key)(e)),
+                        }
+                    })
+                    .await
+            })
+            .buffered(DELETES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        if let Some(root) = &self.store.local_root {
+            let mut dirs: Vec<std::path::PathBuf> =
+                keys.iter().filter_map(|k| root.join(k.as_ref()).parent().map(std::path::Path::to_path_buf)).collect();
+            dirs.sort();
+            dirs.dedup();
+            for dir in dirs.iter().rev() {
+                // Fails harmlessly while the directory holds anything.
+                let _ = std::fs::remove_dir(dir);
+                if let Some(parent) = dir.parent().filter(|p| p.starts_with(root) && *p != root.as_path()) {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The names directly below `prefix` (a delimiter listing): e.g. the

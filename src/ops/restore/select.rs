@@ -94,7 +94,12 @@ impl Chain {
     }
 
     /// For each link, the range of segments read from its timeline, clipped to `from..=to`.
-    fn ranges(&self, from: SegmentNo, to: SegmentNo, size: WalSegmentSize) -> Vec<(TimelineId, SegmentNo, SegmentNo)> {
+    pub fn ranges(
+        &self,
+        from: SegmentNo,
+        to: SegmentNo,
+        size: WalSegmentSize,
+    ) -> Vec<(TimelineId, SegmentNo, SegmentNo)> {
         let begins = self.begin_segments(size);
         let mut out = Vec::new();
         for (i, link) in self.0.iter().enumerate() {

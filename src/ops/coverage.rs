@@ -1,0 +1,135 @@
+//! Which archived WAL a backup needs so that it recovers to every point after
+//! it, on every timeline that descends from it. Pure: works on backup
+//! summaries, the timelines' `.history` contents and segment numbers; shared
+//! by `verify` (is it all there?) and `expire` (what may go?).
+//!
+//! A timeline descends from a backup when the backup's timelines lie on the
+//! timeline's history and the backup stopped before that history left the
+//! backup's stop timeline (see [`Chain::admits`]). Recovery along such a
+//! timeline reads, for each segment number from the backup's start segment
+//! on, the file of the newest timeline on its history that had begun by then.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ops::restore::select::{segment_before, segment_of, BackupInfo, Chain};
+use crate::pg::history::HistoryEntry;
+use crate::pg::{SegmentNo, TimelineId, WalSegmentSize};
+
+/// The timeline tree as far as the repository records it: the ancestors of
+/// every timeline whose `.history` file was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimelineTree {
+    /// Ancestors of each timeline above 1 whose history is known, oldest first.
+    pub histories: BTreeMap<TimelineId, Vec<HistoryEntry>>,
+    /// Every timeline the repository mentions (WAL, history files, backups).
+    pub timelines: BTreeSet<TimelineId>,
+}
+
+impl TimelineTree {
+    /// The chain of `tli`, if its history is known (timeline 1 has none to know).
+    pub fn chain(&self, tli: TimelineId) -> Option<Chain> {
+        if tli.0 == 1 {
+            return Some(Chain::new(tli, &[]));
+        }
+        self.histories.get(&tli).map(|h| Chain::new(tli, h))
+    }
+
+    /// Timelines above 1 whose history is unknown: nothing can be said about them.
+    pub fn unknown(&self) -> Vec<TimelineId> {
+        self.timelines.iter().copied().filter(|t| t.0 > 1 && !self.histories.contains_key(t)).collect()
+    }
+
+    /// The chains of every known timeline that descends from `b`.
+    pub fn descendants(&self, b: &BackupInfo) -> Vec<Chain> {
+        let mut all: BTreeSet<TimelineId> = self.timelines.clone();
+        all.insert(b.stop_timeline);
+        all.iter().filter_map(|t| self.chain(*t)).filter(|c| c.admits(b)).collect()
+    }
+}
+
+/// For each timeline, the first segment a backup needs from it: everything
+/// from there on (on that timeline) is read by some recovery from the backup.
+pub fn needed_from(b: &BackupInfo, tree: &TimelineTree, size: WalSegmentSize) -> BTreeMap<TimelineId, SegmentNo> {
+    let mut out: BTreeMap<TimelineId, SegmentNo> = BTreeMap::new();
+    let start = segment_of(b.start_lsn, size);
+    for chain in tree.descendants(b) {
+        for (tli, lo, _) in chain.ranges(start, SegmentNo(u64::MAX), size) {
+            let e = out.entry(tli).or_insert(lo);
+            *e = (*e).min(lo);
+        }
+    }
+    out
+}
+
+/// The segments recovery from `b` along `chain` reads, as `(timeline, first,
+/// last)` runs: from the backup's start through its stop and on to `newest`
+/// (the newest segment archived on the chain, if later).
+pub fn needed_runs(
+    b: &BackupInfo,
+    chain: &Chain,
+    newest: Option<SegmentNo>,
+    size: WalSegmentSize,
+) -> Vec<(TimelineId, SegmentNo, SegmentNo)> {
+    let start = segment_of(b.start_lsn, size);
+    let stop = segment_before(b.stop_lsn, size).max(start);
+    let end = newest.map_or(stop, |n| n.max(stop));
+    chain.ranges(start, end, size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::Lsn;
+
+    const SEG: u64 = 16 << 20;
+
+    fn backup(start_seg: u64, stop_seg: u64, tli: u32) -> BackupInfo {
+        BackupInfo {
+            id: "20261123T074000F".parse().expect("id"),
+            stop_time: chrono::DateTime::from_timestamp(0, 0).expect("time"),
+            start_lsn: Lsn(start_seg * SEG + 0x28),
+            stop_lsn: Lsn(stop_seg * SEG + 0x100),
+            timeline: TimelineId(tli),
+            stop_timeline: TimelineId(tli),
+        }
+    }
+
+    /// TL1 ... TL2 branches at segment 20, TL3 branches off TL1 at segment 10.
+    fn tree() -> TimelineTree {
+        let mut histories = BTreeMap::new();
+        histories.insert(TimelineId(2), vec![HistoryEntry { parent: TimelineId(1), switch_point: Lsn(20 * SEG + 8) }]);
+        histories.insert(TimelineId(3), vec![HistoryEntry { parent: TimelineId(1), switch_point: Lsn(10 * SEG + 8) }]);
+        TimelineTree { histories, timelines: [1, 2, 3, 4].map(TimelineId).into_iter().collect() }
+    }
+
+    #[test]
+    fn descendants_follow_the_branches_after_the_backup() {
+        let t = tree();
+        let tlis = |b: &BackupInfo| t.descendants(b).iter().map(|c| c.target().0).collect::<Vec<_>>();
+        assert_eq!(tlis(&backup(5, 6, 1)), vec![1, 2, 3], "before both branch points");
+        assert_eq!(tlis(&backup(12, 13, 1)), vec![1, 2], "after TL3 left TL1");
+        assert_eq!(tlis(&backup(25, 26, 1)), vec![1]);
+        assert_eq!(tlis(&backup(25, 26, 2)), vec![2]);
+        assert_eq!(t.unknown(), vec![TimelineId(4)]);
+    }
+
+    #[test]
+    fn needs_start_at_the_backup_and_switch_at_branch_points() {
+        let t = tree();
+        let size = WalSegmentSize::DEFAULT;
+        let need = needed_from(&backup(5, 6, 1), &t, size);
+        assert_eq!(need.get(&TimelineId(1)), Some(&SegmentNo(5)));
+        assert_eq!(need.get(&TimelineId(2)), Some(&SegmentNo(20)), "the switch segment comes from the child");
+        assert_eq!(need.get(&TimelineId(3)), Some(&SegmentNo(10)));
+        let chain = t.chain(TimelineId(2)).expect("known");
+        assert_eq!(
+            needed_runs(&backup(5, 6, 1), &chain, Some(SegmentNo(30)), size),
+            vec![(TimelineId(1), SegmentNo(5), SegmentNo(19)), (TimelineId(2), SegmentNo(20), SegmentNo(30))]
+        );
+        assert_eq!(
+            needed_runs(&backup(5, 7, 1), &t.chain(TimelineId(1)).expect("tl1"), None, size),
+            vec![(TimelineId(1), SegmentNo(5), SegmentNo(7))],
+            "at least the backup's own WAL"
+        );
+    }
+}

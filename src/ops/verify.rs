@@ -1,0 +1,759 @@
+//! `pgwal verify [--backup ID] [--quick] [--json]`: is every backup
+//! recoverable to every point after it?
+//!
+//! - Each backup's manifest is read (which checks its SHA-256); every pack it
+//!   names is read back, decompressed and hashed against the manifest, and
+//!   every file's SHA-256 is recomputed from its extents.
+//! - The timeline tree is built from the `.history` files; every timeline
+//!   above 1 up to the newest must have one.
+//! - For each backup and each timeline descending from it, every segment
+//!   from the backup's start through its stop and on to the newest segment
+//!   archived on that timeline must be there (switching timelines at each
+//!   history's switch point). Every stored WAL file is read back and hashed;
+//!   complete segments must be whole segments whose first page matches the
+//!   name and the cluster.
+//! - A gap no backup needs, and a backup directory without a manifest (a
+//!   running or interrupted backup: `expire` cleans those up) are warnings.
+//!
+//! `--quick` reads no data: names and sizes from listings, the manifests
+//! and the history files only. Objects are read `jobs` at a time; memory
+//! stays bounded by that many objects in flight.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::ops::coverage::{needed_runs, TimelineTree};
+use crate::ops::restore::select::{newest_segment, BackupInfo};
+use crate::pg::validate::validate_segment_head;
+use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
+use crate::repo::backup::{backups_prefix, manifest_key, pack_key, BackupId, Manifest};
+use crate::repo::frame;
+use crate::repo::wal_index::WalInventory;
+use crate::repo::{keys, ClusterIdentity, Repository};
+
+/// What `verify` is asked to check.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Only this backup (and the WAL it needs).
+    pub backup: Option<BackupId>,
+    /// Names and sizes only, no data reads.
+    pub quick: bool,
+    /// Objects read in parallel.
+    pub jobs: usize,
+}
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// A retained backup cannot be recovered as promised: exit non-zero.
+    Error,
+    /// Worth knowing, harmless to recovery.
+    Warning,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// A stable keyword: `corrupt_object`, `missing_object`, `size_mismatch`,
+    /// `file_checksum`, `missing_wal`, `missing_history`, `wal_gap`,
+    /// `incomplete_backup`, `wrong_cluster`.
+    pub kind: &'static str,
+    /// The object key concerned, if one.
+    pub object: Option<String>,
+    /// The WAL segment (or first of a run) concerned, if one.
+    pub segment: Option<String>,
+    /// The backup concerned, if one.
+    pub backup: Option<String>,
+    /// One line for people.
+    pub message: String,
+}
+
+/// What was checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Checked {
+    /// Backups (with a manifest) checked.
+    pub backups: usize,
+    /// Packs read (full) or listed (quick).
+    pub packs: usize,
+    /// Files whose SHA-256 was recomputed.
+    pub files: usize,
+    /// WAL files (segments, partials, .backup files) read (full) or listed (quick).
+    pub wal_files: usize,
+    /// History files read.
+    pub histories: usize,
+    /// Original (uncompressed) bytes read and hashed.
+    pub original_bytes: u64,
+    /// Stored bytes read.
+    pub stored_bytes: u64,
+}
+
+/// The outcome, also the `--json` document.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// True when there is no error (warnings allowed).
+    pub ok: bool,
+    /// Whether this was a quick (listing-only) run.
+    pub quick: bool,
+    /// Counts of what was checked.
+    pub checked: Checked,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Errors first, then warnings.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    fn push(&mut self, severity: Severity, kind: &'static str, message: String) -> &mut Problem {
+        self.problems.push(Problem { severity, kind, object: None, segment: None, backup: None, message });
+        self.problems.last_mut().expect("invariant: just pushed")
+    }
+
+    /// Adds another report's findings and counts to this one.
+    fn merge(&mut self, other: Report) {
+        self.problems.extend(other.problems);
+        let (c, o) = (&mut self.checked, other.checked);
+        c.packs += o.packs;
+        c.files += o.files;
+        c.wal_files += o.wal_files;
+        c.histories += o.histories;
+        c.original_bytes += o.original_bytes;
+        c.stored_bytes += o.stored_bytes;
+    }
+
+    fn errors(&self) -> usize {
+        self.problems.iter().filter(|p| p.severity == Severity::Error).count()
+    }
+
+    /// Text for people: one line per problem, then a summary.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for p in &self.problems {
+            let label = match p.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            out.push_str(&format!("{label}: {}\n", p.message));
+        }
+        let c = &self.checked;
+        let mode = if self.quick { "quick: names and sizes" } else { "read and hashed" };
+        out.push_str(&format!(
+            "checked {} backup(s), {} pack(s), {} file(s), {} WAL file(s), {} history file(s) ({mode}; {:.1} MiB in {:.1}s)\n",
+            c.backups,
+            c.packs,
+            c.files,
+            c.wal_files,
+            c.histories,
+            c.original_bytes as f64 / (1 << 20) as f64,
+            self.seconds
+        ));
+        let errors = self.errors();
+        let warnings = self.problems.len() - errors;
+        if errors == 0 {
+            out.push_str(&format!("ok: the repository is sound ({warnings} warning(s))\n"));
+        } else {
+            out.push_str(&format!("FAILED: {errors} error(s), {warnings} warning(s)\n"));
+        }
+        out
+    }
+
+    /// The documented JSON document.
+    pub fn render_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("invariant: plain structs serialize")
+    }
+}
+
+/// Loads the manifests to check: good ones, and problems for the others.
+async fn manifests(repo: &Repository, only: Option<&BackupId>, report: &mut Report) -> Result<Vec<Manifest>> {
+    let ids: Vec<BackupId> = match only {
+        Some(id) => vec![id.clone()],
+        None => repo.list_dirs(&backups_prefix()).await?.iter().filter_map(|d| d.parse().ok()).collect(),
+    };
+    let loaded: Vec<(BackupId, Result<Option<Manifest>>)> = futures::stream::iter(ids)
+        .map(|id| async move {
+            let m = repo.load_json::<Manifest>(&manifest_key(&id)).await;
+            (id, m)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut out = Vec::new();
+    for (id, m) in loaded {
+        let key = manifest_key(&id).to_string();
+        match m {
+            Ok(Some(m)) if m.id == id => out.push(m),
+            Ok(Some(m)) => {
+                let p = report.push(
+                    Severity::Error,
+                    "corrupt_object",
+                    format!("manifest '{key}' describes backup '{}', not '{id}'", m.id),
+                );
+                p.object = Some(key);
+                p.backup = Some(id.to_string());
+            }
+            Ok(None) if only.is_some() => {
+                return Err(Error::BadRequest {
+                    message: format!("there is no complete backup '{id}' in the repository"),
+                    hint: Some("'pgwal list' shows the backups; leave out --backup to verify them all".into()),
+                })
+            }
+            Ok(None) => {
+                let p = report.push(
+                    Severity::Warning,
+                    "incomplete_backup",
+                    format!(
+                        "backup '{id}' has no manifest: it is running or was interrupted ('pgwal expire' removes it)"
+                    ),
+                );
+                p.object = Some(format!("backup/{id}/"));
+                p.backup = Some(id.to_string());
+            }
+            Err(Error::Corrupt { reason, .. }) => {
+                let p = report.push(
+                    Severity::Error,
+                    "corrupt_object",
+                    format!("manifest '{key}' of backup '{id}' is corrupt: {reason}"),
+                );
+                p.object = Some(key);
+                p.backup = Some(id.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
+    Ok(out)
+}
+
+/// Which pack extents belong to which file, per pack.
+type ExtentIndex = BTreeMap<u32, Vec<(usize, u64, u64)>>;
+
+fn extent_index(m: &Manifest) -> ExtentIndex {
+    let mut index: ExtentIndex = BTreeMap::new();
+    for (i, f) in m.files.iter().enumerate() {
+        for e in &f.extents {
+            index.entry(e.pack).or_default().push((i, e.offset, e.size));
+        }
+    }
+    index
+}
+
+/// Checks one backup's packs and files.
+async fn check_packs(repo: &Repository, m: &Manifest, opts: &VerifyOptions, report: &mut Report) -> Result<()> {
+    let id = m.id.to_string();
+    let known: BTreeSet<u32> = m.packs.iter().map(|p| p.number).collect();
+    for f in &m.files {
+        if let Some(e) = f.extents.iter().find(|e| !known.contains(&e.pack)) {
+            let p = report.push(
+                Severity::Error,
+                "corrupt_object",
+                format!("manifest of backup '{id}': file '{}' points into pack {} it does not list", f.path, e.pack),
+            );
+            p.object = Some(manifest_key(&m.id).to_string());
+            p.backup = Some(id.clone());
+        }
+    }
+    if opts.quick {
+        let listed = repo.list_objects(&Path::from(format!("backup/{id}/pack"))).await?;
+        let sizes: BTreeMap<String, u64> = listed.into_iter().map(|o| (o.location.to_string(), o.size)).collect();
+        for pack in &m.packs {
+            let key = pack_key(&m.id, pack.number).to_string();
+            report.checked.packs += 1;
+            match sizes.get(&key) {
+                None => {
+                    let p = report.push(
+                        Severity::Error,
+                        "missing_object",
+                        format!("pack '{key}' of backup '{id}' is missing"),
+                    );
+                    p.object = Some(key);
+                    p.backup = Some(id.clone());
+                }
+                Some(&size) if size != pack.stored_size => {
+                    let p = report.push(
+                        Severity::Error,
+                        "size_mismatch",
+                        format!(
+                            "pack '{key}' of backup '{id}' is {size} bytes, the manifest says {}",
+                            pack.stored_size
+                        ),
+                    );
+                    p.object = Some(key);
+                    p.backup = Some(id.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        return Ok(());
+    }
+    let index = Arc::new(extent_index(m));
+    let mut hashers: BTreeMap<usize, (Sha256, u64)> = BTreeMap::new();
+    let mut failed_files: BTreeSet<usize> = BTreeSet::new();
+    // In pack order (a file may span packs), `jobs` packs in flight.
+    let mut stream = futures::stream::iter(m.packs.iter().cloned())
+        .map(|pack| {
+            let key = pack_key(&m.id, pack.number);
+            async move {
+                let object = repo.get(&key).await?;
+                let Some(object) = object else { return Ok::<_, Error>((pack, key, None)) };
+                let stored = object.len() as u64;
+                // decode checks the content against the header's SHA-256, so
+                // the header's digest is the content's: no second pass over it.
+                let decoded = tokio::task::spawn_blocking(move || {
+                    let header = frame::FrameHeader::parse(&object)?;
+                    frame::decode(&object).map(|data| (header.sha256, data))
+                })
+                .await
+                .map_err(|e| Error::Corrupt { key: key.to_string(), reason: format!("decoder failed: {e}") })?;
+                Ok((pack, key, Some((stored, decoded))))
+            }
+        })
+        .buffered(opts.jobs.max(1));
+    while let Some(item) = stream.try_next().await? {
+        let (pack, key, found) = item;
+        let key = key.to_string();
+        report.checked.packs += 1;
+        let problem = match found {
+            None => Some(("missing_object", format!("pack '{key}' of backup '{id}' is missing"))),
+            Some((_, Err(e))) => Some(("corrupt_object", format!("pack '{key}' of backup '{id}' is corrupt: {e}"))),
+            Some((stored, Ok((digest, data)))) => {
+                report.checked.stored_bytes += stored;
+                report.checked.original_bytes += data.len() as u64;
+                let sha = frame::hex(&digest);
+                if sha != pack.sha256 || data.len() as u64 != pack.original_size {
+                    Some(("corrupt_object", format!("pack '{key}' of backup '{id}' is not the one the manifest names (SHA-256 {sha}, manifest {})", pack.sha256)))
+                } else {
+                    for &(file, offset, size) in index.get(&pack.number).map_or(&[][..], Vec::as_slice) {
+                        let (h, done) = hashers.entry(file).or_insert_with(|| (Sha256::new(), 0));
+                        match data.get(offset as usize..(offset + size) as usize) {
+                            Some(bytes) => h.update(bytes),
+                            None => {
+                                failed_files.insert(file);
+                            }
+                        }
+                        *done += size;
+                    }
+                    None
+                }
+            }
+        };
+        if let Some((kind, message)) = problem {
+            let p = report.push(Severity::Error, kind, message);
+            p.object = Some(key);
+            p.backup = Some(id.clone());
+            for &(file, _, _) in index.get(&pack.number).map_or(&[][..], Vec::as_slice) {
+                failed_files.insert(file);
+            }
+        }
+    }
+    for (i, f) in m.files.iter().enumerate() {
+        report.checked.files += 1;
+        if failed_files.contains(&i) {
+            continue; // its pack was already reported
+        }
+        let (sha, size) = match hashers.remove(&i) {
+            Some((h, size)) => (frame::hex(&h.finalize().into()), size),
+            None => (frame::hex(&frame::sha256(&[])), 0),
+        };
+        if sha != f.sha256 || size != f.size {
+            let p = report.push(
+                Severity::Error,
+                "file_checksum",
+                format!(
+                    "file '{}' of backup '{id}' does not match its manifest entry (SHA-256 {sha}, manifest {})",
+                    f.path, f.sha256
+                ),
+            );
+            p.object = Some(manifest_key(&m.id).to_string());
+            p.backup = Some(id.clone());
+        }
+    }
+    Ok(())
+}
+
+fn backup_info(m: &Manifest) -> BackupInfo {
+    BackupInfo {
+        id: m.id.clone(),
+        stop_time: chrono::DateTime::parse_from_rfc3339(&m.stop_time)
+            .map(|t| t.to_utc())
+            .unwrap_or(chrono::DateTime::UNIX_EPOCH),
+        start_lsn: m.start_lsn,
+        stop_lsn: m.stop_lsn,
+        timeline: m.timeline,
+        stop_timeline: m.stop_timeline,
+    }
+}
+
+/// Reads the history files into the tree, reporting missing and corrupt ones.
+async fn timeline_tree(
+    repo: &Repository,
+    inv: &WalInventory,
+    backups: &[Manifest],
+    report: &mut Report,
+) -> Result<TimelineTree> {
+    let mut tree = TimelineTree::default();
+    tree.timelines.extend(inv.timelines.keys().copied());
+    tree.timelines.extend(inv.histories.iter().copied());
+    for m in backups {
+        tree.timelines.insert(m.timeline);
+        tree.timelines.insert(m.stop_timeline);
+    }
+    for &tli in &inv.histories {
+        report.checked.histories += 1;
+        match repo.timeline_history(tli).await {
+            Ok(Some(h)) => {
+                tree.histories.insert(tli, h);
+            }
+            Ok(None) => {}
+            Err(Error::Corrupt { key, reason }) => {
+                let p = report.push(
+                    Severity::Error,
+                    "corrupt_object",
+                    format!("history file '{key}' is corrupt: {reason}"),
+                );
+                p.object = Some(key);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // PostgreSQL looks for the newest timeline by probing history files in
+    // sequence: every timeline from 2 to the newest needs one.
+    let newest = tree.timelines.iter().max().copied().unwrap_or(TimelineId(1));
+    for t in 2..=newest.0 {
+        let tli = TimelineId(t);
+        if !inv.histories.contains(&tli) {
+            let key = keys::wal(&WalFileName::History { tli }).to_string();
+            let p = report.push(
+                Severity::Error,
+                "missing_history",
+                format!("history file '{key}' of timeline {tli} is missing: recovery cannot follow timeline {tli} or later ones"),
+            );
+            p.object = Some(key);
+        }
+    }
+    Ok(tree)
+}
+
+/// Records the missing segments of `tli` from `lo` to `hi` as needed by `backup`.
+fn missing_in(
+    inv: &WalInventory,
+    tli: TimelineId,
+    lo: SegmentNo,
+    hi: SegmentNo,
+    backup: &BackupId,
+    out: &mut BTreeMap<(TimelineId, SegmentNo), BackupId>,
+) {
+    let segs = inv.timelines.get(&tli).map_or(&[][..], |t| t.segments.as_slice());
+    let mut at = segs.partition_point(|s| *s < lo);
+    let mut want = lo;
+    while want <= hi {
+        if segs.get(at) == Some(&want) {
+            at += 1;
+        } else {
+            out.entry((tli, want)).or_insert_with(|| backup.clone());
+        }
+        want = SegmentNo(want.0 + 1);
+    }
+}
+
+/// Groups segment numbers into runs of consecutive ones per timeline.
+fn runs<V: Clone>(items: &BTreeMap<(TimelineId, SegmentNo), V>) -> Vec<(TimelineId, SegmentNo, SegmentNo, V)> {
+    let mut out: Vec<(TimelineId, SegmentNo, SegmentNo, V)> = Vec::new();
+    for (&(tli, seg), v) in items {
+        match out.last_mut() {
+            Some(r) if r.0 == tli && r.2 .0 + 1 == seg.0 => r.2 = seg,
+            _ => out.push((tli, seg, seg, v.clone())),
+        }
+    }
+    out
+}
+
+/// Checks the WAL chains of `backups` (all complete backups, or the one asked
+/// for) and reports gaps nobody needs as warnings (as errors when the
+/// repository has no backup at all). Returns the segments needed.
+fn check_chains(
+    inv: &WalInventory,
+    tree: &TimelineTree,
+    backups: &[Manifest],
+    only_one: bool,
+    size: WalSegmentSize,
+    report: &mut Report,
+) -> BTreeSet<(TimelineId, SegmentNo)> {
+    let mut missing: BTreeMap<(TimelineId, SegmentNo), BackupId> = BTreeMap::new();
+    let mut needed: BTreeSet<(TimelineId, SegmentNo)> = BTreeSet::new();
+    for m in backups {
+        let b = backup_info(m);
+        for chain in tree.descendants(&b) {
+            let newest = newest_segment(inv, &chain, size).map(|(_, s)| s);
+            for (tli, lo, hi) in needed_runs(&b, &chain, newest, size) {
+                missing_in(inv, tli, lo, hi, &b.id, &mut missing);
+                if let Some(t) = inv.timelines.get(&tli) {
+                    let from = t.segments.partition_point(|s| *s < lo);
+                    needed.extend(t.segments[from..].iter().take_while(|s| **s <= hi).map(|s| (tli, *s)));
+                }
+            }
+        }
+    }
+    for (tli, first, last, backup) in runs(&missing) {
+        let a = WalFileName::segment(tli, first, size);
+        let range = if first == last {
+            format!("'{a}' is")
+        } else {
+            format!("'{a}' .. '{}' ({} segments) are", WalFileName::segment(tli, last, size), last.0 - first.0 + 1)
+        };
+        let p = report.push(
+            Severity::Error,
+            "missing_wal",
+            format!(
+                "WAL segment {range} missing on timeline {tli}: backup '{backup}' cannot recover past {}",
+                first.start_lsn(size)
+            ),
+        );
+        p.segment = Some(a.to_string());
+        p.object = Some(keys::wal(&a).to_string());
+        p.backup = Some(backup.to_string());
+    }
+    if !only_one {
+        let severity = if backups.is_empty() { Severity::Error } else { Severity::Warning };
+        for (&tli, t) in &inv.timelines {
+            for (first, last) in t.gaps() {
+                if missing.contains_key(&(tli, first)) {
+                    continue;
+                }
+                let a = WalFileName::segment(tli, first, size);
+                let b = WalFileName::segment(tli, last, size);
+                let why = if backups.is_empty() { "" } else { " (no backup needs it)" };
+                let p = report.push(
+                    severity,
+                    "wal_gap",
+                    format!("gap in the archived WAL of timeline {tli}: '{a}' .. '{b}'{why}"),
+                );
+                p.segment = Some(a.to_string());
+            }
+        }
+    }
+    needed
+}
+
+/// A WAL file read back: stored and original size and the verdict, `None` if it vanished.
+type WalCheck = (WalFileName, Option<(u64, u64, Result<(), String>)>);
+
+/// Reads every WAL file in `names` back and checks it.
+async fn read_wal(
+    repo: &Repository,
+    names: Vec<WalFileName>,
+    identity: &ClusterIdentity,
+    size: WalSegmentSize,
+    jobs: usize,
+    report: &mut Report,
+) -> Result<()> {
+    let sysid = identity.system_identifier;
+    let results: Vec<WalCheck> = futures::stream::iter(names)
+        .map(|name| async move {
+            let key = keys::wal(&name);
+            let Some(object) = repo.get(&key).await? else { return Ok::<_, Error>((name, None)) };
+            let stored = object.len() as u64;
+            let checked = tokio::task::spawn_blocking(move || check_wal_object(&name, &object, sysid, size))
+                .await
+                .map_err(|e| Error::Corrupt { key: key.to_string(), reason: format!("decoder failed: {e}") })?;
+            Ok((name, Some((stored, checked.0, checked.1))))
+        })
+        .buffer_unordered(jobs.max(1))
+        .try_collect()
+        .await?;
+    for (name, r) in results {
+        report.checked.wal_files += 1;
+        let key = keys::wal(&name).to_string();
+        let (kind, message) = match r {
+            None => ("missing_object", format!("WAL file '{key}' vanished while verify ran")),
+            Some((stored, original, Ok(()))) => {
+                report.checked.stored_bytes += stored;
+                report.checked.original_bytes += original;
+                continue;
+            }
+            Some((_, _, Err(reason))) => ("corrupt_object", format!("WAL file '{key}' is corrupt: {reason}")),
+        };
+        let p = report.push(Severity::Error, kind, message);
+        p.object = Some(key);
+        p.segment = Some(name.to_string());
+    }
+    Ok(())
+}
+
+/// Decodes one WAL object, checking its SHA-256, and for segments their size,
+/// first page and cluster. Returns the original size.
+fn check_wal_object(name: &WalFileName, object: &[u8], sysid: u64, size: WalSegmentSize) -> (u64, Result<(), String>) {
+    let head = std::sync::Mutex::new(Vec::new());
+    let decoded = frame::decode_with(object, |offset, piece| {
+        if offset == 0 {
+            let mut h = head.lock().unwrap_or_else(|p| p.into_inner());
+            h.extend_from_slice(&piece[..piece.len().min(64)]);
+        }
+        Ok(())
+    });
+    let header = match decoded {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return (0, Err(e.to_string())),
+        Err(e) => return (0, Err(e.to_string())),
+    };
+    if !matches!(name, WalFileName::Segment { .. } | WalFileName::Partial { .. }) {
+        return (header.original_size, Ok(()));
+    }
+    let head = head.into_inner().unwrap_or_else(|p| p.into_inner());
+    let checked = match name {
+        WalFileName::Segment { .. } => {
+            validate_segment_head(name, &head, header.original_size).map(|h| h.system_identifier)
+        }
+        // A partial segment is as long as a segment, zero-filled at the end.
+        _ => validate_segment_head(name, &head, size.bytes()).map(|h| h.system_identifier),
+    };
+    let result = match checked {
+        Ok(found) if found != sysid => {
+            Err(format!("it belongs to cluster {found}, the repository holds cluster {sysid}"))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    (header.original_size, result)
+}
+
+/// Runs the checks.
+pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<Report> {
+    let started = Instant::now();
+    let (format, identity) = repo.identity().await?;
+    if !format {
+        return Err(Error::RepositoryMissing { url: repo.url().to_string() });
+    }
+    let mut report = Report { quick: opts.quick, ..Default::default() };
+    let backups = manifests(repo, opts.backup.as_ref(), &mut report).await?;
+    for m in &backups {
+        report.checked.backups += 1;
+        if let Some(i) = &identity {
+            if m.system_identifier != i.system_identifier.to_string() {
+                let p = report.push(
+                    Severity::Error,
+                    "wrong_cluster",
+                    format!(
+                        "backup '{}' is of cluster {}, the repository holds cluster {}",
+                        m.id, m.system_identifier, i.system_identifier
+                    ),
+                );
+                p.backup = Some(m.id.to_string());
+            }
+        }
+    }
+    // Packs and WAL are read at the same time: both phases alternate between
+    // I/O and hashing, so overlapping them keeps every core busy.
+    let mut packs_report = Report::default();
+    let packs = async {
+        for m in &backups {
+            check_packs(repo, m, opts, &mut packs_report).await?;
+        }
+        Ok::<(), Error>(())
+    };
+    let Some(identity) = identity else {
+        packs.await?;
+        report.merge(packs_report);
+        if !backups.is_empty() {
+            report.push(
+                Severity::Error,
+                "missing_wal",
+                "the repository records no cluster and holds no WAL, but has backups".into(),
+            );
+        }
+        return Ok(finish(report, started));
+    };
+    let size = WalSegmentSize::new(identity.wal_segment_size).ok_or_else(|| Error::Corrupt {
+        key: keys::cluster().to_string(),
+        reason: format!("invalid WAL segment size {}", identity.wal_segment_size),
+    })?;
+    let inv = repo.wal_inventory(size).await?;
+    let tree = timeline_tree(repo, &inv, &backups, &mut report).await?;
+    let needed = check_chains(&inv, &tree, &backups, opts.backup.is_some(), size, &mut report);
+    let mut names: Vec<WalFileName> = Vec::new();
+    for (&tli, t) in &inv.timelines {
+        let wanted = |s: &SegmentNo| opts.backup.is_none() || needed.contains(&(tli, *s));
+        names.extend(t.segments.iter().filter(|s| wanted(s)).map(|s| WalFileName::segment(tli, *s, size)));
+        names.extend(t.partials.iter().filter(|s| wanted(s)).map(|s| match WalFileName::segment(tli, *s, size) {
+            WalFileName::Segment { tli, log, seg } => WalFileName::Partial { tli, log, seg },
+            other => other,
+        }));
+    }
+    let mut wal_report = Report::default();
+    if opts.quick {
+        report.checked.wal_files += names.len();
+        packs.await?;
+    } else {
+        let wal = read_wal(repo, names, &identity, size, opts.jobs, &mut wal_report);
+        let (p, w) = tokio::join!(packs, wal);
+        p?;
+        w?;
+    }
+    report.merge(packs_report);
+    report.merge(wal_report);
+    Ok(finish(report, started))
+}
+
+fn finish(mut report: Report, started: Instant) -> Report {
+    report.problems.sort_by(|a, b| (a.severity, &a.object, &a.message).cmp(&(b.severity, &b.object, &b.message)));
+    report.ok = report.errors() == 0;
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// `pgwal verify`: the report to print, and whether the repository is sound.
+pub fn run(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    opts: &VerifyOptions,
+    json: bool,
+) -> Result<(String, bool)> {
+    let report = rt.block_on(verify(repo, opts))?;
+    let text = if json { report.render_json() } else { report.render_text() };
+    Ok((text, report.ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_group_consecutive_segments() {
+        let mut m = BTreeMap::new();
+        for s in [3u64, 4, 5, 9] {
+            m.insert((TimelineId(1), SegmentNo(s)), ());
+        }
+        m.insert((TimelineId(2), SegmentNo(10)), ());
+        let r: Vec<(u32, u64, u64)> = runs(&m).into_iter().map(|(t, a, b, _)| (t.0, a.0, b.0)).collect();
+        assert_eq!(r, vec![(1, 3, 5), (1, 9, 9), (2, 10, 10)]);
+    }
+
+    /// The documented JSON shape: scripts read it.
+    #[test]
+    fn json_shape_is_stable() {
+        let mut r = Report { quick: true, ..Default::default() };
+        let p = r.push(Severity::Error, "missing_wal", "m".into());
+        p.segment = Some("000000010000000000000003".into());
+        let r = finish(r, Instant::now());
+        let v: serde_json::Value = serde_json::from_str(&r.render_json()).expect("json");
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["quick"], true);
+        for key in ["backups", "packs", "files", "wal_files", "histories", "original_bytes", "stored_bytes"] {
+            assert!(v["checked"].get(key).is_some(), "checked.{key}");
+        }
+        let p = &v["problems"][0];
+        assert_eq!(p["severity"], "error");
+        assert_eq!(p["kind"], "missing_wal");
+        for key in ["object", "segment", "backup", "message"] {
+            assert!(p.get(key).is_some(), "problems[].{key}");
+        }
+    }
+}

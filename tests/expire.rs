@@ -1,0 +1,347 @@
+//! `pgwal expire`: what it keeps on a repository with two timelines (and
+//! that PITR to points after every retained backup still works on real
+//! PostgreSQL 15 afterwards), `--dry-run` deleting nothing, an expire killed
+//! with SIGKILL at many points and run again leaving a repository that
+//! verifies each time, the same on the S3 test server, and bad input refused
+//! with nothing deleted.
+
+mod common;
+mod synthetic;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use common::*;
+use synthetic::*;
+
+fn cfg(config: &Path) -> String {
+    config.to_string_lossy().into_owned()
+}
+
+fn expire(config: &Path, args: &[&str]) -> Result<RunOutput> {
+    Pgwal::new(["--config", &cfg(config), "expire"]).args(args).run()
+}
+
+fn verify(config: &Path, args: &[&str]) -> Result<RunOutput> {
+    Pgwal::new(["--config", &cfg(config), "verify"]).args(args).run()
+}
+
+/// A local two-timeline repository (see [`two_timelines`]); returns the
+/// config, the repository root and the backup IDs A, B, C, D.
+fn local_two_timelines(dir: &TestDir, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf, Vec<String>)> {
+    let (config, root) = file_config(dir, name)?;
+    let repo = open(&config)?;
+    let ids = rt().block_on(two_timelines(&repo))?;
+    give_to_run_as(&root)?;
+    Ok((config, root, ids))
+}
+
+#[test]
+fn keeps_what_retained_backups_need_on_every_timeline() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root, ids) = local_two_timelines(&dir, "repo")?;
+    let before = files(&root)?;
+
+    // Dry run: the report, nothing deleted.
+    let dry = expire(&config, &["--retain-full", "3", "--dry-run"])?.ensure_success()?;
+    ensure!(dry.stdout.contains(&format!("would delete backup {}", ids[0])), "{dry}");
+    ensure!(files(&root)? == before, "--dry-run deleted something");
+
+    // Keep B, C, D: B (timeline 1, segment 20) reaches timeline 2 too.
+    let out = expire(&config, &["--retain-full", "3"])?.ensure_success()?;
+    ensure!(dry.stdout.replace("would delete", "deleted") == out.stdout, "dry run and run differ:\n{dry}\n{out}");
+    let after = files(&root)?;
+    let gone: Vec<&String> = before.difference(&after).collect();
+    ensure!(!after.iter().any(|f| f.starts_with(&format!("backup/{}", ids[0]))), "A is gone");
+    for id in &ids[1..] {
+        ensure!(after.contains(&format!("backup/{id}/manifest")), "{id} kept");
+    }
+    let wal1: Vec<String> = (1..20).map(|s| format!("wal/{}/{}", &seg_name(1, s)[..16], seg_name(1, s))).collect();
+    ensure!(wal1.iter().all(|k| gone.contains(&k)), "timeline 1 before B's start goes");
+    ensure!(gone.len() == wal1.len() + 2, "only A (manifest, pack) and timeline 1 before segment 20 go: {gone:?}");
+    verify(&config, &[])?.ensure_success()?;
+
+    // Keep C and D only: timeline 1 from C's start (50), timeline 2 from D's start (55).
+    expire(&config, &["--retain-full", "2"])?.ensure_success()?;
+    let after = files(&root)?;
+    let wal: Vec<&String> = after.iter().filter(|f| f.starts_with("wal/")).collect();
+    let expected: Vec<String> = (50..=60)
+        .map(|s| (1, s))
+        .chain((55..=70).map(|s| (2, s)))
+        .map(|(t, s)| format!("wal/{}/{}", &seg_name(t, s)[..16], seg_name(t, s)))
+        .chain(["wal/00000002.history".to_string()])
+        .collect();
+    let mut expected_sorted: Vec<&String> = expected.iter().collect();
+    expected_sorted.sort();
+    ensure!(wal == expected_sorted, "WAL left: {wal:?}");
+    verify(&config, &[])?.ensure_success()?;
+
+    // Days: everything stopped long ago, so only the newest (D) stays, and timeline 1 (no retained
+    // backup reaches it any more) goes; its history-free timeline 1 needs no history file.
+    let out = expire(&config, &["--retain-days", "1"])?.ensure_success()?;
+    ensure!(out.stdout.contains(&format!("kept 1 backup(s): {}", ids[3])), "{out}");
+    ensure!(!files(&root)?.iter().any(|f| f.starts_with("wal/0000000100000000/")), "timeline 1 gone");
+    ensure!(files(&root)?.contains("wal/00000002.history"), "history files stay");
+    verify(&config, &[])?.ensure_success()?;
+    let again = expire(&config, &["--retain-days", "1"])?.ensure_success()?;
+    ensure!(again.stdout.contains("nothing to expire"), "{again}");
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_deleted() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root, _) = local_two_timelines(&dir, "repo")?;
+    let before = files(&root)?;
+    let cases: [(&[&str], &str); 5] = [
+        (&["--retain-full", "0"], "0 would delete every backup"),
+        (&["--retain-days", "-1"], "negative"),
+        (&["--retain-days", "0"], "number of days from 1"),
+        (&["--retain-full", "two"], "not a number"),
+        (&[], "no retention policy"),
+    ];
+    for (args, text) in cases {
+        let out = expire(&config, args)?;
+        ensure!(out.code() == Some(2), "{args:?} must be refused with exit 2: {out}");
+        ensure!(out.stderr.starts_with("pgwal: error:") && out.stderr.contains(text), "{args:?}: {out}");
+        ensure!(out.stderr.contains("hint:"), "{args:?}: {out}");
+    }
+    // verify --backup with an unknown ID, or not an ID at all.
+    for id in ["20991231T235959F", "last-night"] {
+        let out = verify(&config, &["--backup", id])?;
+        ensure!(out.code() == Some(2) && out.stderr.contains(id), "{out}");
+    }
+    // A repository without a complete backup.
+    let (empty_config, empty_root) = file_config(&dir, "empty")?;
+    rt().block_on(pgwal::repo::synthetic::init(&open(&empty_config)?, SYSID, size()))?;
+    give_to_run_as(&empty_root)?;
+    let empty_before = files(&empty_root)?;
+    let out = expire(&empty_config, &["--retain-full", "1"])?;
+    ensure!(out.code() == Some(2) && out.stderr.contains("no complete backup"), "{out}");
+    ensure!(files(&empty_root)? == empty_before, "nothing deleted from the empty repository");
+    // No repository at all.
+    let missing = dir.join("missing.toml");
+    write_private_file(&missing, &format!("repo = \"file://{}\"\n", dir.join("nowhere").display()))?;
+    let out = expire(&missing, &["--retain-full", "1"])?;
+    ensure!(out.code() == Some(1) && out.stderr.contains("no pgwal repository"), "{out}");
+    ensure!(!dir.join("nowhere").exists(), "expire created nothing");
+    ensure!(files(&root)? == before, "refusals deleted something");
+    Ok(())
+}
+
+/// Kills `expire` with SIGKILL once `root` has lost `after` files (or it
+/// ended), then checks that the repository verifies and that expire run
+/// again reaches exactly the state an uninterrupted expire reaches.
+#[test]
+fn killed_expire_leaves_a_repository_that_verifies() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "pristine")?;
+    let repo = open(&config)?;
+    rt().block_on(async {
+        pgwal::repo::synthetic::init(&repo, SYSID, size()).await?;
+        segments(&repo, 1, 1..=700).await?;
+        segments(&repo, 2, 400..=760).await?;
+        let switch =
+            pgwal::pg::history::HistoryEntry { parent: pgwal::pg::TimelineId(1), switch_point: lsn(400, 0x100) };
+        pgwal::repo::synthetic::put_history(&repo, pgwal::pg::TimelineId(2), &[switch]).await?;
+        for (i, start) in [10u64, 100, 200, 300, 600].iter().enumerate() {
+            backup(&repo, BackupSpec { start_seg: *start, tli: 1, hours: i as i64 }).await?;
+        }
+        backup(&repo, BackupSpec { start_seg: 700, tli: 2, hours: 10 }).await
+    })?;
+    give_to_run_as(&root)?;
+    let pristine = files(&root)?;
+
+    // The uninterrupted result.
+    let reference_dir = dir.join("reference");
+    copy_tree(&root, &reference_dir)?;
+    let ref_config = dir.join("reference.toml");
+    write_private_file(&ref_config, &format!("repo = \"file://{}\"\n", reference_dir.display()))?;
+    expire(&ref_config, &["--retain-full", "2"])?.ensure_success()?;
+    let expected = files(&reference_dir)?;
+    let to_delete = pristine.len() - expected.len();
+    ensure!(to_delete > 900, "a long enough expire to interrupt: {to_delete}");
+
+    let work = dir.join("work");
+    let work_config = dir.join("work.toml");
+    write_private_file(&work_config, &format!("repo = \"file://{}\"\n", work.display()))?;
+    let mut interrupted = 0;
+    for (round, after) in [0usize, 1, 2, 3, 7, 40, 200, 450, 700, 900].iter().enumerate() {
+        if work.exists() {
+            std::fs::remove_dir_all(&work)?;
+        }
+        copy_tree(&root, &work)?;
+        let mut child = Pgwal::new(["--config", &cfg(&work_config), "expire", "--retain-full", "2"])
+            .command()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        wait_until(Duration::from_secs(60), "expire to delete enough or end", || {
+            Ok(child.try_wait()?.is_some() || pristine.len() - files(&work)?.len() >= *after)
+        })?;
+        if child.try_wait()?.is_none() {
+            interrupted += 1;
+        }
+        // SIGKILL by the child's own PID (a no-op if it has ended).
+        let _ = child.kill();
+        child.wait()?;
+        let out = verify(&work_config, &[])?;
+        ensure!(out.success(), "round {round} (killed after {after} deletions): verify fails:\n{out}");
+        expire(&work_config, &["--retain-full", "2"])?.ensure_success()?;
+        ensure!(files(&work)? == expected, "round {round}: a second expire must finish the job exactly");
+        verify(&work_config, &[])?.ensure_success()?;
+    }
+    ensure!(interrupted >= 3, "only {interrupted} rounds were interrupted mid-way");
+    Ok(())
+}
+
+/// The same on the S3 test server: expire, then verify finds a needed segment missing.
+#[test]
+fn expire_and_verify_on_s3() -> Result<()> {
+    let dir = TestDir::new()?;
+    let s3 = S3Server::start()?;
+    s3.create_bucket("pgwal")?;
+    let config = dir.join("pgwal.toml");
+    write_private_file(&config, &s3.config_toml("s3://pgwal/main"))?;
+    let repo = open(&config)?;
+    let ids = rt().block_on(two_timelines(&repo))?;
+    verify(&config, &[])?.ensure_success()?;
+    let dry = expire(&config, &["--retain-full", "2", "--dry-run"])?.ensure_success()?;
+    let out = expire(&config, &["--retain-full", "2"])?.ensure_success()?;
+    ensure!(out.stdout.replace("deleted", "would delete") == dry.stdout, "{dry}\n{out}");
+    for id in &ids[..2] {
+        ensure!(out.stdout.contains(&format!("deleted backup {id}")), "{out}");
+    }
+    let listing = Pgwal::new(["--config", &cfg(&config), "list", "--json"]).run()?.ensure_success()?;
+    let v: serde_json::Value = serde_json::from_str(&listing.stdout)?;
+    ensure!(v["wal"][0]["first"] == seg_name(1, 50).as_str(), "{listing}");
+    ensure!(v["wal"][1]["first"] == seg_name(2, 55).as_str(), "{listing}");
+    verify(&config, &[])?.ensure_success()?;
+
+    // A segment D needs disappears: verify (quick and full) names it.
+    let victim = seg_name(2, 60);
+    let path = s3.root().join("pgwal/main/wal").join(&victim[..16]).join(&victim);
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    for args in [&[][..], &["--quick"][..]] {
+        let out = verify(&config, args)?;
+        ensure!(out.code() == Some(3) && out.stdout.contains(&victim), "{args:?}: {out}");
+    }
+    Ok(())
+}
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn insert_batch(pg: &PgCluster, batch: u32) -> Result<()> {
+    pg.sql(&format!("INSERT INTO t SELECT {batch}, md5(g::text) FROM generate_series(1, 1000) g"))?;
+    Ok(())
+}
+
+fn archive_now(pg: &PgCluster) -> Result<String> {
+    let last = pg.switch_wal()?;
+    pg.wait_archived(&last, WAIT)?;
+    Ok(last)
+}
+
+fn take_backup(pg: &PgCluster, config: &Path) -> Result<String> {
+    let out = Pgwal::new(["--config", &cfg(config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
+        .arg(pg.data_dir())
+        .run()?
+        .ensure_success()?;
+    Ok(out.stdout.trim().to_string())
+}
+
+/// The batches in table `t`, e.g. "1,2,3".
+fn batches(pg: &PgCluster) -> Result<String> {
+    pg.sql("SELECT string_agg(b::text, ',' ORDER BY b) || ' ' || sum(n) FROM (SELECT batch b, count(*) n FROM t GROUP BY batch) s")
+}
+
+/// Restores into `dir/name` with `args`, starts the copy without archiving,
+/// waits until recovery paused or ended, and returns its batches.
+fn restore_and_read(dir: &TestDir, config: &Path, name: &str, args: &[&str]) -> Result<String> {
+    let home = dir.join(name);
+    Pgwal::new(["--config", &cfg(config), "restore", "--target-dir"])
+        .arg(home.join(DATA_SUBDIR))
+        .args(args)
+        .run()?
+        .ensure_success()?;
+    let mut copy = PgCluster::existing(&home)?;
+    copy.set_conf(&["archive_mode = off"])?;
+    copy.start()?;
+    wait_until(WAIT, "recovery to pause at its target or end", || {
+        let state = copy.sql(
+            "SELECT pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused' OR NOT pg_is_in_recovery()",
+        )?;
+        Ok(state == "t")
+    })
+    .with_context(|| copy.log_tail(30))?;
+    let rows = batches(&copy).with_context(|| copy.log_tail(30))?;
+    copy.stop()?;
+    Ok(rows)
+}
+
+/// Real PostgreSQL: backups A and B on timeline 1, a point-in-time restore
+/// after B promoted in the middle of timeline 1 (which went on to batch 4),
+/// backup C on timeline 2. `expire --retain-full 2` drops A and the WAL
+/// before B; then B still recovers along timeline 1 to its very end and
+/// along timeline 2, C recovers to the end of timeline 2, and verify passes.
+#[test]
+fn retention_across_a_promotion_keeps_every_point_recoverable() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "repo")?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "archive_timeout = 0"])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t (batch int, filler text)")?;
+    insert_batch(&pg, 1)?;
+    let a = take_backup(&pg, &config)?;
+    insert_batch(&pg, 2)?;
+    archive_now(&pg)?;
+    let b = take_backup(&pg, &config)?;
+    insert_batch(&pg, 3)?;
+    let after_3 = pg.sql("SELECT pg_current_wal_lsn()")?;
+    archive_now(&pg)?;
+    insert_batch(&pg, 4)?;
+    archive_now(&pg)?;
+    pg.stop()?;
+
+    // Promotion in the middle of timeline 1: restore B to after batch 3 and promote; the new
+    // primary archives timeline 2 into the same repository.
+    let home = dir.join("promoted");
+    Pgwal::new(["--config", &cfg(&config), "restore", "--target-dir"])
+        .arg(home.join(DATA_SUBDIR))
+        .args(["--backup", &b, "--target-lsn", &after_3, "--target-action", "promote"])
+        .run()?
+        .ensure_success()?;
+    let mut promoted = PgCluster::existing(&home)?;
+    promoted.start()?;
+    wait_until(WAIT, "the restored copy to promote", || Ok(promoted.sql("SELECT pg_is_in_recovery()")? == "f"))
+        .with_context(|| promoted.log_tail(30))?;
+    insert_batch(&promoted, 10)?;
+    let first_tl2 = archive_now(&promoted)?;
+    ensure!(first_tl2.starts_with("00000002"), "timeline 2: {first_tl2}");
+    let c = take_backup(&promoted, &config)?;
+    insert_batch(&promoted, 11)?;
+    archive_now(&promoted)?;
+    promoted.stop()?;
+
+    let before = files(&root)?;
+    let out = expire(&config, &["--retain-full", "2"])?.ensure_success()?;
+    ensure!(out.stdout.contains(&format!("deleted backup {a}")), "{out}");
+    ensure!(out.stdout.contains(&format!("kept 2 backup(s): {b}, {c}")), "{out}");
+    let after = files(&root)?;
+    ensure!(!after.iter().any(|f| f.contains(&a)), "A is gone");
+    let gone_wal = before.difference(&after).filter(|f| f.starts_with("wal/")).count();
+    ensure!(gone_wal >= 1, "the WAL before B's start went");
+    ensure!(after.contains("wal/00000002.history"), "the history file stays");
+    verify(&config, &[])?.ensure_success()?;
+
+    // Every point after each retained backup is still reachable.
+    ensure!(
+        restore_and_read(&dir, &config, "b_tl1", &["--backup", &b, "--target-timeline", "1"])? == "1,2,3,4 4000",
+        "B along timeline 1 to its end"
+    );
+    ensure!(restore_and_read(&dir, &config, "b_tl2", &["--backup", &b])? == "1,2,3,10,11 5000", "B along timeline 2");
+    ensure!(restore_and_read(&dir, &config, "c_latest", &[])? == "1,2,3,10,11 5000", "C to the end");
+    verify(&config, &[])?.ensure_success()?;
+    Ok(())
+}
