@@ -18,9 +18,11 @@
 //! one stream; pgwal compresses and decompresses the chunks on all cores.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Condvar, Mutex};
+use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
+
+use crate::storage::mapped::HugeBuffer;
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 64;
@@ -252,8 +254,7 @@ fn zstd_frames(payload: &[u8]) -> Result<Vec<(&[u8], usize)>, FrameError> {
 /// zstd frames and hand them to `sink` in any order (so writing overlaps
 /// decompression), while the calling thread hashes them strictly in order.
 /// Nothing handed to `sink` may be trusted until this returns `Ok(Ok(_))`;
-/// `Ok(Err(_))` is the first error `sink` returned. A piece is only valid
-/// during its `sink` call.
+/// `Ok(Err(_))` is the first error `sink` returned.
 pub fn decode_with<S>(object: &[u8], sink: S) -> Result<Result<FrameHeader, std::io::Error>, FrameError>
 where
     S: Fn(u64, &[u8]) -> std::io::Result<()> + Sync,
@@ -269,153 +270,136 @@ where
             sink_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
         }
     };
-    let (hashed, digest) = if header.compression == 0 {
+    let mut hasher = Sha256::new();
+    let mut hashed: u64 = 0;
+    if header.compression == 0 {
         deliver(0, payload);
-        (payload.len() as u64, sha256(payload))
+        hasher.update(payload);
+        hashed = payload.len() as u64;
     } else {
         let frames = zstd_frames(payload)?;
         let declared: u64 = frames.iter().map(|f| f.1 as u64).sum();
         if declared != header.original_size {
             return Err(FrameError::OriginalSize { expected: header.original_size, actual: declared });
         }
-        decode_frames(&frames, &deliver)?
-    };
+        // One output buffer in huge pages, cut into one slice per frame: each
+        // worker decompresses into its frame's slice and hands it to `sink`;
+        // the calling thread hashes the slices in order as they complete.
+        let mut output = HugeBuffer::new(declared as usize).map_err(|e| FrameError::Decompress(e.to_string()))?;
+        let mut slots: Vec<Mutex<&mut [u8]>> = Vec::with_capacity(frames.len());
+        let mut rest = output.as_mut_slice();
+        for &(_, content) in &frames {
+            let (slot, tail) = rest.split_at_mut(content);
+            slots.push(Mutex::new(slot));
+            rest = tail;
+        }
+        let offsets: Vec<u64> = frames
+            .iter()
+            .scan(0u64, |at, f| {
+                let start = *at;
+                *at += f.1 as u64;
+                Some(start)
+            })
+            .collect();
+        // Decompresses the next unclaimed frame into its slot and hands it to
+        // `sink`; `None` when every frame is claimed.
+        let next = AtomicUsize::new(0);
+        let decompress_next = |dctx: &mut Result<zstd::bulk::Decompressor<'static>, FrameError>| {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let &(frame, content) = frames.get(i)?;
+            let mut slot = slots[i].lock().unwrap_or_else(|p| p.into_inner());
+            let out = match dctx.as_mut() {
+                Ok(d) => d.decompress_to_buffer(frame, &mut **slot).map_err(|e| FrameError::Decompress(e.to_string())),
+                Err(e) => Err(e.clone()),
+            }
+            .and_then(|n| {
+                if n == content {
+                    Ok(())
+                } else {
+                    Err(FrameError::OriginalSize { expected: content as u64, actual: n as u64 })
+                }
+            });
+            if out.is_ok() {
+                deliver(offsets[i], &slot);
+            }
+            Some((i, out))
+        };
+        let new_dctx = || zstd::bulk::Decompressor::new().map_err(|e| FrameError::Decompress(e.to_string()));
+        let mut failed = None;
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel::<(usize, Result<(), FrameError>)>();
+            // One core is the calling thread's: it hashes in order and, when
+            // the next frame is not ready yet, decompresses one itself rather
+            // than wait, so no core is oversubscribed or idle.
+            for _ in 1..workers(frames.len()) {
+                let tx = tx.clone();
+                let (decompress_next, new_dctx) = (&decompress_next, &new_dctx);
+                s.spawn(move || {
+                    let mut dctx = new_dctx();
+                    while let Some((i, out)) = decompress_next(&mut dctx) {
+                        let stop = out.is_err();
+                        if tx.send((i, out)).is_err() || stop {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut dctx = new_dctx();
+            let mut ready = vec![false; frames.len()];
+            let mut cursor = 0;
+            let mut note = |(i, out): (usize, Result<(), FrameError>), ready: &mut Vec<bool>| match out {
+                Ok(()) => {
+                    ready[i] = true;
+                    true
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    next.store(usize::MAX / 2, Ordering::Relaxed);
+                    false
+                }
+            };
+            while cursor < frames.len() {
+                while let Ok(done) = rx.try_recv() {
+                    if !note(done, &mut ready) {
+                        return;
+                    }
+                }
+                if ready[cursor] {
+                    let slot = slots[cursor].lock().unwrap_or_else(|p| p.into_inner());
+                    hasher.update(&**slot);
+                    hashed += slot.len() as u64;
+                    cursor += 1;
+                    continue;
+                }
+                let done = match decompress_next(&mut dctx) {
+                    Some(done) => done,
+                    // Everything is claimed: wait for the workers.
+                    None => match rx.recv() {
+                        Ok(done) => done,
+                        Err(_) => return,
+                    },
+                };
+                if !note(done, &mut ready) {
+                    return;
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
     if hashed != header.original_size {
         return Err(FrameError::OriginalSize { expected: header.original_size, actual: hashed });
     }
-    if digest != header.sha256 {
-        return Err(FrameError::Checksum { expected: hex(&header.sha256), actual: hex(&digest) });
+    let actual: Sha256Digest = hasher.finalize().into();
+    if actual != header.sha256 {
+        return Err(FrameError::Checksum { expected: hex(&header.sha256), actual: hex(&actual) });
     }
     Ok(match sink_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(header),
     })
-}
-
-/// Progress of [`decode_frames`], shared by its threads.
-struct Ring {
-    /// Frames handed to a thread so far (frame `claimed` is the next).
-    claimed: usize,
-    /// Frames hashed so far; the slot of each of them is free again.
-    hashed: usize,
-    /// Decompressed and handed to the sink, waiting to be hashed.
-    ready: Vec<bool>,
-    failed: Option<FrameError>,
-}
-
-/// Decompresses `frames` into a small ring of reused buffers, on all cores,
-/// handing each to `deliver`, and hashes them in order on the calling thread.
-/// Frame `i` uses slot `i % depth` and is only claimed once frame
-/// `i - depth` is hashed, so memory stays at `depth` frames whatever the
-/// object's size, and the buffers stay warm in cache instead of a whole
-/// segment of fresh pages being zeroed by the kernel and written to memory.
-/// Returns the bytes hashed and their SHA-256.
-fn decode_frames(
-    frames: &[(&[u8], usize)],
-    deliver: &(dyn Fn(u64, &[u8]) + Sync),
-) -> Result<(u64, Sha256Digest), FrameError> {
-    let n = frames.len();
-    let threads = workers(n);
-    let depth = (2 * threads).clamp(1, n.max(1));
-    let largest = frames.iter().map(|f| f.1).max().unwrap_or(0);
-    let slots: Vec<Mutex<Vec<u8>>> = (0..depth).map(|_| Mutex::new(Vec::with_capacity(largest))).collect();
-    let offsets: Vec<u64> = frames
-        .iter()
-        .scan(0u64, |at, f| {
-            let start = *at;
-            *at += f.1 as u64;
-            Some(start)
-        })
-        .collect();
-    let ring = Mutex::new(Ring { claimed: 0, hashed: 0, ready: vec![false; n], failed: None });
-    let changed = Condvar::new();
-    let lock = || ring.lock().unwrap_or_else(|p| p.into_inner());
-    let new_dctx = || zstd::bulk::Decompressor::new().map_err(|e| FrameError::Decompress(e.to_string()));
-    // Decompresses claimed frame `i` into its slot, hands it on, records the outcome.
-    let run = |i: usize, dctx: &mut Result<zstd::bulk::Decompressor<'static>, FrameError>| {
-        let (frame, content) = frames[i];
-        let mut slot = slots[i % depth].lock().unwrap_or_else(|p| p.into_inner());
-        slot.clear();
-        let out = match dctx.as_mut() {
-            Ok(d) => d.decompress_to_buffer(frame, &mut *slot).map_err(|e| FrameError::Decompress(e.to_string())),
-            Err(e) => Err(e.clone()),
-        }
-        .and_then(|got| {
-            if got == content {
-                Ok(())
-            } else {
-                Err(FrameError::OriginalSize { expected: content as u64, actual: got as u64 })
-            }
-        });
-        if out.is_ok() {
-            deliver(offsets[i], &slot);
-        }
-        drop(slot);
-        let mut r = lock();
-        match out {
-            Ok(()) => r.ready[i] = true,
-            Err(e) => {
-                r.failed.get_or_insert(e);
-            }
-        }
-        changed.notify_all();
-    };
-    let mut hasher = Sha256::new();
-    let mut hashed_bytes: u64 = 0;
-    std::thread::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(|| {
-                let mut dctx = new_dctx();
-                loop {
-                    let mut r = lock();
-                    let i = loop {
-                        if r.failed.is_some() || r.claimed == n {
-                            return;
-                        }
-                        if r.claimed < r.hashed + depth {
-                            break r.claimed;
-                        }
-                        r = changed.wait(r).unwrap_or_else(|p| p.into_inner());
-                    };
-                    r.claimed += 1;
-                    drop(r);
-                    run(i, &mut dctx);
-                }
-            });
-        }
-        // The calling thread hashes in order and, when the next frame is not
-        // ready yet, decompresses one itself rather than wait.
-        let mut dctx = new_dctx();
-        let mut r = lock();
-        while r.failed.is_none() && r.hashed < n {
-            let next = r.hashed;
-            if r.ready[next] {
-                drop(r);
-                let slot = slots[next % depth].lock().unwrap_or_else(|p| p.into_inner());
-                hasher.update(&**slot);
-                hashed_bytes += slot.len() as u64;
-                drop(slot);
-                r = lock();
-                r.hashed += 1;
-                changed.notify_all();
-            } else if r.claimed < n && r.claimed < next + depth {
-                let i = r.claimed;
-                r.claimed += 1;
-                drop(r);
-                run(i, &mut dctx);
-                r = lock();
-            } else {
-                r = changed.wait(r).unwrap_or_else(|p| p.into_inner());
-            }
-        }
-        drop(r);
-        // Wake workers waiting for a free slot after a failure.
-        changed.notify_all();
-    });
-    if let Some(e) = ring.into_inner().unwrap_or_else(|p| p.into_inner()).failed {
-        return Err(e);
-    }
-    Ok((hashed_bytes, hasher.finalize().into()))
 }
 
 /// Decodes a whole object into memory, checked. For small objects.
@@ -469,11 +453,11 @@ mod tests {
         assert_eq!(plain, data);
     }
 
-    /// More frames than the ring of buffers has slots: every piece reaches
+    /// Many frames, more than there are threads: every piece reaches
     /// the sink once, at its offset; a damaged frame in the middle fails the
     /// decode (no hang, whatever thread hits it).
     #[test]
-    fn many_frames_pass_through_the_ring() {
+    fn many_frames_reach_the_sink_once() {
         let data = sample(20 * CHUNK_SIZE + 123);
         let (obj, _) = encode(&data, Compression::Zstd(1)).expect("encode");
         let seen = Mutex::new(vec![0u8; data.len()]);

@@ -1,6 +1,7 @@
-//! Read-only memory mappings of files for the per-segment hot paths
-//! (`archive` reading a segment, `fetch` reading a local object): no copy out
-//! of the page cache.
+//! Memory mappings for the per-segment hot paths, where page faults on fresh
+//! memory cost more than the work itself: read-only mappings of files
+//! (`archive` reading a segment, `fetch` reading a local object: no copy out
+//! of the page cache) and huge-page buffers (`fetch` decompressing into them).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -63,6 +64,86 @@ impl AsRef<[u8]> for MappedFile {
     }
 }
 
+/// A zero-filled anonymous buffer in transparent huge pages where the kernel
+/// allows them. Decompressing a 16 MiB segment into ordinary memory costs
+/// 4096 page faults in a fresh process, more than the decompression itself;
+/// with 2 MiB pages it costs eight.
+#[derive(Debug)]
+pub struct HugeBuffer {
+    map: *mut libc::c_void,
+    map_len: usize,
+    start: usize,
+    len: usize,
+}
+
+// SAFETY: an owned private mapping; &/&mut access follows Rust's borrow rules
+// through `as_slice`/`as_mut_slice`.
+unsafe impl Send for HugeBuffer {}
+unsafe impl Sync for HugeBuffer {}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+impl HugeBuffer {
+    /// A buffer of `len` zero bytes.
+    pub fn new(len: usize) -> std::io::Result<HugeBuffer> {
+        if len == 0 {
+            return Ok(HugeBuffer { map: std::ptr::null_mut(), map_len: 0, start: 0, len: 0 });
+        }
+        // Over-allocate by one huge page so the buffer can start on a 2 MiB boundary.
+        let map_len = len.checked_add(HUGE_PAGE).ok_or_else(|| std::io::Error::other("buffer too large"))?;
+        // SAFETY: a fresh private anonymous mapping; failure is checked below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let start = (HUGE_PAGE - (map as usize % HUGE_PAGE)) % HUGE_PAGE;
+        // SAFETY: advising the kernel about a range inside our own mapping; a
+        // refusal (THP disabled) only means ordinary pages, so it is ignored.
+        unsafe {
+            libc::madvise((map as *mut u8).add(start) as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+        Ok(HugeBuffer { map, map_len, start, len })
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: start..start+len lies inside the live mapping owned by self.
+        unsafe { std::slice::from_raw_parts((self.map as *const u8).add(self.start), self.len) }
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: as in as_slice, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut((self.map as *mut u8).add(self.start), self.len) }
+    }
+}
+
+impl Drop for HugeBuffer {
+    fn drop(&mut self) {
+        if self.map_len > 0 {
+            // SAFETY: unmapping exactly the mapping created in `new`, once.
+            unsafe {
+                libc::munmap(self.map, self.map_len);
+            }
+        }
+    }
+}
+
 impl Drop for MappedFile {
     fn drop(&mut self) {
         if self.len > 0 {
@@ -88,5 +169,18 @@ mod tests {
         let mapped = MappedFile::map(&file, data.len()).expect("map");
         assert_eq!(mapped.bytes(), &data[..]);
         assert_eq!(MappedFile::map(&file, 0).expect("empty").bytes(), b"");
+    }
+
+    #[test]
+    fn huge_buffers_are_zeroed_writable_and_sized() {
+        for len in [0, 1, 4096, (2 << 20) + 3, 16 << 20] {
+            let mut b = HugeBuffer::new(len).expect("buffer");
+            assert_eq!(b.as_slice().len(), len);
+            assert!(b.as_slice().iter().all(|&x| x == 0));
+            if len > 0 {
+                b.as_mut_slice()[len - 1] = 7;
+                assert_eq!(b.as_slice()[len - 1], 7);
+            }
+        }
     }
 }
