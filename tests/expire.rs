@@ -345,3 +345,81 @@ fn retention_across_a_promotion_keeps_every_point_recoverable() -> Result<()> {
     verify(&config, &[])?.ensure_success()?;
     Ok(())
 }
+
+/// Real PostgreSQL: a backup is held after its files are stored (archiving
+/// fails, so it waits for its WAL with the lock held and no manifest yet).
+/// `expire` meanwhile leaves every pack of that backup alone; once archiving
+/// works again the backup completes and restores with all its rows.
+#[test]
+fn expire_never_touches_a_backup_being_taken() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "repo")?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "archive_timeout = 0"])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t (batch int, filler text)")?;
+    insert_batch(&pg, 1)?;
+    let a = take_backup(&pg, &config)?;
+    insert_batch(&pg, 2)?;
+    archive_now(&pg)?;
+
+    // Archiving fails from now on: the next backup stores its packs, then waits for its WAL.
+    pg.sql("ALTER SYSTEM SET archive_command = 'false'")?;
+    pg.reload()?;
+    let child = Pgwal::new(["--config", &cfg(&config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
+        .arg(pg.data_dir())
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("spawn pgwal backup")?;
+    let in_progress = |files: &std::collections::BTreeSet<String>| -> Vec<String> {
+        files
+            .iter()
+            .filter(|f| f.starts_with("backup/") && f.contains("/pack/") && !f.contains(&a) && !f.contains('#'))
+            .cloned()
+            .collect()
+    };
+    let mut child = KillOnDrop(Some(child));
+    // Held: pg_backup_stop waits for the WAL to be archived, with the lock held and no manifest.
+    wait_until(WAIT, "the second backup's packs to be stored", || {
+        let now = files(&root)?;
+        let stopping = pg.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%pg_backup_stop%' AND pid <> pg_backend_pid()",
+        )?;
+        Ok(!in_progress(&now).is_empty() && now.contains("lock/backup") && stopping == "1")
+    })?;
+    let held: std::collections::BTreeSet<String> = in_progress(&files(&root)?).into_iter().collect();
+    ensure!(!held.iter().any(|f| f.ends_with("/manifest")), "no manifest yet");
+
+    let out = expire(&config, &["--retain-full", "1"])?.ensure_success()?;
+    let after = files(&root)?;
+    for pack in &held {
+        ensure!(after.contains(pack), "expire deleted {pack} of the backup being taken:\n{out}");
+    }
+    ensure!(after.contains(&format!("backup/{a}/manifest")), "the only complete backup stays:\n{out}");
+
+    // Archiving works again: the held backup completes and restores.
+    pg.sql("ALTER SYSTEM RESET archive_command")?;
+    pg.set_conf(&[archive_command_setting(&config)])?;
+    pg.reload()?;
+    let output = child.0.take().context("child")?.wait_with_output().context("wait for pgwal backup")?;
+    ensure!(output.status.success(), "backup failed: {}", String::from_utf8_lossy(&output.stderr));
+    let b = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    ensure!(files(&root)?.contains(&format!("backup/{b}/manifest")), "backup {b} completed");
+    pg.stop()?;
+    ensure!(restore_and_read(&dir, &config, "b", &["--backup", &b])? == "1,2 2000", "backup {b} restores");
+    verify(&config, &[])?.ensure_success()?;
+    Ok(())
+}
+
+/// Kills a spawned pgwal (by its own PID) if the test fails before waiting for it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
