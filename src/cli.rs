@@ -179,6 +179,9 @@ on the primary first (an existing slot of that name is used as it is), connectin
 A gap in the archived WAL after the backup is reported as a warning: streaming may bridge it while the \
 primary still has that WAL.")]
     Standby(StandbyArgs),
+    /// Internal: the background prefetcher that `fetch` starts during recovery
+    #[command(name = "prefetch-wal", hide = true)]
+    PrefetchWal,
 }
 
 /// `--type` of `backup`.

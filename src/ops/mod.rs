@@ -2,10 +2,15 @@
 //! never global configuration, and returns errors to `main`.
 
 pub mod archive;
+pub mod archive_ahead;
+pub mod backlog;
 pub mod backup;
 pub mod check;
 pub mod fetch;
 pub mod list;
 pub mod lock;
+pub mod prefetch;
 pub mod restore;
+pub mod spool;
 pub mod standby;
+pub mod walspool;
