@@ -167,3 +167,81 @@ fn a_corrupt_object_is_never_spooled_and_stops_targeted_recovery() -> Result<()>
     ensure!(plog.contains(&format!("not spooling '{victim}'")), "prefetcher log: {plog}");
     Ok(())
 }
+
+/// The segment `n` after `name` on timeline `tli` (no log-file rollover in tests).
+fn segment_after(name: &str, tli: u32, n: u32) -> Result<String> {
+    let seg = u32::from_str_radix(&name[16..24], 16)? + n;
+    Ok(format!("{tli:08X}{}{seg:08X}", &name[8..16]))
+}
+
+#[test]
+fn prefetch_follows_the_timeline_switch() -> Result<()> {
+    let dir = TestDir::new()?;
+    let repo = dir.join("repo");
+    let config = dir.join("pgwal.toml");
+    write_private_file(&config, &format!("repo = \"file://{}\"\n[fetch]\nprefetch = 4\n", repo.display()))?;
+    let mut primary =
+        PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "archive_timeout = 0"])?;
+    primary.start()?;
+    primary.sql("CREATE TABLE t (n int, filler text)")?;
+    let mut first = primary.basebackup_to(&dir.join("first"))?;
+    let mut second = primary.basebackup_to(&dir.join("second"))?;
+    let mut tl1 = Vec::new();
+    for i in 0..6 {
+        primary.sql(&format!("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {}) g", 100 + i))?;
+        tl1.push(primary.switch_wal()?);
+    }
+    let last_tl1 = tl1.last().context("tl1")?.clone();
+    primary.wait_archived(&last_tl1, Duration::from_secs(120))?;
+    primary.stop()?;
+
+    // The first copy replays all of timeline 1, ends recovery, continues on
+    // timeline 2 and archives into the same repository.
+    first.set_conf(&[restore_command_setting(&config)])?;
+    first.touch_in_data_dir("recovery.signal")?;
+    first.start()?;
+    first.wait_recovery_finished(Duration::from_secs(180))?;
+    let mut tl2 = Vec::new();
+    for i in 0..5 {
+        first.sql(&format!("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {}) g", 10 + i))?;
+        tl2.push(first.switch_wal()?);
+    }
+    first.wait_archived(tl2.last().context("tl2")?, Duration::from_secs(120))?;
+    let expected = first.sql(FINGERPRINT)?;
+    first.stop()?;
+    ensure!(tl2[0].starts_with("00000002"), "the first copy is on timeline 2: {tl2:?}");
+    // Timeline 2 begins in the segment after the last one of timeline 1.
+    let switch_segment = segment_after(&last_tl1, 2, 1)?;
+    ensure!(tl2[0] == switch_segment, "timeline 2 starts at {switch_segment}: {tl2:?}");
+
+    // The second copy recovers to the latest timeline. Held at the last
+    // segment of timeline 1, its spool already holds timeline 2's segments.
+    let (restore, gate, reached) = gated_restore_command(&dir, &config, &last_tl1)?;
+    write_user_file(&gate, b"", 0o644)?;
+    second.set_conf(&[restore, "archive_mode = off".to_string()])?;
+    second.touch_in_data_dir("recovery.signal")?;
+    second.start_no_wait()?;
+    wait_until(Duration::from_secs(180), "recovery to reach the gate", || Ok(reached.exists()))
+        .with_context(|| second.log_tail(30))?;
+    let data = second.data_dir().to_path_buf();
+    let expected_spool = vec![
+        last_tl1.clone(),
+        segment_after(&last_tl1, 2, 1)?,
+        segment_after(&last_tl1, 2, 2)?,
+        segment_after(&last_tl1, 2, 3)?,
+    ];
+    wait_until(Duration::from_secs(60), "the spool to follow timeline 2", || Ok(spooled(&data) == expected_spool))
+        .with_context(|| format!("spool: {:?}", spooled(&data)))?;
+    for name in &expected_spool {
+        ensure!(
+            std::fs::read(data.join("pg_wal/pgwal/fetch").join(name))? == fetch_bytes(&dir, &config, name)?,
+            "{name}"
+        );
+    }
+    std::fs::remove_file(&gate)?;
+    second.wait_recovery_finished(Duration::from_secs(180))?;
+    ensure!(second.sql(FINGERPRINT)? == expected, "recovered data differs from timeline 2's");
+    let log = second.log_contents();
+    ensure!(log.contains(&format!("restored log file \"{}\"", tl2.last().context("tl2")?)), "{}", second.log_tail(30));
+    Ok(())
+}
