@@ -8,7 +8,8 @@
 //! flock on `pg_wal/pgwal/prefetch.lock`). The prefetcher keeps the next
 //! `fetch.prefetch` segments after the last one asked for in the spool (see
 //! `spool`), following the recovery timeline, and exits when recovery ends
-//! (removing the spool) or when nobody asked for anything for a while.
+//! (removing the spool) or when nobody asked for anything for a while (60s;
+//! 10s when it was started without recovery.signal or standby.signal).
 //!
 //! Which timeline: PostgreSQL asks for each segment on the newest timeline of
 //! its target timeline's history that had begun by then. The prefetcher
@@ -36,6 +37,9 @@ use crate::repo::{frame, keys, Repository};
 
 /// How long the prefetcher waits without a new request before it exits.
 pub const IDLE_EXIT: Duration = Duration::from_secs(60);
+
+/// The same, for a prefetcher started outside recovery (no signal file).
+pub const IDLE_EXIT_OUTSIDE_RECOVERY: Duration = Duration::from_secs(10);
 
 /// How often the prefetcher looks for a new request when it has nothing to do.
 const POLL: Duration = Duration::from_millis(10);
@@ -88,7 +92,10 @@ pub fn plan(last: &WalFileName, depth: usize, histories: &Histories, size: WalSe
 /// Makes sure a prefetcher runs for `spool` after PostgreSQL asked for
 /// `name`: records the request and starts one if none holds the lock.
 pub fn after_fetch(spool: &Spool, name: &WalFileName, repo_url: &str, config: Option<&Path>) {
-    if name.kind() != WalFileKind::Segment || !walspool::in_recovery(spool.data_dir()) {
+    // No check for recovery.signal here: PostgreSQL always has one during
+    // archive recovery, and a fetch without one (pg_rewind's restore_command,
+    // a test harness) gets a prefetcher that simply idles out sooner.
+    if name.kind() != WalFileKind::Segment {
         return;
     }
     spool.record_last(name);
@@ -154,8 +161,10 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
     let mut last_change = Instant::now();
     let mut missing: HashMap<WalFileName, Instant> = HashMap::new();
     let mut corrupt: HashSet<WalFileName> = HashSet::new();
+    let started_in_recovery = walspool::in_recovery(data_dir);
+    let idle_exit = if started_in_recovery { IDLE_EXIT } else { IDLE_EXIT_OUTSIDE_RECOVERY };
     loop {
-        if !walspool::in_recovery(data_dir) {
+        if started_in_recovery && !walspool::in_recovery(data_dir) {
             let _ = std::fs::remove_dir_all(&spool.dir);
             eprintln!("pgwal: prefetcher: recovery ended; spool removed");
             return Ok(());
@@ -165,7 +174,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
             last = now_last;
             last_change = Instant::now();
         }
-        if last_change.elapsed() > IDLE_EXIT {
+        if last_change.elapsed() > idle_exit {
             let _ = std::fs::remove_dir_all(&spool.dir);
             return Ok(());
         }
