@@ -84,14 +84,42 @@ its page header and its cluster (system identifier) must match; the first segmen
 cluster in the repository. Exits 0 only once the object is durable. If the same name already holds \
 identical content, exits 0 with a notice; if it holds different content, refuses and changes nothing. \
 Transient storage errors are retried until archive.retry_deadline (default 20s), then pgwal exits non-zero \
-and PostgreSQL retries later.")]
+and PostgreSQL retries later; the error is preceded by a line giving the archive backlog (files waiting, \
+bytes, and how long the oldest has waited).\n\n\
+Archiving ahead: run inside a data directory (PATH is pg_wal/NAME and pg_wal/archive_status exists), \
+archive also stores up to archive.ahead (default 32) other files that PostgreSQL has finished and will \
+ask for after NAME (their .ready status files; history files first, then by name), archive.parallel \
+(default 4) at once, all before it exits; it exits 0 only once NAME itself is stored. For each file \
+stored ahead it writes, after the object is durable, a marker pg_wal/pgwal/archive/REPO-ID/NAME.ok \
+(fsynced with its directory) with the file's inode, size, modification time and SHA-256 and the \
+repository instance. PostgreSQL's later call for that file exits 0 at once if the file still has that \
+inode, size and time and the repository is the same instance, and removes the marker; otherwise the \
+file is archived as usual (create-only with a checksum compare, so nothing is stored twice \
+differently). A crash at any point costs at most a second upload. Set archive.ahead = 0 to turn this off. \
+Run in a data directory after recovery ended, archive also removes a fetch spool a killed prefetcher \
+left behind.")]
     Archive(ArchiveArgs),
     /// Restore a WAL file from the repository (restore_command = 'pgwal fetch %f %p')
     #[command(long_about = "Writes the WAL file NAME from the repository to DEST, after checking every byte \
 against its stored SHA-256, via a temporary file in DEST's directory and a rename. Exits 1 when NAME is not \
 in the archive (PostgreSQL's probes for .history files end this way). Any other failure (corrupt object, \
 unreachable repository, bad configuration) exits above 125 so that PostgreSQL stops recovery rather than \
-ending it early; in standby mode (standby.signal in the data directory) it exits 1 and PostgreSQL retries.")]
+ending it early; in standby mode (standby.signal in the data directory) it exits 1 and PostgreSQL retries.\n\n\
+Prefetching: in a data directory (the working directory, as PostgreSQL runs restore_command, or \
+--pgdata), after fetch has delivered a segment it makes sure one background \
+prefetcher runs for the data directory (the same binary, detached in its own session, logging to \
+pg_wal/pgwal/prefetch.log, one per data directory by a lock on pg_wal/pgwal/prefetch.lock). It keeps \
+the next fetch.prefetch segments (default 8; 0 turns prefetching off) in the spool pg_wal/pgwal/fetch/, \
+on the timeline PostgreSQL will ask for them on (the newest timeline in the repository whose history \
+agrees with the segment just asked for, else that segment's timeline). Each spooled segment is checked \
+against its SHA-256 before it appears under its name, beside a sidecar NAME.meta naming the repository, \
+the system identifier, the boot, and the file's inode, size and time. fetch serves NAME from the spool \
+with a rename only if all of these match (and global/pg_control holds that system identifier); \
+anything else is deleted and NAME is fetched from the repository. A segment the prefetcher could not \
+fetch or check is simply not spooled, so a corrupt object or an unreachable repository fails fetch \
+exactly as without prefetching. The prefetcher removes the spool and exits when recovery ends \
+(recovery.signal and standby.signal are gone), or after 60s without a request (10s if neither file \
+existed when it started); names that are not segments (.history probes) never start it.")]
     Fetch(FetchArgs),
     /// Take a base backup of the running cluster
     #[command(long_about = "Takes a base backup of the running cluster through PostgreSQL's non-exclusive \
@@ -136,7 +164,11 @@ With --json, prints one JSON object, a stable interface (fields may be added, ne
  \"health\": {\"newest_segment\": segment name or null, \"newest_segment_time\": RFC 3339 UTC or null, \
 \"newest_segment_age_seconds\": n or null, \"newest_backup\": ID or null, \"newest_backup_age_seconds\": n or \
 null, \"gaps\": number of gaps over all timelines}}\n\n\
-backups are sorted by stop_time, wal by timeline; LSNs are PostgreSQL's X/Y hex form, sizes are bytes.")]
+backups are sorted by stop_time, wal by timeline; LSNs are PostgreSQL's X/Y hex form, sizes are bytes.\n\n\
+When the data directory is known (the working directory, --pgdata or PGDATA), list ends with the archive \
+backlog from pg_wal/archive_status/*.ready, and the JSON object has \"archive_backlog\": {\"pgdata\": DIR, \
+\"ready_files\": count, \"ready_bytes\": bytes, \"oldest_ready_time\": RFC 3339 or null, \"lag_seconds\": \
+seconds the oldest waiting file has waited, or null} (null when the data directory is unknown).")]
     List(ListArgs),
     /// Check the setup: configuration, repository, PostgreSQL, archiving
     #[command(long_about = "Checks that this setup can archive, and says what is wrong in plain words: one \
@@ -236,6 +268,9 @@ Prints one line per backup and per run of WAL segments deleted (or, with --dry-r
 the backups kept. Refuses (exit 2, nothing deleted) a missing policy, --retain-full 0, --retain-days 0 or \
 negative, and a repository without any complete backup.")]
     Expire(ExpireArgs),
+    /// Internal: the background prefetcher that `fetch` starts during recovery
+    #[command(name = "prefetch-wal", hide = true)]
+    PrefetchWal,
 }
 
 /// Arguments of `verify`.

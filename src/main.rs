@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use pgwal::cli::{BackupKind, Cli, Command};
 use pgwal::error::{exit, exit_code, Error, ExitRules};
-use pgwal::ops::{archive, backup, check, expire, fetch, list, restore, standby, verify};
+use pgwal::ops::{
+    archive_ahead, backlog, backup, check, expire, fetch, list, prefetch, restore, spool, standby, verify, walspool,
+};
 use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};
@@ -52,7 +54,16 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let url = cfg.require_repo()?;
             let store = storage::open(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.archive.retry_deadline));
-            let outcome = archive::archive(&rt, &repo, &args.path, &cfg.archive)?;
+            let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
+            if let Some(d) = &data_dir {
+                spool::Spool::new(d).remove_if_recovery_ended();
+            }
+            let outcome = archive_ahead::archive(&rt, &repo, &args.path, &cfg.archive).inspect_err(|_| {
+                let wal_dir = archive_ahead::wal_dir_of(&args.path);
+                if let Some(b) = backlog::scan(data_dir.as_deref().unwrap_or(&wal_dir), &wal_dir) {
+                    eprintln!("pgwal: {}", b.describe());
+                }
+            })?;
             if outcome == PutOutcome::AlreadyIdentical {
                 eprintln!("pgwal: notice: '{}' was already archived with identical content", args.path.display());
             }
@@ -66,7 +77,19 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let url = cfg.require_repo()?;
             let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
-            fetch::fetch(&rt, &repo, &name, &args.dest)
+            let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
+            let spool = data_dir.filter(|_| cfg.fetch.prefetch > 0).map(|d| spool::Spool::new(&d));
+            fetch::fetch_prefetching(&rt, &repo, &name, &args.dest, spool.as_ref(), cfg.file.as_deref())
+        }
+        Command::PrefetchWal => {
+            let url = cfg.require_repo()?;
+            let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref())
+                .ok_or_else(|| {
+                    Error::config("no data directory", "run it inside the data directory or pass --pgdata")
+                })?;
+            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
+            prefetch::run(&rt, &repo, &data_dir, cfg.fetch.prefetch)
         }
         Command::Backup(args) => {
             let request = backup::BackupRequest {
@@ -91,7 +114,8 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let url = cfg.require_repo()?;
             let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
-            print!("{}", list::list(&rt, &repo, args.json)?);
+            let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
+            print!("{}", backlog::annotate_listing(list::list(&rt, &repo, args.json)?, args.json, data_dir.as_deref()));
             Ok(())
         }
         Command::Check(args) => {

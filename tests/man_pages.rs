@@ -77,7 +77,7 @@ fn pages() -> Vec<(String, Vec<u8>)> {
     // Building propagates the global options into each subcommand's page.
     cmd.build();
     let mut pages = vec![("pgwal.1".to_string(), render(cmd.clone()))];
-    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help" && !s.is_hide_set()) {
         // clap takes &'static names; leaking a few bytes in a test is fine.
         let name: &'static str = Box::leak(format!("pgwal-{}", sub.get_name()).into_boxed_str());
         let bin: &'static str = Box::leak(format!("pgwal {}", sub.get_name()).into_boxed_str());

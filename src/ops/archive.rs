@@ -1,61 +1,99 @@
 //! `pgwal archive PATH`: PostgreSQL's `archive_command`. Validates the file,
 //! compresses and hashes it on all cores while the repository's identity is
 //! read, and stores it create-only. Exit 0 means durably stored.
+//!
+//! The per-file work is split in two so that `archive_ahead` can run it for
+//! several files at once: [`encode_file`] (blocking: read, check, frame) and
+//! [`store_encoded`] (async: identity check and create-only put).
 
 use std::fs::File;
 use std::path::Path;
 
-use object_store::PutPayload;
-
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
+use crate::ops::walspool::FileStamp;
 use crate::pg::validate::{validate_segment_head, validate_wal_file, ValidatedWal};
 use crate::pg::{WalFileKind, WalFileName};
 use crate::repo::frame::{self, Compression, FrameHeader};
 use crate::repo::{keys, ClusterIdentity, PutOutcome, Repository};
 use crate::storage::mapped::MappedFile;
 
-/// Archives the WAL file at `path` into `repo`. Segments are mapped, not
-/// copied; history and backup files are small and read whole.
+/// What the repository said about itself: whether its format object exists,
+/// and the cluster it records.
+pub type Known = (bool, Option<ClusterIdentity>);
+
+/// A WAL file read, checked and framed: ready to store.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The file's name.
+    pub name: WalFileName,
+    validated: ValidatedWal,
+    object: bytes::Bytes,
+    /// The frame header (SHA-256 and size of the original).
+    pub header: FrameHeader,
+    /// The file as it was read; it did not change while it was read.
+    pub stamp: FileStamp,
+}
+
+impl Encoded {
+    /// The cluster identity a segment's first page claims.
+    fn offered(&self) -> Option<ClusterIdentity> {
+        match self.validated {
+            ValidatedWal::Segment(page) => Some(ClusterIdentity {
+                system_identifier: page.system_identifier,
+                pg_version: page.pg_major(),
+                wal_segment_size: page.segment_size.bytes(),
+            }),
+            ValidatedWal::Text => None,
+        }
+    }
+}
+
+/// Archives the WAL file at `path` into `repo`.
 pub fn archive(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
     path: &Path,
     opts: &ArchiveOptions,
 ) -> Result<PutOutcome> {
-    let invalid = |reason: String| Error::InvalidWalFile { path: path.into(), reason };
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let name: WalFileName = file_name.parse().map_err(|e: crate::pg::WalFileNameError| invalid(e.to_string()))?;
-    if !matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
-        let content = std::fs::read(path).map_err(Error::io("cannot read", path))?;
-        let validated = validate_wal_file(&name, &content).map_err(invalid)?;
-        let (object, header) =
-            frame::encode(&content, Compression::Zstd(opts.compress_level)).map_err(|e| invalid(e.to_string()))?;
-        return store(rt, repo, &name, validated, rt.block_on(repo.identity())?, object.into(), &header);
-    }
-
-    let file = File::open(path).map_err(Error::io("cannot read", path))?;
-    let before = file.metadata().map_err(Error::io("cannot stat", path))?;
-    let len = before.len();
-    let head = read_head(&file, len).map_err(Error::io("cannot read", path))?;
-    let page = validate_segment_head(&name, &head, len).map_err(invalid)?;
-    let mapped = MappedFile::map(&file, len as usize).map_err(Error::io("cannot read", path))?;
     // The repository round trips overlap hashing and compressing on all cores.
     let (encoded, known) = std::thread::scope(|s| {
-        let encoder = s.spawn(|| frame::encode(mapped.bytes(), Compression::Zstd(opts.compress_level)));
+        let encoder = s.spawn(|| encode_file(path, opts.compress_level));
         let known = rt.block_on(repo.identity());
         (encoder.join(), known)
     });
-    let (object, header) =
-        encoded.map_err(|_| invalid("compression thread panicked".into()))?.map_err(|e| invalid(e.to_string()))?;
-    drop(mapped);
-    // PostgreSQL never changes a segment while archive_command runs; anything
+    let invalid = |reason: String| Error::InvalidWalFile { path: path.into(), reason };
+    let encoded = encoded.map_err(|_| invalid("compression thread panicked".into()))??;
+    rt.block_on(store_encoded(repo, &encoded, known?))
+}
+
+/// Reads, checks and frames the WAL file at `path`. Segments are mapped, not
+/// copied; history and backup files are small and read whole. Blocking.
+pub fn encode_file(path: &Path, compress_level: i32) -> Result<Encoded> {
+    let invalid = |reason: String| Error::InvalidWalFile { path: path.into(), reason };
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let name: WalFileName = file_name.parse().map_err(|e: crate::pg::WalFileNameError| invalid(e.to_string()))?;
+    let file = File::open(path).map_err(Error::io("cannot read", path))?;
+    let before = FileStamp::of(&file.metadata().map_err(Error::io("cannot stat", path))?);
+    let len = before.size;
+    let (validated, (object, header)) = if matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
+        let head = read_head(&file, len).map_err(Error::io("cannot read", path))?;
+        let page = validate_segment_head(&name, &head, len).map_err(invalid)?;
+        let mapped = MappedFile::map(&file, len as usize).map_err(Error::io("cannot read", path))?;
+        let framed = frame::encode(mapped.bytes(), Compression::Zstd(compress_level));
+        (ValidatedWal::Segment(page), framed.map_err(|e| invalid(e.to_string()))?)
+    } else {
+        let content = std::fs::read(path).map_err(Error::io("cannot read", path))?;
+        let validated = validate_wal_file(&name, &content).map_err(invalid)?;
+        (validated, frame::encode(&content, Compression::Zstd(compress_level)).map_err(|e| invalid(e.to_string()))?)
+    };
+    // PostgreSQL never changes a file while archive_command runs; anything
     // else doing so would make what was hashed differ from what is stored.
-    let after = file.metadata().map_err(Error::io("cannot stat", path))?;
-    if after.len() != len || after.modified().ok() != before.modified().ok() {
+    let after = FileStamp::of(&file.metadata().map_err(Error::io("cannot stat", path))?);
+    if after != before || header.original_size != len {
         return Err(invalid("file changed while it was being archived; PostgreSQL will retry".into()));
     }
-    store(rt, repo, &name, ValidatedWal::Segment(page), known?, object.into(), &header)
+    Ok(Encoded { name, validated, object: object.into(), header, stamp: before })
 }
 
 /// The first page of a segment, for validation before anything else is done.
@@ -66,35 +104,23 @@ fn read_head(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
-/// Checks the cluster identity (recording it on first use) and stores the object.
-fn store(
-    rt: &tokio::runtime::Runtime,
-    repo: &Repository,
-    name: &WalFileName,
-    validated: ValidatedWal,
-    known: (bool, Option<ClusterIdentity>),
-    object: PutPayload,
-    header: &FrameHeader,
-) -> Result<PutOutcome> {
+/// Checks the cluster identity (recording it, and the format, on first use)
+/// and stores the object create-only.
+pub async fn store_encoded(repo: &Repository, encoded: &Encoded, known: Known) -> Result<PutOutcome> {
     let (format_exists, identity) = known;
-    rt.block_on(async {
-        if !format_exists {
-            repo.create_format().await?;
-        }
-        if let ValidatedWal::Segment(page) = validated {
-            let offered = ClusterIdentity {
-                system_identifier: page.system_identifier,
-                pg_version: page.pg_major(),
-                wal_segment_size: page.segment_size.bytes(),
-            };
-            let recorded = match identity {
-                Some(id) => id,
-                None => repo.create_identity(&offered).await?,
-            };
-            check_identity(name, &recorded, &offered)?;
-        }
-        repo.put_create(&keys::wal(name), object, header).await
-    })
+    if !format_exists {
+        repo.create_format().await?;
+    }
+    if let Some(offered) = encoded.offered() {
+        let recorded = match identity {
+            Some(id) => id,
+            None => repo.create_identity(&offered).await?,
+        };
+        check_identity(&encoded.name, &recorded, &offered)?;
+    }
+    // The payload shares the buffer: no copy of the object.
+    let payload = encoded.object.clone().into();
+    repo.put_create(&keys::wal(&encoded.name), payload, &encoded.header).await
 }
 
 fn check_identity(name: &WalFileName, recorded: &ClusterIdentity, offered: &ClusterIdentity) -> Result<()> {

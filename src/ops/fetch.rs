@@ -7,6 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ExitRules, Result};
+use crate::ops::prefetch;
+use crate::ops::spool::Spool;
 use crate::pg::WalFileName;
 use crate::repo::{frame, keys, Repository};
 
@@ -23,6 +25,29 @@ pub fn exit_rules(cwd: Option<&Path>, pgdata: Option<&Path>) -> ExitRules {
 /// Parses a NAME argument: only WAL file names, so no path can sneak in.
 pub fn parse_name(name: &str) -> Result<WalFileName> {
     name.parse().map_err(|e: crate::pg::WalFileNameError| Error::Usage(e.to_string()))
+}
+
+/// Fetches `name` into `dest` from the prefetcher's spool when it holds a
+/// trusted copy, else from the repository; then, for a segment during
+/// recovery, keeps a prefetcher going. `spool` is `None` when prefetching is
+/// off or the data directory is unknown.
+pub fn fetch_prefetching(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    name: &WalFileName,
+    dest: &Path,
+    spool: Option<&Spool>,
+    config: Option<&Path>,
+) -> Result<()> {
+    let Some(spool) = spool.filter(|_| name.kind() == crate::pg::WalFileKind::Segment) else {
+        return fetch(rt, repo, name, dest);
+    };
+    let url = repo.url().to_string();
+    if !spool.take(name, &url, dest) {
+        fetch(rt, repo, name, dest)?;
+    }
+    prefetch::after_fetch(spool, name, &url, config);
+    Ok(())
 }
 
 /// Fetches `name` from `repo` into `dest`.

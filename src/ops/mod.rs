@@ -2,6 +2,8 @@
 //! never global configuration, and returns errors to `main`.
 
 pub mod archive;
+pub mod archive_ahead;
+pub mod backlog;
 pub mod backup;
 pub mod check;
 pub mod coverage;
@@ -9,7 +11,10 @@ pub mod expire;
 pub mod fetch;
 pub mod list;
 pub mod lock;
+pub mod prefetch;
 pub mod progress;
 pub mod restore;
+pub mod spool;
 pub mod standby;
 pub mod verify;
+pub mod walspool;

@@ -31,6 +31,11 @@ pub struct FormatInfo {
     pub created_by: String,
     /// When (RFC 3339).
     pub created_at: String,
+    /// A random tag set at creation, so that a repository wiped and created
+    /// again at the same URL is told apart from the old one (PGDATA's
+    /// archive markers name the repository instance they vouch for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The one cluster a repository holds.
@@ -55,6 +60,18 @@ mod u64_string {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// 128 random bits as hex (from the kernel; time and PID if that fails).
+fn random_tag() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_ok();
+    if !random {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        bytes.copy_from_slice(&frame::sha256(format!("{nanos}-{}", std::process::id()).as_bytes())[..16]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a create-only put found.
@@ -344,12 +361,21 @@ impl Repository {
         Ok((format?, identity?))
     }
 
+    /// A tag for this repository instance: the SHA-256 (hex, 32 digits) of its
+    /// format object, which holds a random tag since it was created; `None`
+    /// if there is no repository yet.
+    pub async fn instance_tag(&self) -> Result<Option<String>> {
+        let Some(object) = self.get(&keys::format()).await? else { return Ok(None) };
+        Ok(Some(frame::hex(&frame::sha256(&object))[..32].to_string()))
+    }
+
     /// Creates the format object if missing (first use of a repository).
     pub async fn create_format(&self) -> Result<()> {
         let info = FormatInfo {
             format: FORMAT_VERSION,
             created_by: format!("pgwal {}", env!("CARGO_PKG_VERSION")),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            instance: Some(random_tag()),
         };
         let stored = self.create_json(&keys::format(), &info).await?;
         if stored.format != FORMAT_VERSION {
