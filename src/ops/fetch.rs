@@ -27,6 +27,10 @@ pub fn parse_name(name: &str) -> Result<WalFileName> {
     name.parse().map_err(|e: crate::pg::WalFileNameError| Error::Usage(e.to_string()))
 }
 
+/// How long `fetch` waits for a prefetcher that is fetching the very segment
+/// asked for before it fetches it itself (a segment takes tens of ms).
+const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Fetches `name` into `dest` from the prefetcher's spool when it holds a
 /// trusted copy, else from the repository; then, for a segment during
 /// recovery, keeps a prefetcher going. `spool` is `None` when prefetching is
@@ -43,7 +47,9 @@ pub fn fetch_prefetching(
         return fetch(rt, repo, name, dest);
     };
     let url = repo.url().to_string();
-    if !spool.take(name, &url, dest) {
+    let taken = spool.take(name, &url, dest)
+        || (spool.wait_while_fetching(name, PREFETCH_WAIT) && spool.take(name, &url, dest));
+    if !taken {
         fetch(rt, repo, name, dest)?;
     }
     prefetch::after_fetch(spool, name, &url, config);

@@ -236,7 +236,7 @@ async fn load_histories(repo: &Repository) -> Result<Histories> {
 async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName, url: &str, sysid: u64) -> Result<Attempt> {
     let key = keys::wal(name);
     let Some(object) = repo.get(&key).await? else { return Ok(Attempt::Missing) };
-    let tmp = spool.dir.join(format!(".{name}.tmp"));
+    let tmp = spool.temp_file(name);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
     let result = frame::decode_with(&object, |offset, piece| file.write_all_at(piece, offset));
     drop(file);

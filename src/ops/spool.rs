@@ -63,6 +63,30 @@ impl Spool {
         self.dir.join(name.to_string())
     }
 
+    /// Where the prefetcher writes `name` before it is checked and published.
+    pub fn temp_file(&self, name: &WalFileName) -> PathBuf {
+        self.dir.join(format!(".{name}.tmp"))
+    }
+
+    /// Waits while the prefetcher is fetching `name` itself (its temp file
+    /// exists and it holds its lock), for at most `limit`: fetching the same
+    /// segment a second time beside it would only halve the speed of both.
+    /// Returns whether it stopped being in progress (published or dropped).
+    pub fn wait_while_fetching(&self, name: &WalFileName, limit: std::time::Duration) -> bool {
+        let tmp = self.temp_file(name);
+        if !tmp.exists() || !self.prefetcher_running() {
+            return true;
+        }
+        let deadline = std::time::Instant::now() + limit;
+        while tmp.exists() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
+
     fn meta(&self, name: &WalFileName) -> PathBuf {
         self.dir.join(format!("{name}.meta"))
     }
