@@ -29,7 +29,7 @@ use crate::config::restore::{absolute, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::pg::recovery::{rewrite_auto_conf, RecoveryTarget, TargetTimeline, TARGET_KEYS};
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::backup::{backups_prefix, manifest_key, BackupId, BackupType, Manifest};
+use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest};
 use crate::repo::wal_index::WalInventory;
 use crate::repo::{keys, Repository};
 use crate::storage::{pgdata, RepoUrl};
@@ -193,7 +193,7 @@ async fn choose_backup(
         reason: format!("invalid WAL segment size {}", identity.wal_segment_size),
     })?;
     let manifests = load_manifests(repo, opts.backup.as_ref(), identity.system_identifier, notices).await?;
-    let infos: Vec<BackupInfo> = manifests.iter().map(backup_info).collect::<Result<_>>()?;
+    let infos: Vec<BackupInfo> = manifests.iter().map(BackupInfo::from_manifest).collect::<Result<_>>()?;
     let inv = repo.wal_inventory(size).await?;
     let mut histories = BTreeMap::new();
     for tli in &inv.histories {
@@ -297,18 +297,7 @@ async fn load_manifests(
     system_identifier: u64,
     notices: &mut Vec<String>,
 ) -> Result<Vec<Manifest>> {
-    let ids: Vec<BackupId> = match only {
-        Some(id) => vec![id.clone()],
-        None => repo.list_dirs(&backups_prefix()).await?.iter().filter_map(|d| d.parse().ok()).collect(),
-    };
-    let loaded: Vec<(BackupId, Result<Option<Manifest>>)> = futures::stream::iter(ids)
-        .map(|id| async move {
-            let m = repo.load_json::<Manifest>(&manifest_key(&id)).await;
-            (id, m)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let loaded = crate::repo::backup::load_manifests(repo, only).await?;
     let mut out = Vec::new();
     for (id, m) in loaded {
         match m {
@@ -344,23 +333,6 @@ async fn load_manifests(
         }
     }
     Ok(out)
-}
-
-fn backup_info(m: &Manifest) -> Result<BackupInfo> {
-    let stop_time = DateTime::parse_from_rfc3339(&m.stop_time)
-        .map_err(|e| Error::Corrupt {
-            key: manifest_key(&m.id).to_string(),
-            reason: format!("invalid stop_time '{}': {e}", m.stop_time),
-        })?
-        .with_timezone(&Utc);
-    Ok(BackupInfo {
-        id: m.id.clone(),
-        stop_time,
-        start_lsn: m.start_lsn,
-        stop_lsn: m.stop_lsn,
-        timeline: m.timeline,
-        stop_timeline: m.stop_timeline,
-    })
 }
 
 /// Writes the planned restore (steps 1 to 5 of the module documentation).

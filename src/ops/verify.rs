@@ -33,7 +33,7 @@ use crate::ops::coverage::{needed_runs, TimelineTree};
 use crate::ops::restore::select::{newest_segment, BackupInfo};
 use crate::pg::validate::validate_segment_head;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::backup::{backups_prefix, manifest_key, pack_key, BackupId, Manifest};
+use crate::repo::backup::{manifest_key, pack_key, BackupId, Manifest};
 use crate::repo::frame;
 use crate::repo::wal_index::WalInventory;
 use crate::repo::{keys, ClusterIdentity, Repository};
@@ -174,18 +174,7 @@ impl Report {
 
 /// Loads the manifests to check: good ones, and problems for the others.
 async fn manifests(repo: &Repository, only: Option<&BackupId>, report: &mut Report) -> Result<Vec<Manifest>> {
-    let ids: Vec<BackupId> = match only {
-        Some(id) => vec![id.clone()],
-        None => repo.list_dirs(&backups_prefix()).await?.iter().filter_map(|d| d.parse().ok()).collect(),
-    };
-    let loaded: Vec<(BackupId, Result<Option<Manifest>>)> = futures::stream::iter(ids)
-        .map(|id| async move {
-            let m = repo.load_json::<Manifest>(&manifest_key(&id)).await;
-            (id, m)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let loaded = crate::repo::backup::load_manifests(repo, only).await?;
     let mut out = Vec::new();
     for (id, m) in loaded {
         let key = manifest_key(&id).to_string();

@@ -111,26 +111,8 @@ impl Outcome {
     }
 }
 
-fn corrupt_time(m: &Manifest, what: &str, value: &str) -> Error {
-    Error::Corrupt { key: manifest_key(&m.id).to_string(), reason: format!("invalid {what} '{value}'") }
-}
-
 fn plan_backup(m: &Manifest) -> Result<PlanBackup> {
-    let stop_time: DateTime<Utc> = DateTime::parse_from_rfc3339(&m.stop_time)
-        .map_err(|_| corrupt_time(m, "stop_time", &m.stop_time))?
-        .with_timezone(&Utc);
-    Ok(PlanBackup {
-        info: BackupInfo {
-            id: m.id.clone(),
-            stop_time,
-            start_lsn: m.start_lsn,
-            stop_lsn: m.stop_lsn,
-            timeline: m.timeline,
-            stop_timeline: m.stop_timeline,
-        },
-        kind: m.kind,
-        parent: m.parent.clone(),
-    })
+    Ok(PlanBackup { info: BackupInfo::from_manifest(m)?, kind: m.kind, parent: m.parent.clone() })
 }
 
 fn policy_error(e: PolicyError) -> Error {

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::pg::history::HistoryEntry;
 use crate::pg::recovery::{RecoveryTarget, TargetTimeline};
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::backup::BackupId;
+use crate::repo::backup::{BackupId, Manifest};
 use crate::repo::wal_index::WalInventory;
 
 /// What selection needs to know about a complete backup.
@@ -34,6 +34,27 @@ pub struct BackupInfo {
     pub timeline: TimelineId,
     /// Timeline at stop.
     pub stop_timeline: TimelineId,
+}
+
+impl BackupInfo {
+    /// What a complete backup's manifest says about it; a manifest whose
+    /// stop time does not parse is corrupt.
+    pub fn from_manifest(m: &Manifest) -> crate::error::Result<BackupInfo> {
+        let stop_time = DateTime::parse_from_rfc3339(&m.stop_time)
+            .map_err(|e| Error::Corrupt {
+                key: crate::repo::backup::manifest_key(&m.id).to_string(),
+                reason: format!("invalid stop_time '{}': {e}", m.stop_time),
+            })?
+            .with_timezone(&Utc);
+        Ok(BackupInfo {
+            id: m.id.clone(),
+            stop_time,
+            start_lsn: m.start_lsn,
+            stop_lsn: m.stop_lsn,
+            timeline: m.timeline,
+            stop_timeline: m.stop_timeline,
+        })
+    }
 }
 
 /// One timeline of a chain: in effect from `begin` until `end` (its switch point).
