@@ -251,6 +251,19 @@ fn take_backup(pg: &PgCluster, config: &Path) -> Result<String> {
     Ok(out.stdout.trim().to_string())
 }
 
+/// A primary archiving into `config`'s repository, with batch 1 in table
+/// `t`, backup A of it, then batch 2 archived. Returns the server and A.
+fn primary_with_backup_a(dir: &TestDir, config: &Path) -> Result<(PgCluster, String)> {
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(config), "archive_timeout = 0"])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t (batch int, filler text)")?;
+    insert_batch(&pg, 1)?;
+    let a = take_backup(&pg, config)?;
+    insert_batch(&pg, 2)?;
+    archive_now(&pg)?;
+    Ok((pg, a))
+}
+
 /// The batches in table `t`, e.g. "1,2,3".
 fn batches(pg: &PgCluster) -> Result<String> {
     pg.sql("SELECT string_agg(b::text, ',' ORDER BY b) || ' ' || sum(n) FROM (SELECT batch b, count(*) n FROM t GROUP BY batch) s")
@@ -289,13 +302,7 @@ fn restore_and_read(dir: &TestDir, config: &Path, name: &str, args: &[&str]) -> 
 fn retention_across_a_promotion_keeps_every_point_recoverable() -> Result<()> {
     let dir = TestDir::new()?;
     let (config, root) = file_config(&dir, "repo")?;
-    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "archive_timeout = 0"])?;
-    pg.start()?;
-    pg.sql("CREATE TABLE t (batch int, filler text)")?;
-    insert_batch(&pg, 1)?;
-    let a = take_backup(&pg, &config)?;
-    insert_batch(&pg, 2)?;
-    archive_now(&pg)?;
+    let (mut pg, a) = primary_with_backup_a(&dir, &config)?;
     let b = take_backup(&pg, &config)?;
     insert_batch(&pg, 3)?;
     let after_3 = pg.sql("SELECT pg_current_wal_lsn()")?;
@@ -354,13 +361,7 @@ fn retention_across_a_promotion_keeps_every_point_recoverable() -> Result<()> {
 fn expire_never_touches_a_backup_being_taken() -> Result<()> {
     let dir = TestDir::new()?;
     let (config, root) = file_config(&dir, "repo")?;
-    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "archive_timeout = 0"])?;
-    pg.start()?;
-    pg.sql("CREATE TABLE t (batch int, filler text)")?;
-    insert_batch(&pg, 1)?;
-    let a = take_backup(&pg, &config)?;
-    insert_batch(&pg, 2)?;
-    archive_now(&pg)?;
+    let (mut pg, a) = primary_with_backup_a(&dir, &config)?;
 
     // Archiving fails from now on: the next backup stores its packs, then waits for its WAL.
     pg.sql("ALTER SYSTEM SET archive_command = 'false'")?;

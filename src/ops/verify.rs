@@ -440,16 +440,8 @@ fn missing_in(
     backup: &BackupId,
     out: &mut BTreeMap<(TimelineId, SegmentNo), BackupId>,
 ) {
-    let segs = inv.timelines.get(&tli).map_or(&[][..], |t| t.segments.as_slice());
-    let mut at = segs.partition_point(|s| *s < lo);
-    let mut want = lo;
-    while want <= hi {
-        if segs.get(at) == Some(&want) {
-            at += 1;
-        } else {
-            out.entry((tli, want)).or_insert_with(|| backup.clone());
-        }
-        want = SegmentNo(want.0 + 1);
+    for seg in inv.missing(tli, lo, hi) {
+        out.entry((tli, seg)).or_insert_with(|| backup.clone());
     }
 }
 

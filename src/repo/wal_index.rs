@@ -59,6 +59,15 @@ pub struct WalInventory {
     pub histories: Vec<TimelineId>,
 }
 
+impl WalInventory {
+    /// The segments of timeline `tli` from `lo` to `hi` (inclusive) that are
+    /// not archived, in order.
+    pub fn missing(&self, tli: TimelineId, lo: SegmentNo, hi: SegmentNo) -> impl Iterator<Item = SegmentNo> + '_ {
+        let segs = self.timelines.get(&tli).map_or(&[][..], |t| t.segments.as_slice());
+        (lo.0..=hi.0).map(SegmentNo).filter(move |s| segs.binary_search(s).is_err())
+    }
+}
+
 impl Repository {
     /// Lists the archived WAL. Log file directories are listed concurrently.
     pub async fn wal_inventory(&self, segment_size: WalSegmentSize) -> Result<WalInventory> {

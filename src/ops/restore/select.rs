@@ -157,20 +157,10 @@ pub fn first_missing(
     to: SegmentNo,
     size: WalSegmentSize,
 ) -> Option<WalFileName> {
-    for (tli, lo, hi) in chain.ranges(from, to, size) {
-        let segs = inv.timelines.get(&tli).map_or(&[][..], |t| t.segments.as_slice());
-        let mut at = segs.partition_point(|s| *s < lo);
-        let mut want = lo;
-        while want <= hi {
-            if segs.get(at) == Some(&want) {
-                at += 1;
-                want = SegmentNo(want.0 + 1);
-            } else {
-                return Some(WalFileName::segment(tli, want, size));
-            }
-        }
-    }
-    None
+    chain
+        .ranges(from, to, size)
+        .into_iter()
+        .find_map(|(tli, lo, hi)| inv.missing(tli, lo, hi).next().map(|seg| WalFileName::segment(tli, seg, size)))
 }
 
 /// The newest archived segment on the chain, with its timeline.
