@@ -136,6 +136,10 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+fn finished_marker(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "ok")
+}
+
 /// A stopped cluster with a backlog of `n` finished, unarchived segments.
 fn cluster_with_backlog(dir: &TestDir, n: usize) -> Result<PgCluster> {
     let mut pg = PgCluster::init(&dir.join("pg"), &["archive_command = 'false'", "wal_keep_size = 2GB"])?;
@@ -174,12 +178,15 @@ fn killed_mid_batch_and_spoofed_markers() -> Result<()> {
     ensure!(json["archive_backlog"]["lag_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{}", listed.stdout);
     let mut child = archive(segments[1]).command().spawn()?;
     let markers = data.join("pg_wal/pgwal/archive");
-    let found = wait_until(Duration::from_secs(60), "a first marker", || Ok(!walk(&markers)?.is_empty()));
+    // Only a finished `.ok` counts: a killed process may leave a temp file.
+    let finished =
+        |dir: &Path| -> Result<Vec<PathBuf>> { Ok(walk(dir)?.into_iter().filter(|p| finished_marker(p)).collect()) };
+    let found = wait_until(Duration::from_secs(60), "a first marker", || Ok(!finished(&markers)?.is_empty()));
     let _ = child.kill();
     let _ = child.wait();
     found?;
     // Every marker left behind vouches for an object that is really stored.
-    let left = walk(&markers)?;
+    let left = finished(&markers)?;
     for m in &left {
         let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_end_matches(".ok");
         let stored =
@@ -192,6 +199,9 @@ fn killed_mid_batch_and_spoofed_markers() -> Result<()> {
     for name in &segments[1..] {
         archive(name).run()?.ensure_success()?;
     }
+    // Nothing half-written by the killed process is left behind.
+    let leftovers: Vec<PathBuf> = walk(&markers)?.into_iter().filter(|p| !finished_marker(p)).collect();
+    ensure!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
     for name in &segments {
         let stored = fetch_bytes(&config, &dir, name, &[])?.with_context(|| format!("{name} not stored"))?;
         ensure!(stored == std::fs::read(data.join("pg_wal").join(name))?, "{name} differs");

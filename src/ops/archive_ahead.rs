@@ -95,17 +95,32 @@ impl Layout {
             .collect()
     }
 
-    /// Removes markers whose file is gone (archived and recycled by PostgreSQL).
+    /// Removes markers whose file is gone (archived and recycled by PostgreSQL)
+    /// and half-written markers of a process that was killed.
     fn sweep(&self) {
         let Ok(entries) = std::fs::read_dir(&self.markers) else { return };
         for entry in entries.flatten() {
             let file_name = entry.file_name();
-            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".ok")) else { continue };
-            if !self.wal_dir.join(name).exists() {
+            let Some(file_name) = file_name.to_str() else { continue };
+            let stale = match file_name.strip_suffix(".ok") {
+                Some(name) => !self.wal_dir.join(name).exists(),
+                None => orphaned_temp(file_name),
+            };
+            if stale {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
+}
+
+/// A temp file `NAME.pgwal-PID.tmp` (see `pgdata::write_file`) whose writer
+/// no longer runs. A live writer's file is left alone: it is about to be
+/// renamed into place.
+fn orphaned_temp(file_name: &str) -> bool {
+    let Some(pid) = file_name.strip_suffix(".tmp").and_then(|n| n.rsplit_once(".pgwal-")).map(|(_, pid)| pid) else {
+        return false;
+    };
+    pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// The directory holding a file PostgreSQL passed as `%p`, taken lexically
@@ -308,5 +323,12 @@ mod tests {
         std::fs::remove_file(wal.join(two.to_string())).expect("rm");
         layout.sweep();
         assert!(!layout.marker_path(&two).exists());
+        // A killed writer's temp file goes; a live writer's stays.
+        let dead = layout.markers.join(format!("{own}.ok.pgwal-{}.tmp", u32::MAX));
+        let live = layout.markers.join(format!("{own}.ok.pgwal-{}.tmp", std::process::id()));
+        std::fs::write(&dead, b"{").expect("write");
+        std::fs::write(&live, b"{").expect("write");
+        layout.sweep();
+        assert!(!dead.exists() && live.exists());
     }
 }
