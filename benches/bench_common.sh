@@ -61,14 +61,16 @@ bench_drop_root() {
 # --------------------------------------------------------------------------
 port_in_use() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
 _PORTS_TAKEN=" "
-# free_port: the first port from PORT_BASE on that nobody listens on and that
-# this script has not handed out yet
+# free_port VAR: sets VAR to the first port from PORT_BASE on that nobody
+# listens on and that this script has not handed out yet (not in a $(...):
+# the list of ports handed out must survive)
 free_port() {
-  local p
-  for (( p = PORT_BASE; p < PORT_BASE + 60; p++ )); do
-    [[ $_PORTS_TAKEN == *" $p "* ]] && continue
-    port_in_use "$p" && continue
-    _PORTS_TAKEN+="$p "; echo "$p"; return 0
+  local -n _fp_var=$1
+  local _fp_p
+  for (( _fp_p = PORT_BASE; _fp_p < PORT_BASE + 60; _fp_p++ )); do
+    [[ $_PORTS_TAKEN == *" $_fp_p "* ]] && continue
+    port_in_use "$_fp_p" && continue
+    _PORTS_TAKEN+="$_fp_p "; _fp_var=$_fp_p; return 0
   done
   die "no free port in $PORT_BASE..$((PORT_BASE + 59))"
 }
@@ -167,7 +169,7 @@ s3_start() {
   local dir=$1 bin=${S3S_FS_BIN:-$WORK/bin/s3s-fs}
   [[ -x $bin ]] || die "s3s-fs not found at $bin (set S3S_FS_BIN)"
   mkdir -p "$dir/root/bench"
-  S3_PORT=$(free_port)
+  free_port S3_PORT
   S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
   S3_KEY=PGWALBENCHKEY$RANDOM
   S3_SECRET=pgwal-bench-secret-$RANDOM$RANDOM

@@ -68,6 +68,7 @@ PGBACKREST=${PGBACKREST:-pgbackrest}
 
 bench_drop_root "$0" "$@"
 trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
 
 R=$WORK/recovery
 SETUP=$R/setup
@@ -84,7 +85,7 @@ build_corpus() {
   log "building the corpus: $setup_key"
   pg_stop "$PRIMARY"
   rm -rf "$SETUP"; mkdir -p "$SETUP" "$WALDIR"
-  local port; port=$(free_port)
+  local port; free_port port
   pg_init "$PRIMARY" "$port"
   pg_set "$PRIMARY" "archive_mode = on" "archive_command = 'cp %p $WALDIR/%f'"
   pg_start "$PRIMARY"
@@ -229,7 +230,7 @@ needs pgwal_file && pgwal_load file --repo "$FILE_REPO"
 needs pgbr_async && pgbr_load
 
 # ------------------------------------------------------------------ timed runs
-RPORT=$(free_port)
+RPORT=; free_port RPORT
 restore_cmd() {
   case $1 in
     local) echo "false" ;;
