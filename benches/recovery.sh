@@ -284,6 +284,8 @@ one_run() {
   pg_stop "$RDATA"
   [[ -f $RDATA/pg_wal/pgwal/prefetch.lock ]] && wait_unlocked "$RDATA/pg_wal/pgwal/prefetch.lock"
   [[ $v == pgbr_async ]] && pgbr_wait_async "$RUN/pgbr/lock"
+  # keep pgwal's prefetcher log of the last run for a look at what it did
+  if [[ -f $RDATA/pg_wal/pgwal/prefetch.log ]]; then cp "$RDATA/pg_wal/pgwal/prefetch.log" "$R/results/last-$v.prefetch.log"; fi
   RUN_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') RUN_END=$end RUN_ROWS=$rows
 }
 
