@@ -14,6 +14,9 @@
 #                   unthrottled
 #   VARIANTS        cp_fsync cp pgwal_file pgwal_s3
 #   DRAIN_DEADLINE  seconds to wait after pgbench for the backlog to reach 0 [600]
+#   PG_EXTRA        extra postgresql.conf lines for the primary, separated by
+#                   ';', e.g. "synchronous_commit = off" to generate WAL faster
+#                   than tps-bound pgbench does (default: none)
 #   FORCE=1         rebuild the template cluster
 #
 # For each variant, a fresh primary (a copy of a template made once: initdb
@@ -125,6 +128,8 @@ for v in $VARIANTS; do
   cmd=$(archive_cmd "$v")
   pg_set "$DATA" "# --- sustained_archive.sh ---" "port = $PORT" "archive_mode = on" \
     "archive_command = '${cmd//\'/\'\'}'"
+  IFS=';' read -r -a extra <<<"${PG_EXTRA:-}"
+  for l in "${extra[@]}"; do if [[ -n ${l// /} ]]; then pg_set "$DATA" "$l"; fi; done
   sync
   pg_start "$DATA"
   bsql "$PORT" "CHECKPOINT" >/dev/null
@@ -172,7 +177,7 @@ done
 s3_stop
 rm -rf "$W/s3" "$W/pgwal-s3.toml"   # the template stays for the next run; FORCE=1 rebuilds it
 
-echo "# sustained_archive.sh: pgbench tpcb-like -c $CLIENTS -j $JOBS -T $DURATION${RATE:+ -R $RATE}, scale $SCALE, md5 filler;"
+echo "# sustained_archive.sh: pgbench tpcb-like -c $CLIENTS -j $JOBS -T $DURATION${RATE:+ -R $RATE}, scale $SCALE, md5 filler${PG_EXTRA:+; $PG_EXTRA};"
 echo "# pgwal $("$PGWAL_BIN" --version | awk '{print $2}') (${BENCH_PGWAL_ORIG:-$PGWAL_BIN}); MB = 10^6 bytes; samples every 1 s"
 column -t -s $'\t' "$TSV"
 printf '%s\n' "${SUMMARY[@]}"
