@@ -16,6 +16,8 @@
 #   RECOVERY_DEADLINE  seconds a run may take before it counts as stalled [1800]
 #   FORCE=1       rebuild the corpus (primary, base backup, WAL, repositories)
 #   PGBR_LEVEL / PGBR_PROCESS_MAX  pgBackRest zst level and process-max [3 / 2]
+#   PGWAL_PREFETCH  if set, [fetch] prefetch = N for both pgwal variants
+#                 (0 turns prefetching off; default: pgwal's own default)
 #
 # Setup (not timed, reused from $WORK/recovery/setup when it matches): a
 # primary (initdb --data-checksums, wal_level=replica, full_page_writes=on,
@@ -228,6 +230,12 @@ if needs pgwal_s3; then
 fi
 needs pgwal_file && pgwal_load file --repo "$FILE_REPO"
 needs pgbr_async && pgbr_load
+# the configs of the timed runs (after loading, so that [fetch] does not matter there)
+FILE_CONF=$SETUP/pgwal-file.toml
+printf 'repo = "%s"\n' "$FILE_REPO" > "$FILE_CONF"
+if [[ -n ${PGWAL_PREFETCH:-} ]]; then
+  printf '\n[fetch]\nprefetch = %d\n' "$PGWAL_PREFETCH" | tee -a "$FILE_CONF" >> "$S3_CONF"
+fi
 
 # ------------------------------------------------------------------ timed runs
 RPORT=; free_port RPORT
@@ -236,7 +244,7 @@ restore_cmd() {
     local) echo "false" ;;
     cp) echo "cp $WALDIR/%f %p" ;;
     pgwal_s3) echo "$PGWAL_BIN --config $S3_CONF fetch %f %p" ;;
-    pgwal_file) echo "$PGWAL_BIN --repo $FILE_REPO fetch %f %p" ;;
+    pgwal_file) echo "$PGWAL_BIN --config $FILE_CONF fetch %f %p" ;;
     pgbr_async) echo "$PGBACKREST --config=$RUN/pgbr.conf --stanza=bench archive-get %f \"%p\"" ;;
     *) die "unknown variant $1" ;;
   esac
@@ -321,7 +329,8 @@ rm -rf "$RUN"   # the setup (corpus, base, repositories) stays for the next run;
 mb=$(awk -v a="$(lsn_to_int "$START_LSN")" -v b="$(lsn_to_int "$END_LSN")" 'BEGIN{printf "%.1f", (b-a)/1e6}')
 echo "# recovery.sh: $NSEG segments ($FIRST..$LAST), $mb MB of WAL replayed (backup start $START_LSN .. redo done $END_LSN),"
 echo "# $ROWS pgbench_history rows checked in every run; RUNS=$RUNS, median; pgwal $("$PGWAL_BIN" --version | awk '{print $2}') (${BENCH_PGWAL_ORIG:-$PGWAL_BIN})"
-echo "# pgbr_async reads a posix repository: pgBackRest 2.45 cannot talk plain HTTP to s3s-fs"
+if needs pgbr_async; then echo "# pgbr_async reads a posix repository: pgBackRest 2.45 cannot talk plain HTTP to s3s-fs"; fi
+if [[ -n ${PGWAL_PREFETCH:-} ]]; then echo "# pgwal: [fetch] prefetch = $PGWAL_PREFETCH"; fi
 declare -A MED=()
 for v in $VARIANTS; do MED[$v]=$(tr ' ' '\n' <<<"${WALLS[$v]}" | grep . | median); done
 printf '%-11s %4s %8s %8s %8s %7s %7s %8s\n' variant runs wall_s min_s max_s seg_s MB_s vs_local
