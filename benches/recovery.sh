@@ -58,6 +58,7 @@
 #   vs_local  wall_s / wall_s of local (1.00 = as fast as WAL on local disk)
 # Per-run rows: $WORK/recovery/results/recovery-<time>.tsv
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/bench_common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench_common.sh"
 
 WAL_SEGMENTS=${WAL_SEGMENTS:-64}
@@ -125,6 +126,9 @@ build_corpus() {
     (( p < 0 || n == p + 1 )) || die "the archived corpus has a gap before $s"
     p=$n
   done < "$SETUP/segments"
+  # WAL from before the backup (the pgbench -i load) is not needed: drop it
+  find "$WALDIR" -maxdepth 1 -type f -printf '%f\n' | awk -v f="$first" '$0 < f' |
+    while read -r s; do rm -f "$WALDIR/$s"; done
   local start_lsn; start_lsn=$(sed -n 's/^START WAL LOCATION: \([0-9A-F/]*\) .*/\1/p' "$BASE/backup_label")
   {
     echo "KEY='$setup_key'"

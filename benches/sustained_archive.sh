@@ -47,6 +47,7 @@
 #   failed     pg_stat_archiver.failed_count at the end
 # and one line per variant: "VARIANT sustains N MB/s of WAL with backlog <= K".
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/bench_common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench_common.sh"
 
 DURATION=${DURATION:-60}
