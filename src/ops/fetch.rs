@@ -11,6 +11,7 @@ use crate::ops::prefetch;
 use crate::ops::spool::Spool;
 use crate::pg::WalFileName;
 use crate::repo::{frame, keys, Repository};
+use crate::storage::pgdata;
 
 /// Which exit-status rules apply to a fetch run from `cwd` (PostgreSQL runs
 /// `restore_command` in the data directory) or for the configured `pgdata`.
@@ -73,7 +74,13 @@ pub fn fetch(rt: &tokio::runtime::Runtime, repo: &Repository, name: &WalFileName
     let tmp = temp_path(dest);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
     // Worker threads write each piece at its offset as soon as it is decompressed.
-    let result = frame::decode_with(&object, |offset, piece| file.write_all_at(piece, offset));
+    // PostgreSQL fsyncs the restored file right after this call returns;
+    // starting writeback as pieces land leaves that fsync less to wait for.
+    let result = frame::decode_with(&object, |offset, piece| {
+        file.write_all_at(piece, offset)?;
+        pgdata::start_writeback(&file, offset, piece.len() as u64);
+        Ok(())
+    });
     drop(object);
     let outcome = match result {
         Ok(Ok(_)) => Ok(()),

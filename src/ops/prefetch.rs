@@ -34,6 +34,7 @@ use crate::ops::walspool;
 use crate::pg::history::HistoryEntry;
 use crate::pg::{SegmentNo, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use crate::repo::{frame, keys, Repository};
+use crate::storage::pgdata;
 
 /// How long the prefetcher waits without a new request before it exits.
 pub const IDLE_EXIT: Duration = Duration::from_secs(60);
@@ -238,7 +239,16 @@ async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName, url: &
     let Some(object) = repo.get(&key).await? else { return Ok(Attempt::Missing) };
     let tmp = spool.temp_file(name);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    let result = frame::decode_with(&object, |offset, piece| file.write_all_at(piece, offset));
+    // PostgreSQL fsyncs every segment restore_command hands it (it keeps the
+    // restored file in pg_wal), in its startup process, between replaying
+    // one segment and the next. A spooled segment already on disk makes that
+    // fsync nearly free: write back as pieces land, and flush before publishing.
+    let result = frame::decode_with(&object, |offset, piece| {
+        file.write_all_at(piece, offset)?;
+        pgdata::start_writeback(&file, offset, piece.len() as u64);
+        Ok(())
+    })
+    .map(|written| written.and_then(|header| file.sync_data().map(|()| header)));
     drop(file);
     let outcome = match result {
         Ok(Ok(header)) => spool

@@ -68,7 +68,7 @@ pub fn fill_at(path: &Path, bytes: &[u8], offset: u64) -> io::Result<()> {
 /// Asks the kernel to start writing a range back (no waiting); durability
 /// still comes from fsync. Best effort: an error here changes nothing.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
     // SAFETY: a plain syscall on a descriptor this function borrows; it
@@ -79,7 +79,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Sets the mode of an existing file that is kept as it is.
 pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
