@@ -28,7 +28,8 @@ pub struct Encoded {
     /// The file's name.
     pub name: WalFileName,
     validated: ValidatedWal,
-    object: bytes::Bytes,
+    /// The framed object, in pieces (see `frame::encode_parts`).
+    object: object_store::PutPayload,
     /// The frame header (SHA-256 and size of the original).
     pub header: FrameHeader,
     /// The file as it was read; it did not change while it was read.
@@ -80,12 +81,13 @@ pub fn encode_file(path: &Path, compress_level: i32) -> Result<Encoded> {
         let head = read_head(&file, len).map_err(Error::io("cannot read", path))?;
         let page = validate_segment_head(&name, &head, len).map_err(invalid)?;
         let mapped = MappedFile::map(&file, len as usize).map_err(Error::io("cannot read", path))?;
-        let framed = frame::encode(mapped.bytes(), Compression::Zstd(compress_level));
+        let framed = frame::encode_parts(mapped.bytes(), Compression::Zstd(compress_level));
         (ValidatedWal::Segment(page), framed.map_err(|e| invalid(e.to_string()))?)
     } else {
         let content = std::fs::read(path).map_err(Error::io("cannot read", path))?;
         let validated = validate_wal_file(&name, &content).map_err(invalid)?;
-        (validated, frame::encode(&content, Compression::Zstd(compress_level)).map_err(|e| invalid(e.to_string()))?)
+        let framed = frame::encode_parts(&content, Compression::Zstd(compress_level));
+        (validated, framed.map_err(|e| invalid(e.to_string()))?)
     };
     // PostgreSQL never changes a file while archive_command runs; anything
     // else doing so would make what was hashed differ from what is stored.
@@ -93,7 +95,7 @@ pub fn encode_file(path: &Path, compress_level: i32) -> Result<Encoded> {
     if after != before || header.original_size != len {
         return Err(invalid("file changed while it was being archived; PostgreSQL will retry".into()));
     }
-    Ok(Encoded { name, validated, object: object.into(), header, stamp: before })
+    Ok(Encoded { name, validated, object: object.into_iter().collect(), header, stamp: before })
 }
 
 /// The first page of a segment, for validation before anything else is done.
@@ -118,9 +120,8 @@ pub async fn store_encoded(repo: &Repository, encoded: &Encoded, known: Known) -
         };
         check_identity(&encoded.name, &recorded, &offered)?;
     }
-    // The payload shares the buffer: no copy of the object.
-    let payload = encoded.object.clone().into();
-    repo.put_create(&keys::wal(&encoded.name), payload, &encoded.header).await
+    // The payload shares the pieces: no copy of the object.
+    repo.put_create(&keys::wal(&encoded.name), encoded.object.clone(), &encoded.header).await
 }
 
 fn check_identity(name: &WalFileName, recorded: &ClusterIdentity, offered: &ClusterIdentity) -> Result<()> {

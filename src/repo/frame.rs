@@ -152,6 +152,14 @@ fn workers(jobs: usize) -> usize {
 /// Frames `data`: compresses and hashes it, using all cores. The hash runs as
 /// one job beside the chunk compressions so that both overlap.
 pub fn encode(data: &[u8], compression: Compression) -> Result<(Vec<u8>, FrameHeader), FrameError> {
+    let (parts, header) = encode_parts(data, compression)?;
+    Ok((parts.concat(), header))
+}
+
+/// [`encode`] as the pieces of the object in order: the header, then each
+/// compressed frame. A store can write them one after the other, which spares
+/// `archive` a copy of the whole object on its critical path.
+pub fn encode_parts(data: &[u8], compression: Compression) -> Result<(Vec<bytes::Bytes>, FrameHeader), FrameError> {
     let level = match compression {
         Compression::None => {
             let header = FrameHeader {
@@ -163,7 +171,7 @@ pub fn encode(data: &[u8], compression: Compression) -> Result<(Vec<u8>, FrameHe
             let mut out = Vec::with_capacity(HEADER_LEN + data.len());
             header.write(&mut out);
             out.extend_from_slice(data);
-            return Ok((out, header));
+            return Ok((vec![out.into()], header));
         }
         Compression::Zstd(level) => level,
     };
@@ -209,19 +217,18 @@ pub fn encode(data: &[u8], compression: Compression) -> Result<(Vec<u8>, FrameHe
         }
     });
     let sha256 = digest.expect("invariant: the hash job always runs");
-    let mut parts = Vec::with_capacity(compressed.len());
+    let mut parts = Vec::with_capacity(compressed.len() + 1);
+    parts.push(bytes::Bytes::new());
     for part in compressed {
-        parts.push(part.expect("invariant: every chunk job runs")?);
+        parts.push(bytes::Bytes::from(part.expect("invariant: every chunk job runs")?));
     }
-    let payload_size: usize = parts.iter().map(Vec::len).sum();
+    let payload_size: usize = parts.iter().map(bytes::Bytes::len).sum();
     let header =
         FrameHeader { compression: 1, original_size: data.len() as u64, payload_size: payload_size as u64, sha256 };
-    let mut out = Vec::with_capacity(HEADER_LEN + payload_size);
-    header.write(&mut out);
-    for p in &parts {
-        out.extend_from_slice(p);
-    }
-    Ok((out, header))
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    header.write(&mut head);
+    parts[0] = head.into();
+    Ok((parts, header))
 }
 
 /// Splits a zstd payload into its frames, each with the content size its
