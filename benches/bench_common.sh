@@ -56,6 +56,14 @@ bench_drop_root() {
   exit "$rc"
 }
 
+# The start of every script: drop root (see above), then stop everything it
+# started on exit. Usage: bench_begin "$0" "$@"
+bench_begin() {
+  bench_drop_root "$@"
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
 # --------------------------------------------------------------------------
 # ports, processes, cleanup
 # --------------------------------------------------------------------------

@@ -69,9 +69,7 @@ PGBR_LEVEL=${PGBR_LEVEL:-3}
 PGBR_PROCESS_MAX=${PGBR_PROCESS_MAX:-2}
 PGBACKREST=${PGBACKREST:-pgbackrest}
 
-bench_drop_root "$0" "$@"
-trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
+bench_begin "$0" "$@"
 
 R=$WORK/recovery
 SETUP=$R/setup

@@ -57,9 +57,7 @@ RATE=${RATE:-}
 VARIANTS=${VARIANTS:-cp_fsync cp pgwal_file pgwal_s3}
 DRAIN_DEADLINE=${DRAIN_DEADLINE:-600}
 
-bench_drop_root "$0" "$@"
-trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
+bench_begin "$0" "$@"
 
 W=$WORK/sustained
 TEMPLATE=$W/template
