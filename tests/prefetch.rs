@@ -164,7 +164,13 @@ fn a_corrupt_object_is_never_spooled_and_stops_targeted_recovery() -> Result<()>
     ensure!(data.join("recovery.signal").exists(), "recovery must not end early");
     ensure!(!spooled(data).contains(victim), "the corrupt segment is never in the spool");
     let plog = std::fs::read_to_string(data.join("pg_wal/pgwal/prefetch.log")).unwrap_or_default();
-    ensure!(plog.contains(&format!("not spooling '{victim}'")), "prefetcher log: {plog}");
+    // Whether the prefetcher reached the victim before PostgreSQL asked for
+    // it is a race (the unit test `a_corrupt_object_is_not_spooled` covers
+    // its side deterministically); if it did, it must have refused it.
+    ensure!(
+        plog.contains(&format!("not spooling '{victim}'")) || !plog.contains(victim.as_str()),
+        "prefetcher log: {plog}"
+    );
     Ok(())
 }
 

@@ -279,6 +279,35 @@ mod tests {
 
     const SIZE: WalSegmentSize = WalSegmentSize::DEFAULT;
 
+    /// A stored object that does not match its SHA-256 is reported, and
+    /// nothing of it stays in the spool; a sound one is spooled whole.
+    #[test]
+    fn a_corrupt_object_is_not_spooled() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let repo = Repository::in_memory();
+        let data = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(data.path());
+        std::fs::create_dir_all(&spool.dir).expect("mkdir");
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (good, bad) = (name("000000010000000000000001"), name("000000010000000000000002"));
+        let (object, header) = frame::encode(&content, frame::Compression::Zstd(1)).expect("encode");
+        let mut corrupt = object.clone();
+        let last = corrupt.len() - 10;
+        corrupt[last] ^= 0x55;
+        rt.block_on(async {
+            repo.put_create(&keys::wal(&good), object.into(), &header).await.expect("put");
+            repo.put_create(&keys::wal(&bad), corrupt.into(), &header).await.expect("put");
+        });
+        let url = repo.url().to_string();
+        let attempt = rt.block_on(fetch_into(&repo, &spool, &bad, &url, 42)).expect("fetch");
+        assert!(matches!(attempt, Attempt::Corrupt(_)));
+        assert!(spool.entries().is_empty(), "{:?}", std::fs::read_dir(&spool.dir).map(|d| d.count()));
+        assert_eq!(std::fs::read_dir(&spool.dir).expect("dir").count(), 0, "no temp file left");
+        let attempt = rt.block_on(fetch_into(&repo, &spool, &good, &url, 42)).expect("fetch");
+        assert!(matches!(attempt, Attempt::Spooled));
+        assert_eq!(std::fs::read(spool.file(&good)).expect("spooled"), content);
+    }
+
     #[test]
     fn plans_the_next_segments_on_one_timeline() {
         let got = plan(&name("0000000100000000000000FE"), 3, &Histories::new(), SIZE);
