@@ -10,7 +10,8 @@ use crate::error::{Error, ExitRules, Result};
 use crate::ops::prefetch;
 use crate::ops::spool::Spool;
 use crate::pg::WalFileName;
-use crate::repo::{frame, keys, Repository};
+use crate::repo::frame::{self, FrameError, FrameHeader};
+use crate::repo::{keys, Repository};
 use crate::storage::pgdata;
 
 /// Which exit-status rules apply to a fetch run from `cwd` (PostgreSQL runs
@@ -73,14 +74,7 @@ pub fn fetch(rt: &tokio::runtime::Runtime, repo: &Repository, name: &WalFileName
 
     let tmp = temp_path(dest);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    // Worker threads write each piece at its offset as soon as it is decompressed.
-    // PostgreSQL fsyncs the restored file right after this call returns;
-    // starting writeback as pieces land leaves that fsync less to wait for.
-    let result = frame::decode_with(&object, |offset, piece| {
-        file.write_all_at(piece, offset)?;
-        pgdata::start_writeback(&file, offset, piece.len() as u64);
-        Ok(())
-    });
+    let result = decode_into(&object, &file);
     drop(object);
     let outcome = match result {
         Ok(Ok(_)) => Ok(()),
@@ -97,6 +91,23 @@ pub fn fetch(rt: &tokio::runtime::Runtime, repo: &Repository, name: &WalFileName
     std::fs::rename(&tmp, dest).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io("cannot rename into place", dest)(e)
+    })
+}
+
+/// Decodes a stored WAL object into `file`, checking its SHA-256. Worker
+/// threads write each piece at its offset as soon as it is decompressed.
+///
+/// PostgreSQL fsyncs every file restore_command hands it (it keeps it in
+/// pg_wal), in its startup process, between replaying one segment and the
+/// next; writeback started as pieces land leaves that fsync less to wait
+/// for. No fsync here: the file is not acknowledged to anyone, and waiting
+/// for the disk kept the prefetcher from staying ahead (measured: no faster
+/// recovery).
+pub fn decode_into(object: &[u8], file: &File) -> std::result::Result<std::io::Result<FrameHeader>, FrameError> {
+    frame::decode_with(object, |offset, piece| {
+        file.write_all_at(piece, offset)?;
+        pgdata::start_writeback(file, offset, piece.len() as u64);
+        Ok(())
     })
 }
 

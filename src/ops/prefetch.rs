@@ -24,17 +24,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::ops::fetch;
 use crate::ops::spool::Spool;
 use crate::ops::walspool;
 use crate::pg::history::HistoryEntry;
 use crate::pg::{SegmentNo, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use crate::repo::{frame, keys, Repository};
-use crate::storage::pgdata;
 
 /// How long the prefetcher waits without a new request before it exits.
 pub const IDLE_EXIT: Duration = Duration::from_secs(60);
@@ -239,16 +238,7 @@ async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName, url: &
     let Some(object) = repo.get(&key).await? else { return Ok(Attempt::Missing) };
     let tmp = spool.temp_file(name);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    // PostgreSQL fsyncs every segment restore_command hands it (it keeps the
-    // restored file in pg_wal), in its startup process, between replaying
-    // one segment and the next. Writeback started as pieces land leaves that
-    // fsync little to wait for. Not an fsync here: waiting for the disk would
-    // keep the prefetcher from staying ahead (measured: no faster recovery).
-    let result = frame::decode_with(&object, |offset, piece| {
-        file.write_all_at(piece, offset)?;
-        pgdata::start_writeback(&file, offset, piece.len() as u64);
-        Ok(())
-    });
+    let result = fetch::decode_into(&object, &file);
     drop(file);
     let outcome = match result {
         Ok(Ok(header)) => spool
