@@ -40,6 +40,20 @@ fn primary_and_copy(
     Ok((primary, copy, names, expected))
 }
 
+/// Starts archive recovery of `cluster` with a restore_command that holds
+/// PostgreSQL at segment `gate_name` (before fetching it) for as long as the
+/// returned gate file exists; returns once PostgreSQL is held there.
+fn start_recovery_held_at(dir: &TestDir, config: &Path, cluster: &mut PgCluster, gate_name: &str) -> Result<PathBuf> {
+    let (restore, gate, reached) = gated_restore_command(dir, config, gate_name)?;
+    write_user_file(&gate, b"", 0o644)?;
+    cluster.set_conf(&[restore, "archive_mode = off".to_string()])?;
+    cluster.touch_in_data_dir("recovery.signal")?;
+    cluster.start_no_wait()?;
+    wait_until(Duration::from_secs(180), "recovery to reach the gate", || Ok(reached.exists()))
+        .with_context(|| cluster.log_tail(30))?;
+    Ok(gate)
+}
+
 /// A restore_command that, for segment `gate_name`, touches `reached` and
 /// waits while `gate` exists, then runs `pgwal fetch`.
 fn gated_restore_command(dir: &TestDir, config: &Path, gate_name: &str) -> Result<(String, PathBuf, PathBuf)> {
@@ -90,13 +104,7 @@ fn recovery_from_s3_is_served_from_a_checked_spool() -> Result<()> {
     write_private_file(&config, &toml)?;
     let (_primary, mut copy, names, expected) = primary_and_copy(&dir, &config, 70)?;
     let gate_name = names[40].clone();
-    let (restore, gate, reached) = gated_restore_command(&dir, &config, &gate_name)?;
-    write_user_file(&gate, b"", 0o644)?;
-    copy.set_conf(&[restore, "archive_mode = off".to_string()])?;
-    copy.touch_in_data_dir("recovery.signal")?;
-    copy.start_no_wait()?;
-    wait_until(Duration::from_secs(180), "recovery to reach the gate", || Ok(reached.exists()))
-        .with_context(|| copy.log_tail(30))?;
+    let gate = start_recovery_held_at(&dir, &config, &mut copy, &gate_name)?;
 
     // PostgreSQL asked for names[39] last: the next eight are spooled, each
     // exactly the stored segment.
@@ -222,13 +230,7 @@ fn prefetch_follows_the_timeline_switch() -> Result<()> {
 
     // The second copy recovers to the latest timeline. Held at the last
     // segment of timeline 1, its spool already holds timeline 2's segments.
-    let (restore, gate, reached) = gated_restore_command(&dir, &config, &last_tl1)?;
-    write_user_file(&gate, b"", 0o644)?;
-    second.set_conf(&[restore, "archive_mode = off".to_string()])?;
-    second.touch_in_data_dir("recovery.signal")?;
-    second.start_no_wait()?;
-    wait_until(Duration::from_secs(180), "recovery to reach the gate", || Ok(reached.exists()))
-        .with_context(|| second.log_tail(30))?;
+    let gate = start_recovery_held_at(&dir, &config, &mut second, &last_tl1)?;
     let data = second.data_dir().to_path_buf();
     let expected_spool = vec![
         last_tl1.clone(),
