@@ -61,17 +61,20 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Config file [default: /etc/pgwal/pgwal.toml, if it exists]
-    #[arg(short = 'c', long, global = true, env = "PGWAL_CONFIG", value_name = "FILE")]
+    #[arg(short = 'c', long, global = true, env = "PGWAL_CONFIG", value_name = "FILE", hide_env_values = true)]
     pub config: Option<PathBuf>,
     /// Repository: file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix
-    #[arg(long, global = true, env = "PGWAL_REPO", value_name = "URL")]
+    #[arg(long, global = true, env = "PGWAL_REPO", value_name = "URL", hide_env_values = true)]
     pub repo: Option<String>,
     /// PostgreSQL data directory
-    #[arg(long, global = true, env = "PGDATA", value_name = "DIR")]
+    #[arg(long, global = true, env = "PGDATA", value_name = "DIR", hide_env_values = true)]
     pub pgdata: Option<PathBuf>,
     /// libpq connection string (key=value); PGHOST, PGPORT, PGUSER... also apply
     #[arg(long, global = true, env = "PGWAL_CONNINFO", value_name = "STR", hide_env_values = true)]
     pub conninfo: Option<String>,
+    /// How much to say on stderr: error, warn, info (default) or debug
+    #[arg(long, global = true, env = "PGWAL_LOG_LEVEL", value_name = "LEVEL", hide_env_values = true)]
+    pub log_level: Option<crate::log::Level>,
 }
 
 /// The commands.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod log;
 pub mod ops;
 pub mod pg;
 pub mod repo;

@@ -19,6 +19,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
+    if let Some(level) = cli.global.log_level {
+        pgwal::log::set_level(level);
+    }
     let mut rules = match cli.command {
         Command::Fetch(_) => fetch::exit_rules(std::env::current_dir().ok().as_deref(), cli.global.pgdata.as_deref()),
         _ => ExitRules::Plain,
@@ -65,7 +68,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 }
             })?;
             if outcome == PutOutcome::AlreadyIdentical {
-                eprintln!("pgwal: notice: '{}' was already archived with identical content", args.path.display());
+                pgwal::log_notice!("'{}' was already archived with identical content", args.path.display());
             }
             Ok(())
         }
@@ -171,7 +174,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
             let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now()))?;
             for note in &outcome.notes {
-                eprintln!("pgwal: notice: {note}");
+                pgwal::log_notice!("{note}");
             }
             print!("{}", outcome.render());
             Ok(())
@@ -198,9 +201,9 @@ fn open_for_restore(cfg: &config::Config, opts: &config::restore::RestoreOptions
 /// Notices and the summary on stderr, the backup ID alone on stdout.
 fn finish_restore(outcome: &restore::Outcome) -> Result<()> {
     for notice in &outcome.notices {
-        eprintln!("pgwal: notice: {notice}");
+        pgwal::log_notice!("{notice}");
     }
-    eprintln!("pgwal: {}", outcome.summary());
+    pgwal::log_info!("{}", outcome.summary());
     println!("{}", outcome.backup);
     Ok(())
 }

@@ -20,9 +20,14 @@ fn roff(text: &str) -> String {
 
 const ENVIRONMENT: &str = r#".SH ENVIRONMENT
 .TP
-\fBPGWAL_CONFIG\fR, \fBPGWAL_REPO\fR, \fBPGDATA\fR, \fBPGWAL_CONNINFO\fR
-Defaults for \-\-config, \-\-repo, \-\-pgdata and \-\-conninfo. A flag beats the
+\fBPGWAL_CONFIG\fR, \fBPGWAL_REPO\fR, \fBPGDATA\fR, \fBPGWAL_CONNINFO\fR, \fBPGWAL_LOG_LEVEL\fR
+Defaults for \-\-config, \-\-repo, \-\-pgdata, \-\-conninfo and \-\-log\-level. A flag beats the
 environment, which beats the config file.
+.TP
+\fBPGWAL_PRIMARY_CONNINFO\fR
+Default for \-\-primary\-conninfo: of standby (the primary the new standby
+streams from) and of backup (the primary on which a backup taken from a standby
+switches WAL).
 .TP
 \fBPGHOST\fR, \fBPGPORT\fR, \fBPGUSER\fR, \fBPGPASSWORD\fR, \fBPGDATABASE\fR, \fBPGCONNECT_TIMEOUT\fR, \fBPGPASSFILE\fR
 How backup and check reach PostgreSQL, as for libpq: settings in \-\-conninfo
@@ -41,7 +46,7 @@ The config file when neither \-\-config nor PGWAL_CONFIG names one; optional.
 An annotated example ships as config/pgwal.toml. Unknown keys are refused, and
 so is a file holding secrets that every user can read.
 .SH "SEE ALSO"
-\fBpgwal\fR(1), \fBpgwal\-archive\fR(1), \fBpgwal\-fetch\fR(1), \fBpgwal\-backup\fR(1), \fBpgwal\-list\fR(1), \fBpgwal\-check\fR(1), \fBpgwal\-restore\fR(1), \fBpgwal\-standby\fR(1), \fBpgwal\-repository\fR(5)
+\fBpgwal\fR(1), \fBpgwal\-archive\fR(1), \fBpgwal\-fetch\fR(1), \fBpgwal\-backup\fR(1), \fBpgwal\-list\fR(1), \fBpgwal\-check\fR(1), \fBpgwal\-restore\fR(1), \fBpgwal\-standby\fR(1), \fBpgwal\-verify\fR(1), \fBpgwal\-expire\fR(1), \fBpgwal\-repository\fR(5)
 "#;
 
 /// The sections clap_mangen renders, then pgwal's own: exit status (from the

@@ -209,7 +209,7 @@ async fn batch(
     for (name, result) in results {
         if let Err(e) = result {
             // PostgreSQL will call for it and get the error then.
-            eprintln!("pgwal: warning: archiving '{name}' ahead failed: {}", e.one_line());
+            crate::log_warn!("archiving '{name}' ahead failed: {}", e.one_line());
         }
     }
     outcome

@@ -120,7 +120,7 @@ impl BackupLock {
             let Some((found, age)) = read_lock(repo).await? else { continue };
             match stale_reason(found.as_ref(), age, stale_after, &here) {
                 Some(why) => {
-                    eprintln!("pgwal: notice: taking over the stale backup lock: {why}");
+                    crate::log_notice!("taking over the stale backup lock: {why}");
                     match repo.objects().delete(&key).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                         Err(e) => return Err(storage_err("delete")(e)),
@@ -145,7 +145,7 @@ impl BackupLock {
         match read_lock(repo).await? {
             Some((Some(l), _)) if l.token == self.info.token => {}
             _ => {
-                eprintln!("pgwal: warning: the backup lock was taken over by another process; leaving it alone");
+                crate::log_warn!("the backup lock was taken over by another process; leaving it alone");
                 return Ok(());
             }
         }

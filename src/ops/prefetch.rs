@@ -103,7 +103,7 @@ pub fn after_fetch(spool: &Spool, name: &WalFileName, repo_url: &str, config: Op
         return;
     }
     if let Err(e) = spawn(spool, repo_url, config) {
-        eprintln!("pgwal: warning: cannot start the prefetcher: {e}");
+        crate::log_warn!("cannot start the prefetcher: {e}");
     }
 }
 
@@ -166,7 +166,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
     loop {
         if started_in_recovery && !walspool::in_recovery(data_dir) {
             let _ = std::fs::remove_dir_all(&spool.dir);
-            eprintln!("pgwal: prefetcher: recovery ended; spool removed");
+            crate::log_info!("prefetcher: recovery ended; spool removed");
             return Ok(());
         }
         let now_last = spool.last();
@@ -206,11 +206,11 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
                 }
             }
             Ok(Attempt::Corrupt(reason)) => {
-                eprintln!("pgwal: prefetcher: not spooling '{next}': {reason}");
+                crate::log_info!("prefetcher: not spooling '{next}': {reason}");
                 corrupt.insert(next);
             }
             Err(e) => {
-                eprintln!("pgwal: prefetcher: {}", e.one_line());
+                crate::log_info!("prefetcher: {}", e.one_line());
                 missing.insert(next, Instant::now());
             }
         }

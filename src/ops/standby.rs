@@ -32,7 +32,7 @@ pub fn standby(rt: &tokio::runtime::Runtime, repo: &Repository, opts: &RestoreOp
     if let (Err(_), Some((session, slot))) = (&result, created) {
         // Best effort: a slot nobody uses keeps WAL on the primary forever.
         if let Err(e) = rt.block_on(session.drop_slot(slot)) {
-            eprintln!("pgwal: warning: {e}; drop the slot by hand");
+            crate::log_warn!("{e}; drop the slot by hand");
         }
     }
     result

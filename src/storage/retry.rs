@@ -47,7 +47,7 @@ impl RetryPolicy {
                             last: Box::new(e),
                         });
                     }
-                    eprintln!("pgwal: warning: {what}: {e}; retrying in {} ms", backoff.as_millis());
+                    crate::log_warn!("{what}: {e}; retrying in {} ms", backoff.as_millis());
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.max_backoff);
                 }
