@@ -231,15 +231,39 @@ fn usage_error(e: &clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         };
     }
-    let text = e.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    let first = usage_error_line(&e.to_string());
     eprintln!("pgwal: error: {first}");
-    eprintln!("hint: see 'pgwal --help'");
+    eprintln!("hint: see '{}'", help_command());
     let is_fetch = std::env::args().skip(1).any(|a| a == "fetch");
     let code = if is_fetch {
-        exit_code(&Error::Usage(first.into()), fetch::exit_rules(std::env::current_dir().ok().as_deref(), None))
+        exit_code(&Error::Usage(first), fetch::exit_rules(std::env::current_dir().ok().as_deref(), None))
     } else {
         exit::USAGE
     };
     ExitCode::from(code)
+}
+
+/// clap's message as one line: its first line, with the indented lines that
+/// follow it (the missing arguments, the valid values) joined on, so that
+/// "the following required arguments were not provided:" names them.
+fn usage_error_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let mut line = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    let items: Vec<&str> = lines.take_while(|l| l.starts_with(' ') && !l.trim().is_empty()).map(str::trim).collect();
+    if !items.is_empty() {
+        line = format!("{line} {}", items.join(", "));
+    }
+    line
+}
+
+/// `pgwal COMMAND --help` for the command on the command line, else `pgwal --help`.
+fn help_command() -> String {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let names: Vec<String> =
+        cmd.get_subcommands().filter(|c| !c.is_hide_set()).map(|c| c.get_name().to_string()).collect();
+    match std::env::args().skip(1).find(|a| names.contains(a)) {
+        Some(name) => format!("pgwal {name} --help"),
+        None => "pgwal --help".into(),
+    }
 }
