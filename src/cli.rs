@@ -108,9 +108,10 @@ against its stored SHA-256, via a temporary file in DEST's directory and a renam
 in the archive (PostgreSQL's probes for .history files end this way). Any other failure (corrupt object, \
 unreachable repository, bad configuration) exits above 125 so that PostgreSQL stops recovery rather than \
 ending it early; in standby mode (standby.signal in the data directory) it exits 1 and PostgreSQL retries.\n\n\
-Prefetching: in a data directory (the working directory, as PostgreSQL runs restore_command, or \
---pgdata), after fetch has delivered a segment it makes sure one background \
-prefetcher runs for the data directory (the same binary, detached in its own session, logging to \
+Prefetching: in the data directory of a server in archive recovery (the working directory, as \
+PostgreSQL runs restore_command, or --pgdata, holding recovery.signal or standby.signal; a fetch run by \
+hand in a primary's data directory writes nothing there), after fetch has delivered a segment it makes \
+sure one background prefetcher runs for the data directory (the same binary, detached in its own session, logging to \
 pg_wal/pgwal/prefetch.log, one per data directory by a lock on pg_wal/pgwal/prefetch.lock). It keeps \
 the next fetch.prefetch segments (default 8; 0 turns prefetching off) in the spool pg_wal/pgwal/fetch/, \
 on the timeline PostgreSQL will ask for them on (the newest timeline in the repository whose history \
@@ -121,8 +122,9 @@ with a rename only if all of these match (and global/pg_control holds that syste
 anything else is deleted and NAME is fetched from the repository. A segment the prefetcher could not \
 fetch or check is simply not spooled, so a corrupt object or an unreachable repository fails fetch \
 exactly as without prefetching. The prefetcher removes the spool and exits when recovery ends \
-(recovery.signal and standby.signal are gone), or after 60s without a request (10s if neither file \
-existed when it started); names that are not segments (.history probes) never start it.")]
+(recovery.signal and standby.signal are gone), within a second of its server's exit (the process named \
+by postmaster.pid is gone: a stopped standby, an immediate shutdown, a failed recovery), or after 60s \
+without a request; names that are not segments (.history probes) never start it.")]
     Fetch(FetchArgs),
     /// Take a base backup of the running cluster
     #[command(long_about = "Takes a base backup of the running cluster through PostgreSQL's non-exclusive \

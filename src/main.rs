@@ -81,7 +81,10 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
             let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
-            let spool = data_dir.filter(|_| cfg.fetch.prefetch > 0).map(|d| spool::Spool::new(&d));
+            // Outside archive recovery (a fetch by hand in a primary's data
+            // directory) nothing is spooled or written into pg_wal/pgwal.
+            let spool =
+                data_dir.filter(|d| cfg.fetch.prefetch > 0 && walspool::in_recovery(d)).map(|d| spool::Spool::new(&d));
             fetch::fetch_prefetching(&rt, &repo, &name, &args.dest, spool.as_ref(), cfg.file.as_deref())
         }
         Command::PrefetchWal => {

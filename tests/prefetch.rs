@@ -3,7 +3,9 @@
 //! restore_command wrapper holds PostgreSQL at one segment while the test
 //! looks), segments served from the spool while the repository is down,
 //! the spool removed after promotion; and a corrupt object in the middle
-//! that is never served and stops a targeted recovery.
+//! that is never served and stops a targeted recovery; no prefetcher
+//! outlives its server (a standby stopped in immediate mode, a recovery that
+//! fails), and a fetch by hand in a primary's data directory starts none.
 
 mod common;
 
@@ -251,5 +253,109 @@ fn prefetch_follows_the_timeline_switch() -> Result<()> {
     ensure!(second.sql(FINGERPRINT)? == expected, "recovered data differs from timeline 2's");
     let log = second.log_contents();
     ensure!(log.contains(&format!("restored log file \"{}\"", tl2.last().context("tl2")?)), "{}", second.log_tail(30));
+    Ok(())
+}
+
+/// PIDs of the prefetchers (`pgwal ... --pgdata DATA prefetch-wal`) serving `data`.
+fn prefetchers_of(data: &Path) -> Vec<u32> {
+    let data = data.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a == "prefetch-wal") && args.contains(&data) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn prefetching_config(dir: &TestDir) -> Result<PathBuf> {
+    let config = dir.join("pgwal.toml");
+    write_private_file(&config, &format!("repo = \"file://{}\"\n[fetch]\nprefetch = 4\n", dir.join("repo").display()))?;
+    Ok(config)
+}
+
+#[test]
+fn no_prefetcher_outlives_its_standby() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = prefetching_config(&dir)?;
+    let (_primary, mut standby, names, expected) = primary_and_copy(&dir, &config, 3)?;
+    // A standby fed from the archive alone: it keeps asking for the next segment.
+    standby.set_conf(&[restore_command_setting(&config), "archive_mode = off".to_string()])?;
+    standby.touch_in_data_dir("standby.signal")?;
+    standby.start()?;
+    let data = standby.data_dir().to_path_buf();
+    let last = names.last().context("segments")?;
+    wait_until(Duration::from_secs(120), "the standby to replay the archive", || {
+        Ok(standby.log_contents().contains(&format!("restored log file \"{last}\"")))
+    })?;
+    ensure!(standby.sql(FINGERPRINT)? == expected, "the standby replayed the archive");
+    wait_until(Duration::from_secs(30), "a prefetcher for the standby", || Ok(!prefetchers_of(&data).is_empty()))?;
+
+    standby.stop_immediate()?;
+    // Its idle exit is 60 s after the last request; it must go with its server.
+    wait_until(Duration::from_secs(10), "the prefetcher to exit after its standby", || {
+        Ok(prefetchers_of(&data).is_empty())
+    })
+    .with_context(|| format!("still running: {:?}", prefetchers_of(&data)))?;
+    ensure!(!data.join("pg_wal/pgwal/fetch").exists(), "the spool is removed with it");
+    Ok(())
+}
+
+#[test]
+fn no_prefetcher_outlives_a_failed_recovery() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = prefetching_config(&dir)?;
+    let (_primary, mut copy, _names, _) = primary_and_copy(&dir, &config, 3)?;
+    // A restore point that does not exist: PostgreSQL replays everything, then
+    // exits with "recovery ended before configured recovery target was reached".
+    copy.set_conf(&[
+        restore_command_setting(&config),
+        "archive_mode = off".to_string(),
+        "recovery_target_name = 'never_created'".to_string(),
+    ])?;
+    copy.touch_in_data_dir("recovery.signal")?;
+    copy.start_no_wait()?;
+    let data = copy.data_dir().to_path_buf();
+    copy.wait_stopped(Duration::from_secs(180))?;
+    ensure!(
+        copy.log_contents().contains("recovery ended before configured recovery target was reached"),
+        "{}",
+        copy.log_tail(20)
+    );
+    ensure!(data.join("recovery.signal").exists(), "recovery did not end: the signal file stays");
+    wait_until(Duration::from_secs(10), "the prefetcher to exit after the failed recovery", || {
+        Ok(prefetchers_of(&data).is_empty())
+    })
+    .with_context(|| format!("still running: {:?}", prefetchers_of(&data)))?;
+    Ok(())
+}
+
+#[test]
+fn a_fetch_by_hand_in_a_primary_starts_no_prefetcher() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = prefetching_config(&dir)?;
+    let (mut primary, _copy, names, _) = primary_and_copy(&dir, &config, 2)?;
+    primary.start()?;
+    let data = primary.data_dir().to_path_buf();
+    let out_dir = dir.join("by_hand");
+    create_user_dir(&out_dir)?;
+    let dest = out_dir.join("segment");
+    command_in(&data, &config, &names[0], &dest)?;
+    ensure!(std::fs::read(&dest)? == fetch_bytes(&dir, &config, &names[0])?, "the segment was fetched");
+    // fetch has exited: a prefetcher it started would exist by now.
+    ensure!(prefetchers_of(&data).is_empty(), "no prefetcher for a primary: {:?}", prefetchers_of(&data));
+    ensure!(!data.join("pg_wal/pgwal/fetch").exists(), "nothing written into the primary's pg_wal/pgwal/fetch");
+    Ok(())
+}
+
+/// `pgwal fetch NAME DEST` run by hand with `data` as the working directory.
+fn command_in(data: &Path, config: &Path, name: &str, dest: &Path) -> Result<()> {
+    Pgwal::new(["--config", &config.to_string_lossy(), "fetch", name, &dest.to_string_lossy()])
+        .current_dir(data)
+        .run()?
+        .ensure_success()?;
     Ok(())
 }

@@ -8,8 +8,10 @@
 //! flock on `pg_wal/pgwal/prefetch.lock`). The prefetcher keeps the next
 //! `fetch.prefetch` segments after the last one asked for in the spool (see
 //! `spool`), following the recovery timeline, and exits when recovery ends
-//! (removing the spool) or when nobody asked for anything for a while (60s;
-//! 10s when it was started without recovery.signal or standby.signal).
+//! (removing the spool), when its server stops (the postmaster named by
+//! `postmaster.pid` is gone: an immediate shutdown or a failed recovery), or
+//! when nobody asked for anything for a while (60s). Only a fetch for a
+//! server in archive recovery (recovery.signal or standby.signal) starts one.
 //!
 //! Which timeline: PostgreSQL asks for each segment on the newest timeline of
 //! its target timeline's history that had begun by then. The prefetcher
@@ -43,6 +45,9 @@ pub const IDLE_EXIT_OUTSIDE_RECOVERY: Duration = Duration::from_secs(10);
 
 /// How often the prefetcher looks for a new request when it has nothing to do.
 const POLL: Duration = Duration::from_millis(10);
+
+/// How often the prefetcher checks that its server still runs.
+const SERVER_CHECK: Duration = Duration::from_millis(250);
 
 /// How long before a segment that was not in the repository is asked for again.
 const MISSING_RETRY: Duration = Duration::from_secs(1);
@@ -92,10 +97,10 @@ pub fn plan(last: &WalFileName, depth: usize, histories: &Histories, size: WalSe
 /// Makes sure a prefetcher runs for `spool` after PostgreSQL asked for
 /// `name`: records the request and starts one if none holds the lock.
 pub fn after_fetch(spool: &Spool, name: &WalFileName, repo_url: &str, config: Option<&Path>) {
-    // No check for recovery.signal here: PostgreSQL always has one during
-    // archive recovery, and a fetch without one (pg_rewind's restore_command,
-    // a test harness) gets a prefetcher that simply idles out sooner.
-    if name.kind() != WalFileKind::Segment {
+    // Only for a server in archive recovery: PostgreSQL always has a signal
+    // file then, and a fetch without one (run by hand in a primary's data
+    // directory, pg_rewind's restore_command) must leave that directory alone.
+    if name.kind() != WalFileKind::Segment || !walspool::in_recovery(spool.data_dir()) {
         return;
     }
     spool.record_last(name);
@@ -163,11 +168,27 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
     let mut corrupt: HashSet<WalFileName> = HashSet::new();
     let started_in_recovery = walspool::in_recovery(data_dir);
     let idle_exit = if started_in_recovery { IDLE_EXIT } else { IDLE_EXIT_OUTSIDE_RECOVERY };
+    // The prefetcher serves one running server: it lives in its own session
+    // (so PostgreSQL's shutdown does not signal it) and must not outlive it.
+    let Some(server) = walspool::running_postmaster(data_dir) else {
+        let _ = std::fs::remove_dir_all(&spool.dir);
+        crate::log_info!("prefetcher: no server runs in '{}'; not prefetching", data_dir.display());
+        return Ok(());
+    };
+    let mut server_checked = Instant::now();
     loop {
         if started_in_recovery && !walspool::in_recovery(data_dir) {
             let _ = std::fs::remove_dir_all(&spool.dir);
             crate::log_info!("prefetcher: recovery ended; spool removed");
             return Ok(());
+        }
+        if server_checked.elapsed() >= SERVER_CHECK {
+            if walspool::running_postmaster(data_dir) != Some(server) {
+                let _ = std::fs::remove_dir_all(&spool.dir);
+                crate::log_info!("prefetcher: the server (PID {server}) stopped; spool removed");
+                return Ok(());
+            }
+            server_checked = Instant::now();
         }
         let now_last = spool.last();
         if now_last != last {

@@ -39,6 +39,20 @@ pub fn in_recovery(data_dir: &Path) -> bool {
     data_dir.join("recovery.signal").exists() || data_dir.join("standby.signal").exists()
 }
 
+/// The PID of the postmaster running in `data_dir`, if one runs: the first
+/// line of its `postmaster.pid`, when that process is alive. A file left by
+/// a killed server names a process that is gone (or, after a reboot, the
+/// rare reused PID: then the prefetcher lives until its idle exit).
+pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // Signal 0 checks existence only; EPERM means alive but another user's.
+    // SAFETY: kill with signal 0 sends nothing.
+    let alive = pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+    alive.then_some(pid)
+}
+
 /// What identifies one version of a file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileStamp {
@@ -85,6 +99,22 @@ pub fn system_identifier(data_dir: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_postmaster_pid_file_counts_only_while_its_process_lives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(running_postmaster(dir.path()), None, "no file");
+        let me = std::process::id() as i32;
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{me}\n/data\n1700000000\n5432\n")).expect("write");
+        assert_eq!(running_postmaster(dir.path()), Some(me));
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let gone = child.id() as i32;
+        child.wait().expect("wait");
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{gone}\n")).expect("write");
+        assert_eq!(running_postmaster(dir.path()), None, "a reaped process");
+        std::fs::write(dir.path().join("postmaster.pid"), "garbage\n").expect("write");
+        assert_eq!(running_postmaster(dir.path()), None);
+    }
 
     #[test]
     fn repo_ids_differ_per_repository() {

@@ -918,6 +918,17 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Stops the server in immediate mode (no shutdown checkpoint, as
+    /// `pg_ctl stop -m immediate`) and waits for it.
+    pub fn stop_immediate(&mut self) -> Result<()> {
+        let mut cmd = self.pg_ctl();
+        cmd.args(["stop", "--mode=immediate", "--wait", "--timeout=60"]);
+        let out = run(&mut cmd, None, COMMAND_TIMEOUT)?;
+        ensure!(out.success(), "stopping PostgreSQL failed: {out}\n--- server log ---\n{}", self.log_tail(30));
+        self.postmaster_pid = None;
+        Ok(())
+    }
+
     /// `stop()` then `start()`.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
