@@ -203,7 +203,7 @@ fn open_for_restore(cfg: &config::Config, opts: &config::restore::RestoreOptions
 
 /// Notices and the summary on stderr, the backup ID alone on stdout.
 fn finish_restore(outcome: &restore::Outcome) -> Result<()> {
-    for notice in &outcome.notices {
+    for notice in outcome.notices.iter().skip(outcome.notices_printed) {
         pgwal::log_notice!("{notice}");
     }
     pgwal::log_info!("{}", outcome.summary());

@@ -366,3 +366,51 @@ fn refusals_leave_nothing_startable() -> Result<()> {
     }
     Ok(())
 }
+
+/// On a terminal, what restore says about its plan (here: a target time
+/// without a time zone, read as UTC) comes before the progress bar, not after
+/// the work is done.
+#[test]
+fn notices_about_the_plan_come_before_the_progress_bar() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = dir.join("pgwal.toml");
+    write_private_file(&config, &format!("repo = \"file://{}\"\n", dir.join("repo").display()))?;
+    let (pg, ts) = primary(&dir, &config)?;
+    backup(&pg, &config, &[])?;
+    insert_batch(&pg, 1)?;
+    let time = pg.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")?;
+    insert_batch(&pg, 2)?;
+    archive_now(&pg)?;
+
+    let home = dir.join("r_tty");
+    let map = format!("--tablespace-map={}={}", ts.display(), home.join("ts").display());
+    let target_dir = home.join(DATA_SUBDIR).to_string_lossy().into_owned();
+    let line = [
+        pgwal_bin().to_string_lossy().as_ref(),
+        "--config",
+        &config_arg(&config),
+        "restore",
+        "--target-dir",
+        &target_dir,
+        "--target-time",
+        &time,
+        &map,
+    ]
+    .iter()
+    .map(|a| shell_quote(a))
+    .collect::<Vec<_>>()
+    .join(" ");
+    // script(1) gives pgwal a terminal and copies what it drew to stdout.
+    let mut cmd = command_as_user("script");
+    cmd.args(["--quiet", "--return", "--command", &line, "/dev/null"]);
+    let out = run(&mut cmd, None, COMMAND_TIMEOUT)?;
+    ensure!(out.success(), "{out}");
+    let notice = out.stdout.find("target time has no time zone").with_context(|| format!("no notice: {out}"))?;
+    // The bar redraws its line with "erase to end of line"; nothing else does.
+    let bar = out.stdout.find("\x1b[K").with_context(|| format!("no progress bar on the terminal: {out}"))?;
+    ensure!(notice < bar, "the notice comes after the progress bar: {:?}", out.stdout);
+    let mut copy = start_restored(&home, &[])?;
+    ensure!(count(&copy)? == "1000 1", "recovered to the time between the batches\n{}", copy.log_tail(20));
+    copy.stop()?;
+    Ok(())
+}

@@ -47,6 +47,10 @@ pub struct Outcome {
     pub removed: usize,
     /// Things the user should know (printed as notices).
     pub notices: Vec<String>,
+    /// How many of `notices` were printed already, before any file was
+    /// written (the choice of backup, how the target was read): the rest
+    /// are for the caller to print after the progress bar.
+    pub notices_printed: usize,
 }
 
 impl Outcome {
@@ -83,8 +87,17 @@ pub struct Plan {
 pub fn restore(rt: &tokio::runtime::Runtime, repo: &Repository, opts: &RestoreOptions) -> Result<Outcome> {
     let mut notices = Vec::new();
     let plan = prepare(rt, repo, opts, &mut notices)?;
+    print_notices(&notices);
     let outcome = write(rt, repo, opts, &plan, notices)?;
     Ok(outcome)
+}
+
+/// Notices about the plan, printed before the progress bar starts so that
+/// they are read before the work rather than after it.
+pub fn print_notices(notices: &[String]) {
+    for notice in notices {
+        crate::log_notice!("{notice}");
+    }
 }
 
 /// Every check, and the choice of backup, without writing anything.
@@ -343,6 +356,7 @@ pub fn write(
     plan: &Plan,
     notices: Vec<String>,
 ) -> Result<Outcome> {
+    let notices_printed = notices.len();
     let dir = &opts.target_dir;
     let m = plan.manifest.as_ref();
     if plan.state == DirState::Missing {
@@ -371,7 +385,7 @@ pub fn write(
     if let Some(parent) = dir.parent() {
         pgdata::sync_dir(parent).map_err(Error::io("cannot fsync directory", parent))?;
     }
-    Ok(Outcome { backup: m.id.clone(), written, kept: restorable - to_write.len(), removed, notices })
+    Ok(Outcome { backup: m.id.clone(), written, kept: restorable - to_write.len(), removed, notices, notices_printed })
 }
 
 /// `backup_label`, the recovery settings in `postgresql.auto.conf`, and the signal file.

@@ -28,6 +28,7 @@ pub fn standby(rt: &tokio::runtime::Runtime, repo: &Repository, opts: &RestoreOp
             notices.push(format!("replication slot '{slot}' exists on the primary already; using it"));
         }
     }
+    restore::print_notices(&notices);
     let result = restore::write(rt, repo, opts, &plan, notices);
     if let (Err(_), Some((session, slot))) = (&result, created) {
         // Best effort: a slot nobody uses keeps WAL on the primary forever.
