@@ -47,8 +47,8 @@ else
     OWNER=$(id -un)
 fi
 
-say "building pgwal (cargo build --release)"
-cargo build --release --quiet
+say "building pgwal (cargo build --release; the first build compiles about 300 crates and takes several minutes)"
+cargo build --release
 
 if [[ -d $WORK ]]; then
     for d in "$WORK/primary" "$WORK/restored"; do
