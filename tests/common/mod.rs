@@ -35,6 +35,8 @@
 //! drop in reverse order), so that servers stop before their files go.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
