@@ -110,6 +110,7 @@ fn archive_answered_from_a_marker_makes_at_most_one_request() -> Result<()> {
     write_user_file(&data.join("pg_wal").join(&name), &segment_bytes(6), 0o600)?;
     archive_in(&s, &data, 6)?.ensure_success()?;
     let plain = s.proxy.take_requests();
+    eprintln!("a plain archive call: {}", describe(&plain));
     ensure!(plain.len() <= 3, "a plain archive call: {}", describe(&plain));
     Ok(())
 }

@@ -409,6 +409,81 @@ where
     })
 }
 
+/// Decodes an object into `out` (resized to the content, reusing its memory)
+/// WITHOUT checking the content's SHA-256: only sizes and the zstd framing.
+/// For a caller that checks every byte it uses against checksums of its own
+/// before using it — restore, which checks each file against the SHA-256 the
+/// (checked) manifest records for it — so that the bytes are hashed once,
+/// not twice. Everyone else uses [`decode`] or [`decode_with`].
+///
+/// A worker thread that restores pack after pack keeps one `out` buffer:
+/// a fresh allocation per pack costs the kernel zeroing every page of it.
+pub fn decode_unhashed_into(object: &[u8], out: &mut Vec<u8>) -> Result<FrameHeader, FrameError> {
+    let header = FrameHeader::parse(object)?;
+    let payload = &object[HEADER_LEN..];
+    if payload.len() as u64 != header.payload_size {
+        return Err(FrameError::PayloadSize { expected: header.payload_size, actual: payload.len() as u64 });
+    }
+    if header.compression == 0 {
+        if payload.len() as u64 != header.original_size {
+            return Err(FrameError::OriginalSize { expected: header.original_size, actual: payload.len() as u64 });
+        }
+        out.clear();
+        out.extend_from_slice(payload);
+        return Ok(header);
+    }
+    let frames = zstd_frames(payload)?;
+    let declared: usize = frames.iter().map(|f| f.1).sum();
+    if declared as u64 != header.original_size {
+        return Err(FrameError::OriginalSize { expected: header.original_size, actual: declared as u64 });
+    }
+    // Only growth is zero-filled; a reused buffer is simply overwritten.
+    out.resize(declared, 0);
+    let mut slots: Vec<Mutex<(&[u8], &mut [u8])>> = Vec::with_capacity(frames.len());
+    let mut rest = out.as_mut_slice();
+    for &(frame, content) in &frames {
+        let (slot, tail) = rest.split_at_mut(content);
+        slots.push(Mutex::new((frame, slot)));
+        rest = tail;
+    }
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<FrameError>> = Mutex::new(None);
+    let work = || {
+        let mut dctx = match zstd::bulk::Decompressor::new() {
+            Ok(d) => d,
+            Err(e) => {
+                failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(FrameError::Decompress(e.to_string()));
+                return;
+            }
+        };
+        while let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let (frame, ref mut dest) = *slot;
+            let want = dest.len();
+            let result = match dctx.decompress_to_buffer(frame, &mut **dest) {
+                Ok(n) if n == want => Ok(()),
+                Ok(n) => Err(FrameError::OriginalSize { expected: want as u64, actual: n as u64 }),
+                Err(e) => Err(FrameError::Decompress(e.to_string())),
+            };
+            if let Err(e) = result {
+                failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                next.store(usize::MAX / 2, Ordering::Relaxed);
+                return;
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..workers(frames.len()) {
+            s.spawn(work);
+        }
+        work();
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(header),
+    }
+}
+
 /// Decodes a whole object into memory, checked. For small objects.
 pub fn decode(object: &[u8]) -> Result<Vec<u8>, FrameError> {
     let header = FrameHeader::parse(object)?;
@@ -431,6 +506,26 @@ pub fn decode(object: &[u8]) -> Result<Vec<u8>, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unhashed_decoding_into_a_reused_buffer_gives_the_content() {
+        let mut out = vec![0xAA; 10];
+        for (len, c) in [
+            (5_000_000usize, Compression::Zstd(1)),
+            (1000, Compression::None),
+            (0, Compression::Zstd(1)),
+            (300_000, Compression::Zstd(3)),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (i / 7919) as u8).collect();
+            let (obj, header) = encode(&data, c).expect("encode");
+            assert_eq!(decode_unhashed_into(&obj, &mut out).expect("decode"), header);
+            assert_eq!(out, data, "len {len} {c:?}");
+        }
+        // Sizes and framing are still checked: a truncated object is refused.
+        let data = vec![7u8; 3_000_000];
+        let (obj, _) = encode(&data, Compression::Zstd(1)).expect("encode");
+        assert!(decode_unhashed_into(&obj[..obj.len() - 100], &mut out).is_err());
+    }
     use proptest::prelude::*;
 
     fn sample(len: usize) -> Vec<u8> {

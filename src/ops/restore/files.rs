@@ -609,8 +609,8 @@ pub fn write_files(
     Ok(written)
 }
 
-/// A worker's job: decode one pack (its SHA-256 checked as it decodes),
-/// write its pieces, and finish every file whose last piece this was.
+/// A worker's job: decode one pack, write its pieces (each checked against
+/// its file's SHA-256), and finish every file whose last piece this was.
 fn fill_from_pack(shared: &Shared, number: u32, object: &[u8], pieces: &[Piece]) -> Result<()> {
     let m = shared.manifest.as_ref();
     let key = pack_key(&m.id, number).to_string();
@@ -622,10 +622,31 @@ fn fill_from_pack(shared: &Shared, number: u32, object: &[u8], pieces: &[Piece])
     if listed.is_none_or(|p| !p.sha256.eq_ignore_ascii_case(&frame::hex(&header.sha256))) {
         return Err(corrupt(format!("the pack is not the one the manifest of backup '{}' lists", m.id)));
     }
-    let data = frame::decode(object).map_err(|e| corrupt(e.to_string()))?;
-    if listed.is_some_and(|p| p.original_size != data.len() as u64) {
-        return Err(corrupt(format!("the pack holds {} bytes, the manifest says otherwise", data.len())));
-    }
+    PACK_BUFFER.with_borrow_mut(|data| {
+        // The pack's own SHA-256 is not computed: every byte restored from it
+        // is checked against its file's SHA-256 in the manifest below (before
+        // it is written, or when the last piece of a file spanning packs is
+        // in place), so hashing the pack as well would hash everything twice.
+        frame::decode_unhashed_into(object, data).map_err(|e| corrupt(e.to_string()))?;
+        if listed.is_some_and(|p| p.original_size != data.len() as u64) {
+            return Err(corrupt(format!("the pack holds {} bytes, the manifest says otherwise", data.len())));
+        }
+        write_pieces(shared, data, pieces, &key)
+    })
+}
+
+thread_local! {
+    /// Each restore worker thread decodes pack after pack into one buffer:
+    /// a fresh one per pack cost the kernel zeroing every page of it (a
+    /// fifth of restore's CPU time, measured with perf).
+    static PACK_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes the pieces of one decoded pack, each checked first (single-pack
+/// files) or hashed in file order (files spanning packs).
+fn write_pieces(shared: &Shared, data: &[u8], pieces: &[Piece], key: &str) -> Result<()> {
+    let m = shared.manifest.as_ref();
+    let corrupt = |reason: String| Error::Corrupt { key: key.to_string(), reason };
     for piece in pieces {
         let entry = &m.files[piece.file];
         let path = &shared.paths[&piece.file];
@@ -643,7 +664,7 @@ fn fill_from_pack(shared: &Shared, number: u32, object: &[u8], pieces: &[Piece])
         }
         pgdata::fill_at(path, bytes, piece.file_offset).map_err(Error::io("cannot write", path))?;
         if shared.remaining[&piece.file].fetch_sub(1, Ordering::AcqRel) == 1 {
-            finish_file(shared, piece.file, &key)?;
+            finish_file(shared, piece.file, key)?;
         }
         let done = shared.done.fetch_add(piece.size, Ordering::Relaxed) + piece.size;
         shared.progress.update(done, "");
