@@ -253,7 +253,9 @@ Errors come first in problems.")]
 backups; --retain-days D keeps every backup that stopped in the last D days plus the newest full backup \
 that stopped before them, so every point of the last D days stays recoverable. With both, a backup either \
 rule keeps is kept. Without flags, expire.retain_full and expire.retain_days of the config file apply (flags \
-replace the file's policy as a whole). Backups are ranked by their stop time (then stop LSN), never by ID. \
+replace the file's policy as a whole). With no policy at all (no flag, nothing in the config file), expire \
+deletes nothing, prints one warning and exits 0, so that a cron line 'pgwal expire && pgwal verify --quick' \
+goes on (as pgBackRest does). Backups are ranked by their stop time (then stop LSN), never by ID. \
 The newest backup is always kept, and so is every parent of a kept incremental backup.\n\n\
 WAL: on each timeline, every segment from the first one any retained backup reads from it (for recovery \
 to any point after the backup, on the backup's timeline and every timeline descending from it) is kept; \
@@ -265,11 +267,17 @@ backup holds the lock lock/backup (a lock left by a killed backup does not count
 Deletion order keeps the repository consistent at every step: each expired backup's manifest first \
 (from then on the backup does not exist), then its packs, oldest backup first; then packs of backups \
 without a manifest; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
-An interrupted expire leaves a repository that verifies; run it again to finish. --dry-run prints the same \
-report and deletes nothing.\n\n\
-Prints one line per backup and per run of WAL segments deleted (or, with --dry-run, that would be), then \
-the backups kept. Refuses (exit 2, nothing deleted) a missing policy, --retain-full 0, --retain-days 0 or \
-negative, and a repository without any complete backup.")]
+An interrupted expire leaves a repository that verifies; run it again to finish. --dry-run deletes \
+nothing.\n\n\
+Nothing is deleted without a record: each backup ('removed backup ID (N objects)', 'removed incomplete \
+backup ID ...') and each run of WAL files ('removed WAL of timeline T: FIRST .. LAST (N segments, N \
+.partial segments, N .backup files)', at most one line per log file directory) is named on stdout, flushed, \
+as soon as it is gone, before the next deletion starts; when a deletion fails, the objects of that backup or \
+run that went before the failure are named ('removed K of the N objects of backup ID before the error: \
+KEY, ...') and expire stops with the error (exit 1). A cron log thus shows what went even when a run fails \
+half way. --dry-run prints the same lines as 'would remove ...'. Then the backups kept ('kept N backup(s): \
+ID, ...'; 'nothing to expire' first when nothing goes). Refuses (exit 2, nothing deleted) --retain-full 0, \
+--retain-days 0 or negative, and a repository without any complete backup.")]
     Expire(ExpireArgs),
     /// Internal: the background prefetcher that `fetch` starts during recovery
     #[command(name = "prefetch-wal", hide = true)]
