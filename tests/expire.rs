@@ -2,8 +2,11 @@
 //! that PITR to points after every retained backup still works on real
 //! PostgreSQL 15 afterwards), `--dry-run` deleting nothing, an expire killed
 //! with SIGKILL at many points and run again leaving a repository that
-//! verifies each time, the same on the S3 test server, and bad input refused
-//! with nothing deleted.
+//! verifies each time, the same on the S3 test server, bad input refused
+//! with nothing deleted and no policy deleting nothing (exit 0), and, on real
+//! PostgreSQL, an expire failing on a permission error having named on its
+//! output exactly what it removed (and `--dry-run` counting segments and
+//! `.backup` files apart).
 
 mod common;
 mod synthetic;
@@ -446,6 +449,9 @@ fn named_objects(
 ) -> Result<std::collections::BTreeSet<String>> {
     let mut named = std::collections::BTreeSet::new();
     for line in stdout.lines() {
+        // A dry run names what would go in the same words.
+        let line = line.strip_prefix("would remove ").map_or(line.to_string(), |rest| format!("removed {rest}"));
+        let line = line.as_str();
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["removed", "backup", id, ..] | ["removed", "incomplete", "backup", id, ..] => {
@@ -525,6 +531,29 @@ fn a_failing_expire_names_everything_it_removed() -> Result<()> {
         );
         Ok(())
     };
+
+    // The dry run names the same objects, and counts segments and .backup files apart.
+    let before = files(&root)?;
+    let dry = expire(&config, &["--retain-full", "1", "--dry-run"])?.ensure_success()?;
+    ensure!(files(&root)? == before, "--dry-run deleted something");
+    let wal: Vec<String> = named_objects(&dry.stdout, &before)?.into_iter().filter(|f| f.starts_with("wal/")).collect();
+    let count = |what: &str| -> usize {
+        dry.stdout
+            .lines()
+            .filter(|l| l.starts_with("would remove WAL"))
+            .filter_map(|l| l.rsplit_once('(')?.1.strip_suffix(')').map(str::to_string))
+            .flat_map(|counts| counts.split(", ").map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|c| {
+                let (n, kind) = c.split_once(' ')?;
+                (kind.trim_end_matches('s') == what).then(|| n.parse::<usize>().ok()).flatten()
+            })
+            .sum()
+    };
+    let segments = wal.iter().filter(|f| f.len() == 21 + 24).count();
+    let backup_files = wal.iter().filter(|f| f.ends_with(".backup")).count();
+    ensure!(backup_files >= 3, "the .backup files of backups 1-3 go: {dry}");
+    ensure!(count("segment") == segments && count(".backup file") == backup_files, "counted apart: {dry}");
+    ensure!(count("segment") + count(".backup file") == wal.len(), "{dry}");
 
     // The third backup's packs cannot be deleted.
     let packs = root.join(format!("backup/{}/pack", ids[2]));
