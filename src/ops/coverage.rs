@@ -113,7 +113,7 @@ pub fn recovery_windows(
         let stop = segment_before(b.stop_lsn, size).max(start);
         let runs = needed_runs(b, chain, newest, size);
         let end = runs.last().map_or(stop, |r| r.2);
-        let gap = runs.iter().find_map(|(tli, lo, hi)| inv.missing(*tli, *lo, *hi).next());
+        let gap = runs.iter().find_map(|(tli, lo, hi)| inv.first_missing(*tli, *lo, *hi));
         let reach = match gap {
             Some(g) if g <= stop => continue, // its own WAL is incomplete
             Some(g) => SegmentNo(g.0 - 1),
