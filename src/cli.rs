@@ -152,9 +152,14 @@ packs without a manifest, which nothing reads; run the backup again.")]
     #[command(long_about = "Lists the complete backups (those whose manifest is stored; a backup that is \
 running or was interrupted has none and is only counted), oldest stop time first, with ID, type, parent, \
 start and stop time (UTC), start and stop LSN, timeline, data size and stored size; then the archived WAL \
-of each timeline: first and last segment and every gap between them; then the archive's health: the \
+of each timeline: first and last segment and every gap between them, and the windows recovery along \
+that timeline can reach ('recoverable: FROM_LSN (time, end of backup ID) .. TO_LSN (end of SEGMENT)'): \
+each starts at the stop LSN and time of the oldest backup that has all its own WAL and leads onto the \
+timeline (following the .history files, so a window of timeline 2 can start from a backup of timeline 1) \
+and ends with the last segment archived without a gap after it; a gap splits the windows, and the backups \
+before it recover only up to it. Then the archive's health: the \
 newest segment and how long ago it was stored, the newest backup and how long ago it stopped. Reads only \
-listings, the manifests and one object's metadata (fast on millions of segments: WAL is listed one log-file \
+listings, the manifests, the .history files and one object's metadata (fast on millions of segments: WAL is listed one log-file \
 directory of 256 segments at a time, 16 directories at once). A missing repository is an error, and \
 nothing is created.\n\n\
 With --json, prints one JSON object, a stable interface (fields may be added, never renamed or removed):\n\n\
@@ -164,7 +169,11 @@ With --json, prints one JSON object, a stable interface (fields may be added, ne
 \"data_size\": bytes, \"stored_size\": bytes, \"files\": count}, ...],\n\
  \"wal\": [{\"timeline\": 1, \"first\": segment name or null, \"last\": segment name or null, \
 \"segments\": count, \"gaps\": [{\"first\": segment, \"last\": segment}, ...], \"partials\": \
-[\"...partial\", ...], \"history\": whether TTTTTTTT.history is stored}, ...],\n\
+[\"...partial\", ...], \"history\": whether TTTTTTTT.history is stored, \"recovery_windows\": \
+[{\"backup\": ID of the oldest backup of the window, \"backups\": [IDs of every backup recovering into it, \
+oldest first], \"from_lsn\": that backup's stop LSN, \"from_time\": its stop time (RFC 3339 UTC), \
+\"to_segment\": the last segment without a gap before it, \"to_lsn\": the end of that segment (recovery can \
+replay up to here)}, ...] (oldest first; empty when no backup leads onto the timeline)}, ...],\n\
  \"incomplete\": [IDs of backups without a manifest],\n\
  \"health\": {\"newest_segment\": segment name or null, \"newest_segment_time\": RFC 3339 UTC or null, \
 \"newest_segment_age_seconds\": n or null, \"newest_backup\": ID or null, \"newest_backup_age_seconds\": n or \
@@ -230,7 +239,8 @@ SHA-256 and that of every file in the manifest; reads the .history files and bui
 timeline from 2 to the newest needs its history file, or recovery cannot follow it); checks that for each \
 backup, and each timeline descending from it, every WAL segment from the backup's start LSN through its stop \
 LSN and on to the newest segment archived on that timeline is present (switching timelines at each history \
-file's switch point); and reads back every archived WAL file, checking its SHA-256, and for segments their \
+file's switch point): a missing segment names every backup whose recovery to the newest archived WAL \
+crosses it (backups after the gap are not named); and reads back every archived WAL file, checking its SHA-256, and for segments their \
 size, first page (position and timeline as the name says) and cluster. Objects are read --jobs at a time, \
 so memory stays bounded. A repository with WAL but no backup yet is checked for what it has (a gap in a \
 timeline's WAL is then an error).\n\n\
@@ -247,7 +257,8 @@ With --json, prints one JSON object, a stable interface (fields may be added, ne
 \"problems\": [{\"severity\": \"error\" or \"warning\", \"kind\": one of corrupt_object, missing_object, \
 size_mismatch, file_checksum, missing_wal, missing_history, wal_gap, incomplete_backup, wrong_cluster, \
 \"object\": object key or null, \"segment\": WAL file name (the first of a run) or null, \"backup\": \
-backup ID or null, \"message\": one line}, ...]}\n\n\
+backup ID or null (the oldest, when several are concerned), \"backups\": [every backup concerned, oldest \
+first], \"message\": one line}, ...]}\n\n\
 Errors come first in problems.")]
     Verify(VerifyArgs),
     /// Delete the backups beyond the retention policy and the WAL no retained backup needs
@@ -255,7 +266,9 @@ Errors come first in problems.")]
 backups; --retain-days D keeps every backup that stopped in the last D days plus the newest full backup \
 that stopped before them, so every point of the last D days stays recoverable. With both, a backup either \
 rule keeps is kept. Without flags, expire.retain_full and expire.retain_days of the config file apply (flags \
-replace the file's policy as a whole). Backups are ranked by their stop time (then stop LSN), never by ID. \
+replace the file's policy as a whole). With no policy at all (no flag, nothing in the config file), expire \
+deletes nothing, prints one warning and exits 0, so that a cron line 'pgwal expire && pgwal verify --quick' \
+goes on (as pgBackRest does). Backups are ranked by their stop time (then stop LSN), never by ID. \
 The newest backup is always kept, and so is every parent of a kept incremental backup.\n\n\
 WAL: on each timeline, every segment from the first one any retained backup reads from it (for recovery \
 to any point after the backup, on the backup's timeline and every timeline descending from it) is kept; \
@@ -267,11 +280,17 @@ backup holds the lock lock/backup (a lock left by a killed backup does not count
 Deletion order keeps the repository consistent at every step: each expired backup's manifest first \
 (from then on the backup does not exist), then its packs, oldest backup first; then packs of backups \
 without a manifest; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
-An interrupted expire leaves a repository that verifies; run it again to finish. --dry-run prints the same \
-report and deletes nothing.\n\n\
-Prints one line per backup and per run of WAL segments deleted (or, with --dry-run, that would be), then \
-the backups kept. Refuses (exit 2, nothing deleted) a missing policy, --retain-full 0, --retain-days 0 or \
-negative, and a repository without any complete backup.")]
+An interrupted expire leaves a repository that verifies; run it again to finish. --dry-run deletes \
+nothing.\n\n\
+Nothing is deleted without a record: each backup ('removed backup ID (N objects)', 'removed incomplete \
+backup ID ...') and each run of WAL files ('removed WAL of timeline T: FIRST .. LAST (N segments, N \
+.partial segments, N .backup files)', at most one line per log file directory) is named on stdout, flushed, \
+as soon as it is gone, before the next deletion starts; when a deletion fails, the objects of that backup or \
+run that went before the failure are named ('removed K of the N objects of backup ID before the error: \
+KEY, ...') and expire stops with the error (exit 1). A cron log thus shows what went even when a run fails \
+half way. --dry-run prints the same lines as 'would remove ...'. Then the backups kept ('kept N backup(s): \
+ID, ...'; 'nothing to expire' first when nothing goes). Refuses (exit 2, nothing deleted) --retain-full 0, \
+--retain-days 0 or negative, and a repository without any complete backup.")]
     Expire(ExpireArgs),
     /// Internal: the background prefetcher that `fetch` starts during recovery
     #[command(name = "prefetch-wal", hide = true)]

@@ -175,10 +175,8 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let deadline = cfg.backup.retry_deadline;
             let store = storage::open(url, &cfg.store, Access::MustExist, deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
-            let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now()))?;
-            for note in &outcome.notes {
-                pgwal::log_notice!("{note}");
-            }
+            let mut stdout = std::io::stdout().lock();
+            let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now(), &mut stdout))?;
             print!("{}", outcome.render());
             Ok(())
         }

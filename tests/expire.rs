@@ -2,8 +2,11 @@
 //! that PITR to points after every retained backup still works on real
 //! PostgreSQL 15 afterwards), `--dry-run` deleting nothing, an expire killed
 //! with SIGKILL at many points and run again leaving a repository that
-//! verifies each time, the same on the S3 test server, and bad input refused
-//! with nothing deleted.
+//! verifies each time, the same on the S3 test server, bad input refused
+//! with nothing deleted and no policy deleting nothing (exit 0), and, on real
+//! PostgreSQL, an expire failing on a permission error having named on its
+//! output exactly what it removed (and `--dry-run` counting segments and
+//! `.backup` files apart).
 
 mod common;
 mod synthetic;
@@ -45,12 +48,12 @@ fn keeps_what_retained_backups_need_on_every_timeline() -> Result<()> {
 
     // Dry run: the report, nothing deleted.
     let dry = expire(&config, &["--retain-full", "3", "--dry-run"])?.ensure_success()?;
-    ensure!(dry.stdout.contains(&format!("would delete backup {}", ids[0])), "{dry}");
+    ensure!(dry.stdout.contains(&format!("would remove backup {}", ids[0])), "{dry}");
     ensure!(files(&root)? == before, "--dry-run deleted something");
 
     // Keep B, C, D: B (timeline 1, segment 20) reaches timeline 2 too.
     let out = expire(&config, &["--retain-full", "3"])?.ensure_success()?;
-    ensure!(dry.stdout.replace("would delete", "deleted") == out.stdout, "dry run and run differ:\n{dry}\n{out}");
+    ensure!(dry.stdout.replace("would remove", "removed") == out.stdout, "dry run and run differ:\n{dry}\n{out}");
     let after = files(&root)?;
     let gone: Vec<&String> = before.difference(&after).collect();
     ensure!(!after.iter().any(|f| f.starts_with(&format!("backup/{}", ids[0]))), "A is gone");
@@ -94,18 +97,30 @@ fn bad_input_is_refused_and_nothing_is_deleted() -> Result<()> {
     let dir = TestDir::new()?;
     let (config, root, _) = local_two_timelines(&dir, "repo")?;
     let before = files(&root)?;
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 4] = [
         (&["--retain-full", "0"], "0 would delete every backup"),
         (&["--retain-days", "-1"], "negative"),
         (&["--retain-days", "0"], "number of days from 1"),
         (&["--retain-full", "two"], "not a number"),
-        (&[], "no retention policy"),
     ];
     for (args, text) in cases {
         let out = expire(&config, args)?;
         ensure!(out.code() == Some(2), "{args:?} must be refused with exit 2: {out}");
-        ensure!(out.stderr.starts_with("pgwal: error:") && out.stderr.contains(text), "{args:?}: {out}");
+        ensure!(out.stderr.contains("pgwal: error:") && out.stderr.contains(text), "{args:?}: {out}");
         ensure!(out.stderr.contains("hint:"), "{args:?}: {out}");
+    }
+    // No policy anywhere (as pgBackRest): one warning, exit 0, nothing deleted, so that a cron
+    // line 'pgwal expire && pgwal verify --quick' goes on.
+    for args in [&[][..], &["--dry-run"][..]] {
+        let out = expire(&config, args)?;
+        ensure!(out.success(), "{args:?}: no policy is not an error: {out}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        ensure!(
+            lines.len() == 1 && lines[0].starts_with("pgwal: warning: no retention policy, nothing expired"),
+            "{out}"
+        );
+        ensure!(lines[0].contains("expire.retain_full"), "the warning says what to set: {out}");
+        ensure!(out.stdout.is_empty(), "{out}");
     }
     // verify --backup with an unknown ID, or not an ID at all.
     for id in ["20991231T235959F", "last-night"] {
@@ -209,9 +224,9 @@ fn expire_and_verify_on_s3() -> Result<()> {
     verify(&config, &[])?.ensure_success()?;
     let dry = expire(&config, &["--retain-full", "2", "--dry-run"])?.ensure_success()?;
     let out = expire(&config, &["--retain-full", "2"])?.ensure_success()?;
-    ensure!(out.stdout.replace("deleted", "would delete") == dry.stdout, "{dry}\n{out}");
+    ensure!(out.stdout.replace("removed", "would remove") == dry.stdout, "{dry}\n{out}");
     for id in &ids[..2] {
-        ensure!(out.stdout.contains(&format!("deleted backup {id}")), "{out}");
+        ensure!(out.stdout.contains(&format!("removed backup {id}")), "{out}");
     }
     let listing = Pgwal::new(["--config", &cfg(&config), "list", "--json"]).run()?.ensure_success()?;
     let v: serde_json::Value = serde_json::from_str(&listing.stdout)?;
@@ -333,7 +348,7 @@ fn retention_across_a_promotion_keeps_every_point_recoverable() -> Result<()> {
 
     let before = files(&root)?;
     let out = expire(&config, &["--retain-full", "2"])?.ensure_success()?;
-    ensure!(out.stdout.contains(&format!("deleted backup {a}")), "{out}");
+    ensure!(out.stdout.contains(&format!("removed backup {a}")), "{out}");
     ensure!(out.stdout.contains(&format!("kept 2 backup(s): {b}, {c}")), "{out}");
     let after = files(&root)?;
     ensure!(!after.iter().any(|f| f.contains(&a)), "A is gone");
@@ -423,4 +438,155 @@ impl Drop for KillOnDrop {
             let _ = child.wait();
         }
     }
+}
+
+/// The objects a run of expire names on stdout, resolved against the files
+/// `before` it: every file of a backup named as removed, the keys of a
+/// backup named as partly removed, the WAL files of each named range.
+fn named_objects(
+    stdout: &str,
+    before: &std::collections::BTreeSet<String>,
+) -> Result<std::collections::BTreeSet<String>> {
+    let mut named = std::collections::BTreeSet::new();
+    for line in stdout.lines() {
+        // A dry run names what would go in the same words.
+        let line = line.strip_prefix("would remove ").map_or(line.to_string(), |rest| format!("removed {rest}"));
+        let line = line.as_str();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["removed", "backup", id, ..] | ["removed", "incomplete", "backup", id, ..] => {
+                named.extend(before.iter().filter(|f| f.starts_with(&format!("backup/{id}/"))).cloned());
+            }
+            ["removed", _, "of", "the", ..] => {
+                let (_, keys) = line.split_once("before the error: ").context(line.to_string())?;
+                named.extend(keys.split(", ").map(str::to_string));
+            }
+            ["removed", "WAL", "of", "timeline", _, range @ ..] => {
+                let first = range.first().context(line.to_string())?;
+                let last = if range.get(1) == Some(&"..") { range[2] } else { first };
+                named.extend(
+                    before
+                        .iter()
+                        .filter(|f| f.starts_with("wal/") && f.len() > 21)
+                        .filter(|f| {
+                            let name = &f[21..];
+                            name.len() >= 24 && &name[..24] >= *first && &name[..24] <= last
+                        })
+                        .cloned(),
+                );
+            }
+            ["kept", ..] | ["nothing", "to", "expire"] => {}
+            _ => anyhow::bail!("unexpected line on expire's stdout: {line}"),
+        }
+    }
+    Ok(named)
+}
+
+/// Sets the mode of a directory in the repository (the tests run as root, pgwal as postgres).
+fn chmod(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Real PostgreSQL, four backups: expire, run as postgres, hits a directory
+/// it may not delete in. It fails at once with a few lines, and every object
+/// that is gone is named on its output (SPEC §3.9), nothing more: first the
+/// third backup's packs are protected (the first two backups and the third
+/// one's manifest go), then the WAL (the third backup's leftover packs go).
+/// With the permissions back, a third run finishes and the repository verifies.
+#[test]
+fn a_failing_expire_names_everything_it_removed() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "repo")?;
+    let (mut pg, a) = primary_with_backup_a(&dir, &config)?;
+    let mut ids = vec![a];
+    for batch in 3..=5 {
+        ids.push(take_backup(&pg, &config)?);
+        insert_batch(&pg, batch)?;
+        archive_now(&pg)?;
+    }
+    pg.stop()?;
+    ensure!(run_as().switch, "the permission checks need pgwal to run as another user than the test");
+
+    let run =
+        |what: &str| -> Result<(RunOutput, std::collections::BTreeSet<String>, std::collections::BTreeSet<String>)> {
+            let before = files(&root)?;
+            // A deadline for the run, not an assertion on its time: a permanent error must not be retried.
+            let out = Pgwal::new(["--config", &cfg(&config), "expire", "--retain-full", "1"])
+                .timeout(Duration::from_secs(60))
+                .run()
+                .with_context(|| format!("expire ({what}) did not fail at once"))?;
+            let after = files(&root)?;
+            let gone: std::collections::BTreeSet<String> = before.difference(&after).cloned().collect();
+            let named = named_objects(&out.stdout, &before)?;
+            Ok((out, gone, named))
+        };
+    let fails_briefly = |out: &RunOutput| -> Result<()> {
+        ensure!(!out.success() && out.code() == Some(1), "expire must fail with exit 1: {out}");
+        ensure!(out.stderr.lines().count() <= 3, "a few lines, not one per retry: {out}");
+        ensure!(
+            out.stderr.starts_with("pgwal: error:") && out.stderr.to_lowercase().contains("permission denied"),
+            "one error line naming the cause: {out}"
+        );
+        Ok(())
+    };
+
+    // The dry run names the same objects, and counts segments and .backup files apart.
+    let before = files(&root)?;
+    let dry = expire(&config, &["--retain-full", "1", "--dry-run"])?.ensure_success()?;
+    ensure!(files(&root)? == before, "--dry-run deleted something");
+    let wal: Vec<String> = named_objects(&dry.stdout, &before)?.into_iter().filter(|f| f.starts_with("wal/")).collect();
+    let count = |what: &str| -> usize {
+        dry.stdout
+            .lines()
+            .filter(|l| l.starts_with("would remove WAL"))
+            .filter_map(|l| l.rsplit_once('(')?.1.strip_suffix(')').map(str::to_string))
+            .flat_map(|counts| counts.split(", ").map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|c| {
+                let (n, kind) = c.split_once(' ')?;
+                (kind.trim_end_matches('s') == what).then(|| n.parse::<usize>().ok()).flatten()
+            })
+            .sum()
+    };
+    let segments = wal.iter().filter(|f| f.len() == 21 + 24).count();
+    let backup_files = wal.iter().filter(|f| f.ends_with(".backup")).count();
+    ensure!(backup_files >= 3, "the .backup files of backups 1-3 go: {dry}");
+    ensure!(count("segment") == segments && count(".backup file") == backup_files, "counted apart: {dry}");
+    ensure!(count("segment") + count(".backup file") == wal.len(), "{dry}");
+
+    // The third backup's packs cannot be deleted.
+    let packs = root.join(format!("backup/{}/pack", ids[2]));
+    chmod(&packs, 0o500)?;
+    let (out, gone, named) = run("protected packs")?;
+    chmod(&packs, 0o700)?;
+    fails_briefly(&out)?;
+    ensure!(gone == named, "named on stdout and really gone differ:\nnamed {named:?}\ngone {gone:?}\n{out}");
+    for id in &ids[..2] {
+        ensure!(out.stdout.contains(&format!("removed backup {id} (")), "{out}");
+    }
+    ensure!(gone.contains(&format!("backup/{}/manifest", ids[2])), "the manifest goes first: {out}");
+    ensure!(!gone.iter().any(|f| f.starts_with("wal/")), "no WAL before the backups are gone: {out}");
+
+    // The WAL cannot be deleted: the third backup's leftover packs go, then it fails.
+    let wal_dirs: Vec<std::path::PathBuf> =
+        std::fs::read_dir(root.join("wal"))?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    ensure!(!wal_dirs.is_empty(), "WAL directories");
+    for d in &wal_dirs {
+        chmod(d, 0o500)?;
+    }
+    let (out, gone, named) = run("protected WAL")?;
+    for d in &wal_dirs {
+        chmod(d, 0o700)?;
+    }
+    fails_briefly(&out)?;
+    ensure!(gone == named, "named on stdout and really gone differ:\nnamed {named:?}\ngone {gone:?}\n{out}");
+    ensure!(out.stdout.contains(&format!("removed incomplete backup {} (", ids[2])), "{out}");
+
+    // Permissions back: the job finishes, and what it names is what goes.
+    let (out, gone, named) = run("permissions back")?;
+    ensure!(out.success() && gone == named && gone.iter().any(|f| f.starts_with("wal/")), "{out}");
+    ensure!(out.stdout.contains(&format!("kept 1 backup(s): {}", ids[3])), "{out}");
+    verify(&config, &[])?.ensure_success()?;
+    Ok(())
 }

@@ -3,7 +3,8 @@
 //! pack or a manifest, and a segment missing mid-chain each make verify exit
 //! 3 and name the object or segment (and the quick mode finds what listings
 //! can show); a repository with WAL but no backup is checked for what it
-//! has. On synthetic two-timeline repositories: a missing or corrupt
+//! has; with four backups, a gap names every backup that cannot recover
+//! past it and `list` shows the recovery windows on each side. On synthetic two-timeline repositories: a missing or corrupt
 //! `.history` file, warnings that do not fail (a gap no backup needs, a
 //! backup without manifest), `--backup`, and the documented JSON.
 
@@ -206,5 +207,173 @@ fn timelines_histories_warnings_and_json() -> Result<()> {
     kinds.sort();
     ensure!(kinds == ["incomplete_backup", "wal_gap"], "{v}");
     ensure!(v["problems"].as_array().context("problems")?.iter().all(|p| p["severity"] == "warning"), "{v}");
+    Ok(())
+}
+
+/// The segment number (16 MiB segments) holding the byte just before `lsn`, and the one holding `lsn`.
+fn segment_numbers(lsn: &str) -> Result<(u64, u64)> {
+    let l: pgwal::pg::Lsn = lsn.parse().map_err(|e| anyhow::anyhow!("LSN {lsn}: {e}"))?;
+    Ok(((l.0.saturating_sub(1)) >> 24, l.0 >> 24))
+}
+
+/// The timeline 1 segment name of segment number `n` (16 MiB segments) and its log file directory.
+fn tl1_segment(n: u64) -> (String, String) {
+    let name = format!("00000001{:08X}{:08X}", n >> 8, n & 0xFF);
+    (name[..16].to_string(), name)
+}
+
+/// The `X/Y` LSN where segment number `n` (16 MiB segments) starts.
+fn segment_start(n: u64) -> String {
+    let l = n << 24;
+    format!("{:X}/{:X}", l >> 32, l & 0xFFFF_FFFF)
+}
+
+/// Real PostgreSQL 15, four backups. A segment missing between backups 1
+/// and 2: verify (full and quick) exits 3 and names backup 1 alone (the
+/// later ones recover past it); list's recovery windows of timeline 1 are
+/// backup 1 up to the end of the segment before the gap, and backups 2-4 up
+/// to the newest segment. A segment missing after backup 4: all four are
+/// named, and the one window ends before the gap.
+#[test]
+fn gaps_name_every_backup_that_cannot_recover_past_them() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "repo")?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "archive_timeout = 0"])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")?;
+    let mut ids = Vec::new();
+    for switches in [2, 1, 1, 2] {
+        let out = Pgwal::new(["--config", &cfg(&config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
+            .arg(pg.data_dir())
+            .run()?
+            .ensure_success()?;
+        ids.push(out.stdout.trim().to_string());
+        for _ in 0..switches {
+            pg.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")?;
+            archive_now(&pg)?;
+        }
+    }
+    pg.stop()?;
+    let listing = |config: &Path| -> Result<serde_json::Value> {
+        let out = Pgwal::new(["--config", &cfg(config), "list", "--json"]).run()?.ensure_success()?;
+        Ok(serde_json::from_str(&out.stdout)?)
+    };
+    let v = listing(&config)?;
+    let backups = v["backups"].as_array().context("backups")?;
+    ensure!(
+        backups.iter().map(|b| b["id"].as_str()).collect::<Vec<_>>()
+            == ids.iter().map(|i| Some(i.as_str())).collect::<Vec<_>>(),
+        "{v}"
+    );
+    let lsn = |i: usize, key: &str| backups[i][key].as_str().map(str::to_string).context("lsn");
+    let stop_seg = |i: usize| -> Result<u64> { Ok(segment_numbers(&lsn(i, "stop_lsn")?)?.0) };
+    let start_seg = |i: usize| -> Result<u64> { Ok(segment_numbers(&lsn(i, "start_lsn")?)?.1) };
+    let newest: u64 = {
+        let last = v["wal"][0]["last"].as_str().context("last segment")?;
+        u64::from_str_radix(&last[8..16], 16)? * 256 + u64::from_str_radix(&last[16..], 16)?
+    };
+    ensure!(v["wal"][0]["gaps"].as_array().is_some_and(Vec::is_empty), "no gap yet: {v}");
+    let whole = &v["wal"][0]["recovery_windows"];
+    ensure!(whole.as_array().map(Vec::len) == Some(1), "one window: {v}");
+    ensure!(whole[0]["backup"] == ids[0].as_str() && whole[0]["from_lsn"] == lsn(0, "stop_lsn")?.as_str(), "{v}");
+    ensure!(whole[0]["from_time"] == backups[0]["stop_time"], "{v}");
+    ensure!(whole[0]["to_segment"] == tl1_segment(newest).1.as_str(), "{v}");
+    ensure!(whole[0]["to_lsn"] == segment_start(newest + 1).as_str(), "{v}");
+
+    let named_backups = |v: &serde_json::Value| -> Vec<String> {
+        v["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["kind"] == "missing_wal")
+            .flat_map(|p| p["backups"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| b.as_str().map(str::to_string))
+            .collect()
+    };
+
+    // A gap between backups 1 and 2.
+    let gap = stop_seg(0)? + 1;
+    ensure!(gap < start_seg(1)?, "a segment between backup 1's end and backup 2's start");
+    let (c, copy) = case(&dir, &root, "gap_after_1")?;
+    let (log, name) = tl1_segment(gap);
+    std::fs::remove_file(copy.join(format!("wal/{log}/{name}")))?;
+    for args in [&[][..], &["--quick"][..]] {
+        let (code, r) = verify_json(&c, args)?;
+        ensure!(code == Some(3), "{args:?}: {r}");
+        ensure!(named_backups(&r) == [ids[0].clone()], "{args:?}: only backup 1 cannot get past it: {r}");
+        ensure!(r["problems"][0]["segment"] == name.as_str() && r["problems"][0]["backup"] == ids[0].as_str(), "{r}");
+    }
+    let text = verify(&c, &[])?;
+    ensure!(
+        text.stdout.contains(&format!(
+            "WAL segment '{name}' is missing on timeline 1: backup '{}' cannot recover past",
+            ids[0]
+        )),
+        "{text}"
+    );
+    for id in &ids[1..] {
+        ensure!(!text.stdout.contains(id.as_str()), "backup {id} recovers past the gap and is not named: {text}");
+    }
+    let v = listing(&c)?;
+    let w = &v["wal"][0]["recovery_windows"];
+    ensure!(w.as_array().map(Vec::len) == Some(2), "two windows: {v}");
+    ensure!(w[0]["backup"] == ids[0].as_str() && w[0]["backups"] == serde_json::json!([ids[0]]), "{v}");
+    ensure!(w[0]["from_lsn"] == lsn(0, "stop_lsn")?.as_str(), "{v}");
+    ensure!(
+        w[0]["to_segment"] == tl1_segment(gap - 1).1.as_str() && w[0]["to_lsn"] == segment_start(gap).as_str(),
+        "window 1 ends before the gap: {v}"
+    );
+    ensure!(w[1]["backup"] == ids[1].as_str() && w[1]["backups"] == serde_json::json!(ids[1..]), "{v}");
+    ensure!(w[1]["from_lsn"] == lsn(1, "stop_lsn")?.as_str() && w[1]["from_time"] == backups[1]["stop_time"], "{v}");
+    ensure!(
+        w[1]["to_segment"] == tl1_segment(newest).1.as_str() && w[1]["to_lsn"] == segment_start(newest + 1).as_str(),
+        "window 2 reaches the newest segment: {v}"
+    );
+    let text = Pgwal::new(["--config", &cfg(&c), "list"]).run()?.ensure_success()?;
+    ensure!(
+        text.stdout.contains(&format!(
+            "end of backup {}) .. {} (end of {})",
+            ids[0],
+            segment_start(gap),
+            tl1_segment(gap - 1).1
+        )),
+        "{text}"
+    );
+    ensure!(
+        text.stdout.contains(&format!("end of backup {} and 2 later) .. {}", ids[1], segment_start(newest + 1))),
+        "{text}"
+    );
+
+    // A gap after backup 4 (the newest segment still archived after it): all four are named.
+    let gap = stop_seg(3)? + 1;
+    ensure!(gap < newest, "a segment between backup 4's end and the newest one");
+    let (c, copy) = case(&dir, &root, "gap_after_4")?;
+    let (log, name) = tl1_segment(gap);
+    std::fs::remove_file(copy.join(format!("wal/{log}/{name}")))?;
+    for args in [&[][..], &["--quick"][..]] {
+        let (code, r) = verify_json(&c, args)?;
+        ensure!(code == Some(3), "{args:?}: {r}");
+        ensure!(named_backups(&r) == ids, "{args:?}: every backup is named: {r}");
+    }
+    let text = verify(&c, &[])?;
+    let quoted: Vec<String> = ids.iter().map(|i| format!("'{i}'")).collect();
+    ensure!(
+        text.stdout.contains(&format!(
+            "backups {}, {}, {} and {} cannot recover past {}",
+            quoted[0],
+            quoted[1],
+            quoted[2],
+            quoted[3],
+            segment_start(gap)
+        )),
+        "{text}"
+    );
+    let v = listing(&c)?;
+    let w = &v["wal"][0]["recovery_windows"];
+    ensure!(w.as_array().map(Vec::len) == Some(1) && w[0]["backups"] == serde_json::json!(ids), "{v}");
+    ensure!(
+        w[0]["to_segment"] == tl1_segment(gap - 1).1.as_str() && w[0]["to_lsn"] == segment_start(gap).as_str(),
+        "{v}"
+    );
     Ok(())
 }

@@ -11,9 +11,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ops::restore::select::{segment_before, segment_of, BackupInfo, Chain};
+use crate::ops::restore::select::{newest_segment, segment_before, segment_of, BackupInfo, Chain};
 use crate::pg::history::HistoryEntry;
 use crate::pg::{SegmentNo, TimelineId, WalSegmentSize};
+use crate::repo::wal_index::WalInventory;
 
 /// The timeline tree as far as the repository records it: the ancestors of
 /// every timeline whose `.history` file was read.
@@ -76,10 +77,72 @@ pub fn needed_runs(
     chain.ranges(start, end, size)
 }
 
+/// A stretch of a timeline that can be recovered to: from the end (stop
+/// LSN) of its oldest backup to the end of the last segment archived without
+/// a gap after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// The backups recovering into this window, oldest stop LSN first; the
+    /// first one's stop LSN is where the window starts.
+    pub backups: Vec<BackupInfo>,
+    /// The last segment recovery reads without a gap, and its timeline.
+    pub last: (TimelineId, SegmentNo),
+}
+
+impl Window {
+    /// The window's first backup.
+    pub fn first(&self) -> &BackupInfo {
+        &self.backups[0]
+    }
+}
+
+/// The windows that recovery along `chain` can reach from `backups`: each
+/// usable backup (all its own WAL archived) reaches from its stop LSN to the
+/// segment before the first missing one on the way to the newest archived
+/// segment of the chain; overlapping reaches are merged.
+pub fn recovery_windows(
+    backups: &[BackupInfo],
+    chain: &Chain,
+    inv: &WalInventory,
+    size: WalSegmentSize,
+) -> Vec<Window> {
+    let newest = newest_segment(inv, chain, size).map(|(_, s)| s);
+    let mut usable: Vec<(&BackupInfo, SegmentNo)> = Vec::new();
+    for b in backups.iter().filter(|b| chain.admits(b)) {
+        let start = segment_of(b.start_lsn, size);
+        let stop = segment_before(b.stop_lsn, size).max(start);
+        let runs = needed_runs(b, chain, newest, size);
+        let end = runs.last().map_or(stop, |r| r.2);
+        let gap = runs.iter().find_map(|(tli, lo, hi)| inv.first_missing(*tli, *lo, *hi));
+        let reach = match gap {
+            Some(g) if g <= stop => continue, // its own WAL is incomplete
+            Some(g) => SegmentNo(g.0 - 1),
+            None => end,
+        };
+        usable.push((b, reach));
+    }
+    usable.sort_by_key(|(b, _)| (b.stop_lsn, b.stop_time));
+    let mut out: Vec<Window> = Vec::new();
+    for (b, reach) in usable {
+        match out.last_mut() {
+            // The backup ends inside what the window already reaches.
+            Some(w) if b.stop_lsn <= SegmentNo(w.last.1 .0 + 1).start_lsn(size) => {
+                w.backups.push(b.clone());
+                if reach > w.last.1 {
+                    w.last = (chain.timeline_at(reach, size), reach);
+                }
+            }
+            _ => out.push(Window { backups: vec![b.clone()], last: (chain.timeline_at(reach, size), reach) }),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pg::Lsn;
+    use crate::repo::backup::{BackupId, BackupType};
 
     const SEG: u64 = 16 << 20;
 
@@ -111,6 +174,48 @@ mod tests {
         assert_eq!(tlis(&backup(25, 26, 1)), vec![1]);
         assert_eq!(tlis(&backup(25, 26, 2)), vec![2]);
         assert_eq!(t.unknown(), vec![TimelineId(4)]);
+    }
+
+    fn inventory(tl1: &[u64], tl2: &[u64]) -> WalInventory {
+        let mut inv = WalInventory::default();
+        for (tli, segs) in [(1, tl1), (2, tl2)] {
+            let t = inv.timelines.entry(TimelineId(tli)).or_default();
+            t.segments = segs.iter().map(|s| SegmentNo(*s)).collect();
+        }
+        inv
+    }
+
+    /// A gap splits the windows; a backup whose own WAL is missing starts none.
+    #[test]
+    fn windows_stop_at_gaps() {
+        let size = WalSegmentSize::DEFAULT;
+        let t = tree();
+        let chain1 = t.chain(TimelineId(1)).expect("tl1");
+        let mut backups = vec![backup(3, 3, 1), backup(8, 9, 1), backup(12, 12, 1), backup(16, 16, 1)];
+        for (i, b) in backups.iter_mut().enumerate() {
+            b.id = BackupId::new(chrono::DateTime::from_timestamp(i as i64 * 60, 0).expect("t"), BackupType::Full);
+        }
+        // Segment 6 missing (between backups 1 and 2), 15 missing too (before backup 4's start).
+        let segs: Vec<u64> = (3..=25).filter(|s| *s != 6 && *s != 15).collect();
+        let w = recovery_windows(&backups, &chain1, &inventory(&segs, &[]), size);
+        let summary: Vec<(Vec<usize>, u64)> = w
+            .iter()
+            .map(|w| {
+                (w.backups.iter().map(|b| backups.iter().position(|x| x.id == b.id).expect("b")).collect(), w.last.1 .0)
+            })
+            .collect();
+        assert_eq!(summary, vec![(vec![0], 5), (vec![1, 2], 14), (vec![3], 25)]);
+        // Backup 2's own WAL (segments 8-9) incomplete: it starts no window.
+        let segs: Vec<u64> = (3..=25).filter(|s| *s != 9).collect();
+        let w = recovery_windows(&backups, &chain1, &inventory(&segs, &[]), size);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[1].backups.len(), 2, "backups 3 and 4");
+        // Along timeline 2 (branching at segment 20): TL1 up to 19, TL2 from 20.
+        let chain2 = t.chain(TimelineId(2)).expect("tl2");
+        let w = recovery_windows(&backups, &chain2, &inventory(&(3..=19).collect::<Vec<_>>(), &[20, 21, 22]), size);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].last, (TimelineId(2), SegmentNo(22)));
+        assert_eq!(w[0].backups.len(), 4);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `pgwal list [--json]`: the complete backups (those whose manifest is
 //! stored) sorted by stop time, and the archived WAL per timeline with its
-//! gaps. Reads only; a missing repository is an error.
+//! gaps and the windows recovery along it can reach (from the oldest usable
+//! backup's end to the last segment without a gap; see
+//! [`crate::ops::coverage::recovery_windows`]). Reads only; a missing
+//! repository is an error.
 //!
 //! The `--json` form is API (monitoring reads it): fields are only ever
 //! added. Its shape is documented in the command's long help (man page).
@@ -9,6 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::ops::coverage::{recovery_windows, TimelineTree};
+use crate::ops::restore::select::BackupInfo;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{backups_prefix, manifest_key, BackupId, BackupType, Manifest};
 use crate::repo::Repository;
@@ -71,6 +76,28 @@ pub struct TimelineSummary {
     pub partials: Vec<String>,
     /// Whether the timeline's `.history` file is stored (timeline 1 has none).
     pub history: bool,
+    /// What recovery along this timeline (and its ancestors, as its history
+    /// says) can reach, oldest first: one window per stretch of WAL without
+    /// a gap that a backup starts. Empty when no backup with all its own WAL
+    /// leads onto the timeline, or the timeline's history is unknown.
+    pub recovery_windows: Vec<RecoveryWindow>,
+}
+
+/// A stretch of time a timeline can be recovered to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecoveryWindow {
+    /// The oldest backup recovering into the window: it starts at its end.
+    pub backup: String,
+    /// Every backup recovering into the window, oldest first.
+    pub backups: Vec<String>,
+    /// Where the window starts: the first backup's stop LSN (`X/Y`).
+    pub from_lsn: String,
+    /// When it starts: the first backup's stop time (RFC 3339 UTC).
+    pub from_time: String,
+    /// The last segment archived without a gap after it.
+    pub to_segment: String,
+    /// The end of that segment (`X/Y`): recovery can replay up to here.
+    pub to_lsn: String,
 }
 
 /// How fresh the archive is: what monitoring alerts on.
@@ -213,7 +240,30 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         }
     }
     timelines.sort();
+    // The history files, for windows that cross timelines. One that cannot be
+    // read leaves its timeline without windows: 'pgwal verify' names it.
+    let mut tree = TimelineTree::default();
+    for &tli in &inventory.histories {
+        if let Ok(Some(h)) = repo.timeline_history(tli).await {
+            tree.histories.insert(tli, h);
+        }
+    }
+    let infos: Vec<BackupInfo> = manifests.iter().filter_map(|m| BackupInfo::from_manifest(m).ok()).collect();
     for tli in timelines {
+        let windows = match tree.chain(tli) {
+            Some(chain) => recovery_windows(&infos, &chain, &inventory, size)
+                .into_iter()
+                .map(|w| RecoveryWindow {
+                    backup: w.first().id.to_string(),
+                    backups: w.backups.iter().map(|b| b.id.to_string()).collect(),
+                    from_lsn: w.first().stop_lsn.to_string(),
+                    from_time: w.first().stop_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    to_segment: name(w.last.0, w.last.1),
+                    to_lsn: SegmentNo(w.last.1 .0 + 1).start_lsn(size).to_string(),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let wal = inventory.timelines.get(&tli).cloned().unwrap_or_default();
         out.wal.push(TimelineSummary {
             timeline: tli.0,
@@ -223,6 +273,7 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
             gaps: wal.gaps().into_iter().map(|(a, b)| Gap { first: name(tli, a), last: name(tli, b) }).collect(),
             partials: wal.partials.iter().map(|&p| format!("{}.partial", name(tli, p))).collect(),
             history: inventory.histories.contains(&tli),
+            recovery_windows: windows,
         });
     }
     Ok(out)
@@ -320,6 +371,23 @@ pub fn render_text(l: &Listing) -> String {
             out.push_str(&format!(", partial: {}", t.partials.join(", ")));
         }
         out.push('\n');
+        for w in &t.recovery_windows {
+            let from = if w.backups.len() == 1 {
+                format!("backup {}", w.backup)
+            } else {
+                format!("backup {} and {} later", w.backup, w.backups.len() - 1)
+            };
+            out.push_str(&format!(
+                "  recoverable: {} ({}, end of {from}) .. {} (end of {})\n",
+                w.from_lsn,
+                short_time(&w.from_time),
+                w.to_lsn,
+                w.to_segment
+            ));
+        }
+        if t.recovery_windows.is_empty() && !l.backups.is_empty() && t.segments > 0 {
+            out.push_str("  recoverable: nothing (no backup with all its WAL leads onto this timeline)\n");
+        }
     }
     let h = &l.health;
     match (&h.newest_segment, h.newest_segment_age_seconds) {
@@ -385,6 +453,14 @@ mod tests {
                 gaps: vec![Gap { first: "000000010000000000000004".into(), last: "000000010000000000000005".into() }],
                 partials: vec![],
                 history: false,
+                recovery_windows: vec![RecoveryWindow {
+                    backup: "20261123T074000F".into(),
+                    backups: vec!["20261123T074000F".into()],
+                    from_lsn: "0/2000100".into(),
+                    from_time: "2026-11-23T07:40:05Z".into(),
+                    to_segment: "000000010000000000000003".into(),
+                    to_lsn: "0/4000000".into(),
+                }],
             }],
             incomplete: vec!["20261124T000000F".into()],
             health: Health {
@@ -405,6 +481,12 @@ mod tests {
         assert!(text.contains("23.0 MiB"), "{text}");
         assert!(text.contains("GAPS: 000000010000000000000004 .. 000000010000000000000005"), "{text}");
         assert!(text.contains("without a manifest not listed"), "{text}");
+        assert!(
+            text.contains(
+                "  recoverable: 0/2000100 (2026-11-23 07:40:05, end of backup 20261123T074000F) .. 0/4000000 (end of 000000010000000000000003)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("newest WAL segment 000000010000000000000009, archived 2m 5s ago"), "{text}");
         assert!(text.contains("newest backup 20261123T074000F, stopped 7h 1m ago"), "{text}");
     }
@@ -434,9 +516,14 @@ mod tests {
         assert_eq!(b["type"], "full");
         assert_eq!(b["stop_lsn"], "0/2000100");
         let w = &v["wal"][0];
-        for key in ["timeline", "first", "last", "segments", "gaps", "partials", "history"] {
+        for key in ["timeline", "first", "last", "segments", "gaps", "partials", "history", "recovery_windows"] {
             assert!(w.get(key).is_some(), "wal[].{key}");
         }
+        let r = &w["recovery_windows"][0];
+        for key in ["backup", "backups", "from_lsn", "from_time", "to_segment", "to_lsn"] {
+            assert!(r.get(key).is_some(), "wal[].recovery_windows[].{key}");
+        }
+        assert_eq!(r["to_lsn"], "0/4000000");
         assert_eq!(w["gaps"][0]["first"], "000000010000000000000004");
         assert_eq!(v["incomplete"][0], "20261124T000000F");
         let h = &v["health"];

@@ -9,7 +9,8 @@
 //! - For each backup and each timeline descending from it, every segment
 //!   from the backup's start through its stop and on to the newest segment
 //!   archived on that timeline must be there (switching timelines at each
-//!   history's switch point). Every stored WAL file is read back and hashed;
+//!   history's switch point); a missing segment names every backup whose
+//!   recovery crosses it. Every stored WAL file is read back and hashed;
 //!   complete segments must be whole segments whose first page matches the
 //!   name and the cluster.
 //! - A gap no backup needs, and a backup directory without a manifest (a
@@ -72,8 +73,11 @@ pub struct Problem {
     pub object: Option<String>,
     /// The WAL segment (or first of a run) concerned, if one.
     pub segment: Option<String>,
-    /// The backup concerned, if one.
+    /// The backup concerned, if one (the oldest, when several are).
     pub backup: Option<String>,
+    /// Every backup concerned, oldest stop time first: for `missing_wal`,
+    /// each backup whose recovery to the newest archived WAL crosses the gap.
+    pub backups: Vec<String>,
     /// One line for people.
     pub message: String,
 }
@@ -114,7 +118,15 @@ pub struct Report {
 
 impl Report {
     fn push(&mut self, severity: Severity, kind: &'static str, message: String) -> &mut Problem {
-        self.problems.push(Problem { severity, kind, object: None, segment: None, backup: None, message });
+        self.problems.push(Problem {
+            severity,
+            kind,
+            object: None,
+            segment: None,
+            backup: None,
+            backups: Vec::new(),
+            message,
+        });
         self.problems.last_mut().expect("invariant: just pushed")
     }
 
@@ -431,26 +443,33 @@ async fn timeline_tree(
     Ok(tree)
 }
 
-/// Records the missing segments of `tli` from `lo` to `hi` as needed by `backup`.
+/// Records the missing segments of `tli` from `lo` to `hi` as needed by
+/// `backup` (every backup that needs one is named, oldest first).
 fn missing_in(
     inv: &WalInventory,
     tli: TimelineId,
     lo: SegmentNo,
     hi: SegmentNo,
     backup: &BackupId,
-    out: &mut BTreeMap<(TimelineId, SegmentNo), BackupId>,
+    out: &mut BTreeMap<(TimelineId, SegmentNo), Vec<BackupId>>,
 ) {
     for seg in inv.missing(tli, lo, hi) {
-        out.entry((tli, seg)).or_insert_with(|| backup.clone());
+        let who = out.entry((tli, seg)).or_default();
+        if !who.contains(backup) {
+            who.push(backup.clone());
+        }
     }
 }
 
-/// Groups segment numbers into runs of consecutive ones per timeline.
-fn runs<V: Clone>(items: &BTreeMap<(TimelineId, SegmentNo), V>) -> Vec<(TimelineId, SegmentNo, SegmentNo, V)> {
+/// Groups segment numbers into runs of consecutive ones per timeline with
+/// the same value.
+fn runs<V: Clone + PartialEq>(
+    items: &BTreeMap<(TimelineId, SegmentNo), V>,
+) -> Vec<(TimelineId, SegmentNo, SegmentNo, V)> {
     let mut out: Vec<(TimelineId, SegmentNo, SegmentNo, V)> = Vec::new();
     for (&(tli, seg), v) in items {
         match out.last_mut() {
-            Some(r) if r.0 == tli && r.2 .0 + 1 == seg.0 => r.2 = seg,
+            Some(r) if r.0 == tli && r.2 .0 + 1 == seg.0 && r.3 == *v => r.2 = seg,
             _ => out.push((tli, seg, seg, v.clone())),
         }
     }
@@ -468,7 +487,7 @@ fn check_chains(
     size: WalSegmentSize,
     report: &mut Report,
 ) -> BTreeSet<(TimelineId, SegmentNo)> {
-    let mut missing: BTreeMap<(TimelineId, SegmentNo), BackupId> = BTreeMap::new();
+    let mut missing: BTreeMap<(TimelineId, SegmentNo), Vec<BackupId>> = BTreeMap::new();
     let mut needed: BTreeSet<(TimelineId, SegmentNo)> = BTreeSet::new();
     for m in backups {
         let b = backup_info(m);
@@ -483,24 +502,31 @@ fn check_chains(
             }
         }
     }
-    for (tli, first, last, backup) in runs(&missing) {
+    for (tli, first, last, who) in runs(&missing) {
         let a = WalFileName::segment(tli, first, size);
         let range = if first == last {
             format!("'{a}' is")
         } else {
             format!("'{a}' .. '{}' ({} segments) are", WalFileName::segment(tli, last, size), last.0 - first.0 + 1)
         };
+        let names: Vec<String> = who.iter().map(|b| format!("'{b}'")).collect();
+        let subject = match names.as_slice() {
+            [one] => format!("backup {one}"),
+            [rest @ .., last] => format!("backups {} and {last}", rest.join(", ")),
+            [] => "no backup".into(),
+        };
         let p = report.push(
             Severity::Error,
             "missing_wal",
             format!(
-                "WAL segment {range} missing on timeline {tli}: backup '{backup}' cannot recover past {}",
+                "WAL segment {range} missing on timeline {tli}: {subject} cannot recover past {}",
                 first.start_lsn(size)
             ),
         );
         p.segment = Some(a.to_string());
         p.object = Some(keys::wal(&a).to_string());
-        p.backup = Some(backup.to_string());
+        p.backup = who.first().map(BackupId::to_string);
+        p.backups = who.iter().map(BackupId::to_string).collect();
     }
     if !only_one {
         let severity = if backups.is_empty() { Severity::Error } else { Severity::Warning };
@@ -684,6 +710,11 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<Report> {
 }
 
 fn finish(mut report: Report, started: Instant) -> Report {
+    for p in &mut report.problems {
+        if p.backups.is_empty() {
+            p.backups.extend(p.backup.iter().cloned());
+        }
+    }
     report.problems.sort_by(|a, b| (a.severity, &a.object, &a.message).cmp(&(b.severity, &b.object, &b.message)));
     report.ok = report.errors() == 0;
     report.seconds = started.elapsed().as_secs_f64();
@@ -733,7 +764,7 @@ mod tests {
         let p = &v["problems"][0];
         assert_eq!(p["severity"], "error");
         assert_eq!(p["kind"], "missing_wal");
-        for key in ["object", "segment", "backup", "message"] {
+        for key in ["object", "segment", "backup", "backups", "message"] {
             assert!(p.get(key).is_some(), "problems[].{key}");
         }
     }

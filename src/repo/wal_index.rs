@@ -37,6 +37,34 @@ impl TimelineWal {
             .collect()
     }
 
+    /// The first segment from `from` to `to` (inclusive) that is not
+    /// stored, found by bisection (no walk over the range: a timeline may
+    /// hold millions of segments).
+    pub fn first_missing(&self, from: SegmentNo, to: SegmentNo) -> Option<SegmentNo> {
+        if from > to {
+            return None;
+        }
+        let start = self.segments.partition_point(|s| *s < from);
+        if self.segments.get(start) != Some(&from) {
+            return Some(from);
+        }
+        // Segments are sorted and unique, so `rest[k] - from - k` never
+        // decreases: the run without a gap from `from` is where it is 0.
+        let rest = &self.segments[start..];
+        let in_run = |k: usize| rest[k].0 - from.0 == k as u64;
+        let (mut lo, mut hi) = (0usize, rest.len()); // in_run(lo); nothing from hi on is
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if in_run(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let last = rest[lo];
+        (last < to).then_some(SegmentNo(last.0 + 1))
+    }
+
     /// Whether every segment from `from` to `to` (inclusive) is stored.
     pub fn has_all(&self, from: SegmentNo, to: SegmentNo) -> bool {
         if from > to {
@@ -60,6 +88,15 @@ pub struct WalInventory {
 }
 
 impl WalInventory {
+    /// The first segment of timeline `tli` from `lo` to `hi` (inclusive)
+    /// that is not archived.
+    pub fn first_missing(&self, tli: TimelineId, lo: SegmentNo, hi: SegmentNo) -> Option<SegmentNo> {
+        match self.timelines.get(&tli) {
+            Some(t) => t.first_missing(lo, hi),
+            None => (lo <= hi).then_some(lo),
+        }
+    }
+
     /// The segments of timeline `tli` from `lo` to `hi` (inclusive) that are
     /// not archived, in order.
     pub fn missing(&self, tli: TimelineId, lo: SegmentNo, hi: SegmentNo) -> impl Iterator<Item = SegmentNo> + '_ {
@@ -137,5 +174,29 @@ mod tests {
         assert!(!t.has_all(SegmentNo(12), SegmentNo(13)));
         assert!(t.has_all(SegmentNo(5), SegmentNo(4)), "an empty range is covered");
         assert!(tl(&[]).gaps().is_empty());
+        let first_missing = |t: &TimelineWal, a: u64, b: u64| t.first_missing(SegmentNo(a), SegmentNo(b)).map(|s| s.0);
+        assert_eq!(first_missing(&t, 3, 12), Some(6));
+        assert_eq!(first_missing(&t, 3, 5), None);
+        assert_eq!(first_missing(&t, 8, 12), Some(10));
+        assert_eq!(first_missing(&t, 12, 12), None);
+        assert_eq!(first_missing(&t, 12, 13), Some(13));
+        assert_eq!(first_missing(&t, 2, 4), Some(2));
+        assert_eq!(first_missing(&t, 6, 4), None, "an empty range misses nothing");
+        assert_eq!(first_missing(&tl(&[]), 1, 1), Some(1));
+    }
+
+    proptest::proptest! {
+        /// Bisection finds what walking the range finds.
+        #[test]
+        fn first_missing_matches_a_walk(
+            segs in proptest::collection::btree_set(0u64..200, 0..150),
+            a in 0u64..210,
+            len in 0u64..80,
+        ) {
+            let t = tl(&segs.iter().copied().collect::<Vec<_>>());
+            let inv = WalInventory { timelines: [(TimelineId(1), t.clone())].into_iter().collect(), ..Default::default() };
+            let walked = inv.missing(TimelineId(1), SegmentNo(a), SegmentNo(a + len)).next();
+            proptest::prop_assert_eq!(t.first_missing(SegmentNo(a), SegmentNo(a + len)), walked);
+        }
     }
 }

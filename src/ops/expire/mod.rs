@@ -13,12 +13,21 @@
 //! 3. WAL, timeline by timeline, oldest segment first, so what is kept never
 //!    gets a hole; `.history` files stay.
 //!
+//! Nothing goes without a record (SPEC §3.9): each backup and each run of
+//! WAL files (at most one log file directory) is named on the output,
+//! flushed, as soon as it is gone and before the next deletion starts;
+//! deletes run in batches that end before the next begins, so when one
+//! fails, exactly what went before it is named too. With no retention
+//! policy configured, expire deletes nothing and warns (pgBackRest does the
+//! same), so the documented cron line goes on to `verify`.
+//!
 //! Expire reads only listings, the manifests and the history files: WAL
 //! directories wholly kept are not even listed.
 
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -56,7 +65,9 @@ pub struct BackupObjects {
     pub rest: Vec<Path>,
 }
 
-/// A run of consecutive WAL segment numbers of one timeline that goes.
+/// A run of consecutive WAL segment numbers of one timeline that goes,
+/// never spanning two log file directories (so a long expire reports its
+/// WAL as it goes, one line per directory at most).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalRun {
     /// Timeline.
@@ -65,8 +76,39 @@ pub struct WalRun {
     pub first: String,
     /// Last segment number's file name.
     pub last: String,
-    /// Files (segments, `.partial`, `.backup`) in the run.
-    pub files: usize,
+    /// Complete segments in the run.
+    pub segments: usize,
+    /// `.partial` segments in the run.
+    pub partials: usize,
+    /// `.backup` (backup history) files in the run.
+    pub backup_files: usize,
+    /// The keys, in deletion order.
+    pub keys: Vec<Path>,
+}
+
+impl WalRun {
+    /// `12 segments, 1 .backup file`: each kind counted on its own.
+    fn counts(&self) -> String {
+        let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut parts = Vec::new();
+        if self.segments > 0 || (self.partials == 0 && self.backup_files == 0) {
+            parts.push(plural(self.segments, "segment", "segments"));
+        }
+        if self.partials > 0 {
+            parts.push(plural(self.partials, ".partial segment", ".partial segments"));
+        }
+        if self.backup_files > 0 {
+            parts.push(plural(self.backup_files, ".backup file", ".backup files"));
+        }
+        parts.join(", ")
+    }
+
+    /// The line naming the run: `<verb> WAL of timeline 1: A .. B (3 segments)`.
+    fn line(&self, verb: &str) -> String {
+        let range =
+            if self.first == self.last { self.first.clone() } else { format!("{} .. {}", self.first, self.last) };
+        format!("{verb} WAL of timeline {}: {range} ({})", self.timeline, self.counts())
+    }
 }
 
 /// What expire deletes (or, with `--dry-run`, would delete).
@@ -80,34 +122,120 @@ pub struct Outcome {
     pub orphans: Vec<BackupObjects>,
     /// WAL keys, in deletion order.
     pub wal: Vec<Path>,
-    /// The WAL as runs, for people.
+    /// The WAL as runs, in deletion order.
     pub wal_runs: Vec<WalRun>,
     /// Why something the policy lets go is kept.
     pub notes: Vec<String>,
     /// Whether anything was deleted.
     pub dry_run: bool,
+    /// No retention policy was configured: nothing was looked at or deleted.
+    pub no_policy: bool,
 }
 
 impl Outcome {
-    /// The report for stdout: one line per backup and per WAL run.
+    /// The summary printed after the per-deletion lines.
     pub fn render(&self) -> String {
-        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        if self.no_policy {
+            return String::new();
+        }
         let mut out = String::new();
-        for b in &self.expired {
-            out.push_str(&format!("{verb} backup {} ({} objects)\n", b.id, b.rest.len() + 1));
-        }
-        for b in &self.orphans {
-            out.push_str(&format!("{verb} incomplete backup {} ({} objects, no manifest)\n", b.id, b.rest.len()));
-        }
-        for r in &self.wal_runs {
-            let range = if r.first == r.last { r.first.clone() } else { format!("{} .. {}", r.first, r.last) };
-            out.push_str(&format!("{verb} WAL timeline {}: {range} ({} files)\n", r.timeline, r.files));
-        }
         if self.expired.is_empty() && self.orphans.is_empty() && self.wal.is_empty() {
             out.push_str("nothing to expire\n");
         }
         out.push_str(&format!("kept {} backup(s): {}\n", self.kept.len(), self.kept.join(", ")));
         out
+    }
+}
+
+/// One unit of deletion and its line.
+enum Unit<'a> {
+    Backup(&'a BackupObjects),
+    Orphan(&'a BackupObjects),
+    Wal(&'a WalRun),
+}
+
+impl Unit<'_> {
+    /// The keys, in stages: a backup's manifest goes alone and first (from
+    /// then on the backup does not exist), its other objects after it.
+    fn stages(&self) -> Vec<Vec<Path>> {
+        match self {
+            Unit::Backup(b) => vec![b.manifest.iter().cloned().collect(), b.rest.clone()],
+            Unit::Orphan(b) => vec![b.rest.clone()],
+            Unit::Wal(r) => vec![r.keys.clone()],
+        }
+    }
+
+    fn line(&self, verb: &str) -> String {
+        match self {
+            Unit::Backup(b) => format!("{verb} backup {} ({} objects)", b.id, b.rest.len() + 1),
+            Unit::Orphan(b) => format!("{verb} incomplete backup {} ({} objects, no manifest)", b.id, b.rest.len()),
+            Unit::Wal(r) => r.line(verb),
+        }
+    }
+}
+
+/// Writes one line and flushes it: a deletion is on record before the next one starts.
+fn record(out: &mut dyn Write, line: &str) -> Result<()> {
+    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|source| Error::Io {
+        action: "cannot write the list of deletions to",
+        path: "stdout".into(),
+        source,
+    })
+}
+
+/// How many deletes run at once. Each batch ends before the next starts, so
+/// when one fails, exactly the keys deleted so far are known.
+const DELETE_BATCH: usize = 32;
+
+/// Deletes the keys of each stage in order, a batch at a time; on failure,
+/// returns the keys that were deleted before it and the first error.
+async fn delete_stages(repo: &Repository, stages: &[Vec<Path>]) -> std::result::Result<(), (Vec<Path>, Error)> {
+    let mut done = Vec::new();
+    for batch in stages.iter().flat_map(|keys| keys.chunks(DELETE_BATCH)) {
+        let results = futures::future::join_all(batch.iter().map(|k| repo.delete(std::slice::from_ref(k)))).await;
+        let mut failed = None;
+        for (key, r) in batch.iter().zip(results) {
+            match r {
+                Ok(()) => done.push(key.clone()),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err((done, e));
+        }
+    }
+    Ok(())
+}
+
+/// The line for a unit that failed part way: exactly what of it went.
+fn partial_line(unit: &Unit<'_>, deleted: &[Path], size: WalSegmentSize) -> Vec<String> {
+    if deleted.is_empty() {
+        return Vec::new();
+    }
+    match unit {
+        Unit::Wal(_) => {
+            let names: Vec<(String, String)> = deleted
+                .iter()
+                .filter_map(|k| {
+                    let name = k.filename()?.to_string();
+                    let dir = k.parts().nth(1)?.as_ref().to_string();
+                    Some((dir, name))
+                })
+                .collect();
+            wal_runs(names, size).iter().map(|r| r.line("removed")).collect()
+        }
+        Unit::Backup(b) | Unit::Orphan(b) => {
+            let total: usize = unit.stages().iter().map(Vec::len).sum();
+            let keys: Vec<String> = deleted.iter().map(Path::to_string).collect();
+            vec![format!(
+                "removed {} of the {total} objects of backup {} before the error: {}",
+                deleted.len(),
+                b.id,
+                keys.join(", ")
+            )]
+        }
     }
 }
 
@@ -187,15 +315,56 @@ async fn backup_objects(repo: &Repository, id: &str, with_manifest: bool) -> Res
     Ok(BackupObjects { id: id.to_string(), manifest: if with_manifest { manifest } else { None }, rest })
 }
 
-/// The WAL keys the plan deletes, oldest first per timeline, and their runs.
-async fn wal_to_delete(
-    repo: &Repository,
-    dirs: &[String],
-    plan: &Plan,
-    size: WalSegmentSize,
-) -> Result<(Vec<Path>, Vec<WalRun>)> {
+/// Groups WAL files (`(log file directory, file name)`) into runs of
+/// consecutive segment numbers per timeline and log file directory, oldest
+/// first; names that are not WAL files of their directory are skipped.
+fn wal_runs(files: Vec<(String, String)>, size: WalSegmentSize) -> Vec<WalRun> {
+    let mut by_seg: BTreeMap<(TimelineId, SegmentNo), Vec<(String, WalFileName)>> = BTreeMap::new();
+    for (dir, name) in files {
+        let Ok(parsed) = name.parse::<WalFileName>() else { continue };
+        let Some(seg) = parsed.segment_no(size) else { continue };
+        if parsed.log_file_prefix().as_deref() != Some(dir.as_str()) {
+            continue;
+        }
+        by_seg.entry((parsed.timeline(), seg)).or_default().push((format!("wal/{dir}/{name}"), parsed));
+    }
     let per = size.segments_per_log_file();
-    let mut doomed: BTreeMap<(TimelineId, SegmentNo), Vec<String>> = BTreeMap::new();
+    let mut runs: Vec<WalRun> = Vec::new();
+    let mut last: Option<(TimelineId, SegmentNo)> = None;
+    for ((tli, seg), mut files) in by_seg {
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let name = WalFileName::segment(tli, seg, size).to_string();
+        let extends = last.is_some_and(|(t, s)| t == tli && s.0 + 1 == seg.0 && s.0 / per == seg.0 / per);
+        if !extends {
+            runs.push(WalRun {
+                timeline: tli,
+                first: name.clone(),
+                last: name.clone(),
+                segments: 0,
+                partials: 0,
+                backup_files: 0,
+                keys: Vec::new(),
+            });
+        }
+        let r = runs.last_mut().expect("invariant: a run was just pushed or extended");
+        r.last = name;
+        for (key, parsed) in files {
+            match parsed {
+                WalFileName::Segment { .. } => r.segments += 1,
+                WalFileName::Partial { .. } => r.partials += 1,
+                WalFileName::Backup { .. } => r.backup_files += 1,
+                WalFileName::History { .. } => continue,
+            }
+            r.keys.push(Path::from(key));
+        }
+        last = Some((tli, seg));
+    }
+    runs
+}
+
+/// The WAL runs the plan deletes, oldest first per timeline.
+async fn wal_to_delete(repo: &Repository, dirs: &[String], plan: &Plan, size: WalSegmentSize) -> Result<Vec<WalRun>> {
+    let per = size.segments_per_log_file();
     let mut wanted: Vec<String> = Vec::new();
     for d in dirs {
         let Some((tli, log)) = parse_log_dir(d) else { continue };
@@ -214,41 +383,35 @@ async fn wal_to_delete(
         .buffer_unordered(16)
         .try_collect()
         .await?;
+    let mut doomed = Vec::new();
     for (d, names) in listings {
         for name in names {
             let Ok(parsed) = name.parse::<WalFileName>() else { continue };
             let Some(seg) = parsed.segment_no(size) else { continue };
-            let tli = parsed.timeline();
-            if parsed.log_file_prefix().as_deref() != Some(d.as_str()) {
-                continue;
-            }
-            if plan.wal.get(&tli).copied().unwrap_or(WalKeep::All).deletes(seg) {
-                doomed.entry((tli, seg)).or_default().push(format!("wal/{d}/{name}"));
+            if plan.wal.get(&parsed.timeline()).copied().unwrap_or(WalKeep::All).deletes(seg) {
+                doomed.push((d.clone(), name));
             }
         }
     }
-    let mut keys = Vec::new();
-    let mut runs: Vec<WalRun> = Vec::new();
-    let mut last: Option<(TimelineId, SegmentNo)> = None;
-    for ((tli, seg), mut names) in doomed {
-        names.sort();
-        let name = WalFileName::segment(tli, seg, size).to_string();
-        let extends = last.is_some_and(|(t, s)| t == tli && s.0 + 1 == seg.0);
-        match runs.last_mut() {
-            Some(r) if extends => {
-                r.last = name;
-                r.files += names.len();
-            }
-            _ => runs.push(WalRun { timeline: tli, first: name.clone(), last: name, files: names.len() }),
-        }
-        last = Some((tli, seg));
-        keys.extend(names.into_iter().map(Path::from));
-    }
-    Ok((keys, runs))
+    Ok(wal_runs(doomed, size))
 }
 
-/// Plans and (unless `dry_run`) carries out the expiry.
-pub async fn expire(repo: &Repository, opts: &ExpireOptions, now: DateTime<Utc>) -> Result<Outcome> {
+/// Plans and (unless `dry_run`) carries out the expiry. Each backup and
+/// each WAL run is named on `out` (flushed) as soon as it is gone, or, with
+/// `--dry-run`, as what would go; when a deletion fails, what of its unit
+/// went is named before the error is returned.
+pub async fn expire(
+    repo: &Repository,
+    opts: &ExpireOptions,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<Outcome> {
+    if opts.policy.retain_full.is_none() && opts.policy.retain_days.is_none() {
+        crate::log_warn!(
+            "no retention policy, nothing expired (hint: set expire.retain_full or expire.retain_days in the config file, or give --retain-full / --retain-days)"
+        );
+        return Ok(Outcome { no_policy: true, dry_run: opts.dry_run, ..Default::default() });
+    }
     opts.policy.validate().map_err(policy_error)?;
     let (model, incomplete, dirs, mut notes) = model(repo, opts.lock_stale_after).await?;
     let plan = plan::plan(&model, &opts.policy, now).map_err(policy_error)?;
@@ -271,22 +434,34 @@ pub async fn expire(repo: &Repository, opts: &ExpireOptions, now: DateTime<Utc>)
             }
         }
     }
-    let (wal, runs) = wal_to_delete(repo, &dirs, &plan, model.size).await?;
-    outcome.wal = wal;
-    outcome.wal_runs = runs;
-    if opts.dry_run {
-        return Ok(outcome);
+    // Before anything goes: why some of it stays.
+    for note in &outcome.notes {
+        crate::log_notice!("{note}");
     }
-    for b in &outcome.expired {
-        if let Some(m) = &b.manifest {
-            repo.delete(std::slice::from_ref(m)).await?;
+    outcome.wal_runs = wal_to_delete(repo, &dirs, &plan, model.size).await?;
+    outcome.wal = outcome.wal_runs.iter().flat_map(|r| r.keys.iter().cloned()).collect();
+    let units: Vec<Unit<'_>> = outcome
+        .expired
+        .iter()
+        .map(Unit::Backup)
+        .chain(outcome.orphans.iter().map(Unit::Orphan))
+        .chain(outcome.wal_runs.iter().map(Unit::Wal))
+        .collect();
+    for unit in &units {
+        if opts.dry_run {
+            record(out, &unit.line("would remove"))?;
+            continue;
         }
-        repo.delete(&b.rest).await?;
+        match delete_stages(repo, &unit.stages()).await {
+            Ok(()) => record(out, &unit.line("removed"))?,
+            Err((deleted, e)) => {
+                for line in partial_line(unit, &deleted, model.size) {
+                    record(out, &line)?;
+                }
+                return Err(e);
+            }
+        }
     }
-    for b in &outcome.orphans {
-        repo.delete(&b.rest).await?;
-    }
-    repo.delete(&outcome.wal).await?;
     Ok(outcome)
 }
 
@@ -326,7 +501,7 @@ mod tests {
                 dry_run: false,
                 lock_stale_after: Duration::from_secs(3600),
             };
-            let out = expire(&repo, &opts, at(10)).await.expect("expire");
+            let out = expire(&repo, &opts, at(10), &mut Vec::new()).await.expect("expire");
             assert_eq!(out.expired.len(), 1);
             assert!(out.orphans.is_empty(), "the running backup's packs stay");
             assert!(out.notes.iter().any(|n| n.contains("a backup is being taken")), "{:?}", out.notes);
@@ -335,9 +510,88 @@ mod tests {
             assert_eq!(out.wal.len(), 5, "segments 1-5 go, 6 on stay: {:?}", out.wal);
             // The backup ended without a manifest (killed): now its packs go.
             lock.release(&repo).await.expect("release");
-            let out = expire(&repo, &opts, at(10)).await.expect("expire");
+            let out = expire(&repo, &opts, at(10), &mut Vec::new()).await.expect("expire");
             assert_eq!(out.orphans.len(), 1);
             assert!(repo.get(&pack).await.expect("get").is_none());
+        });
+    }
+
+    /// `.backup` and `.partial` files are counted apart from segments, and a
+    /// run never spans two log file directories.
+    #[test]
+    fn wal_runs_count_each_kind() {
+        let size = WalSegmentSize::new(1 << 30).expect("size"); // 4 segments per log file
+        let files = [
+            ("0000000100000000", "000000010000000000000002"),
+            ("0000000100000000", "000000010000000000000002.00000028.backup"),
+            ("0000000100000000", "000000010000000000000003"),
+            ("0000000100000001", "000000010000000100000000"),
+            ("0000000100000001", "000000010000000100000001.partial"),
+            ("0000000100000001", "not-a-wal-file"),
+            ("0000000100000001", "000000010000000000000001"), // in the wrong directory
+        ];
+        let runs = wal_runs(files.iter().map(|(d, n)| (d.to_string(), n.to_string())).collect(), size);
+        let lines: Vec<String> = runs.iter().map(|r| r.line("would remove")).collect();
+        assert_eq!(
+            lines,
+            [
+                "would remove WAL of timeline 1: 000000010000000000000002 .. 000000010000000000000003 (2 segments, 1 .backup file)",
+                "would remove WAL of timeline 1: 000000010000000100000000 .. 000000010000000100000001 (1 segment, 1 .partial segment)",
+            ]
+        );
+        assert_eq!(runs[0].keys.len(), 3);
+        assert_eq!(runs[0].keys[1].as_ref(), "wal/0000000100000000/000000010000000000000002.00000028.backup");
+    }
+
+    /// Each backup and WAL run is named on the output, the dry run with the
+    /// same lines; no policy deletes nothing.
+    #[test]
+    fn every_deletion_is_named() {
+        rt().block_on(async {
+            let repo = Repository::in_memory();
+            let size = WalSegmentSize::new(1 << 20).expect("size");
+            synthetic::init(&repo, 7, size).await.expect("init");
+            for seg in 1..=8 {
+                synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
+            }
+            let at = |h: i64| chrono::DateTime::from_timestamp(1_800_000_000 + h * 3600, 0).expect("time");
+            let mut ids = Vec::new();
+            for (seg, h) in [(2u64, 1), (4, 2), (6, 3)] {
+                let start = Lsn(seg * size.bytes() + 0x28);
+                let m = synthetic::put_backup(&repo, 7, TimelineId(1), start, Lsn(start.0 + 0x100), at(h))
+                    .await
+                    .expect("backup");
+                ids.push(m.id.to_string());
+            }
+            let mut opts = ExpireOptions {
+                policy: Policy::default(),
+                dry_run: false,
+                lock_stale_after: Duration::from_secs(3600),
+            };
+            let mut out = Vec::new();
+            let none = expire(&repo, &opts, at(10), &mut out).await.expect("no policy is not an error");
+            assert!(none.no_policy && out.is_empty() && none.render().is_empty());
+            assert_eq!(load_manifests(&repo).await.expect("list").0.len(), 3, "nothing deleted");
+
+            opts.policy.retain_full = Some(1);
+            opts.dry_run = true;
+            let mut dry = Vec::new();
+            expire(&repo, &opts, at(10), &mut dry).await.expect("dry run");
+            opts.dry_run = false;
+            let done = expire(&repo, &opts, at(10), &mut out).await.expect("expire");
+            let out = String::from_utf8(out).expect("utf-8");
+            assert_eq!(String::from_utf8(dry).expect("utf-8").replace("would remove", "removed"), out);
+            let backup_objects = |i: usize| done.expired[i].rest.len() + 1;
+            assert_eq!(
+                out.lines().collect::<Vec<_>>(),
+                [
+                    format!("removed backup {} ({} objects)", ids[0], backup_objects(0)),
+                    format!("removed backup {} ({} objects)", ids[1], backup_objects(1)),
+                    "removed WAL of timeline 1: 000000010000000000000001 .. 000000010000000000000005 (5 segments)"
+                        .to_string(),
+                ]
+            );
+            assert_eq!(done.render(), format!("kept 1 backup(s): {}\n", ids[2]));
         });
     }
 
