@@ -439,6 +439,29 @@ impl Session {
         Ok(TimelineId(tli as u32))
     }
 
+    /// The latest checkpoint as the server reads it from its own
+    /// `global/pg_control` on disk (`pg_control_checkpoint()`): its record,
+    /// its REDO location and its timeline.
+    pub async fn control_checkpoint(&self) -> Result<(Lsn, Lsn, TimelineId)> {
+        let what = "cannot read the server's pg_control (pg_control_checkpoint)";
+        let row = self
+            .client
+            .query_one("SELECT checkpoint_lsn::text, redo_lsn::text, timeline_id FROM pg_control_checkpoint()", &[])
+            .await
+            .map_err(db_err(what))?;
+        let checkpoint: String = row.try_get(0).map_err(db_err(what))?;
+        let redo: String = row.try_get(1).map_err(db_err(what))?;
+        let tli: i32 = row.try_get(2).map_err(db_err(what))?;
+        Ok((parse_lsn(what, &checkpoint)?, parse_lsn(what, &redo)?, TimelineId(tli as u32)))
+    }
+
+    /// The port the server listens on (`port`, readable by every role).
+    pub async fn port(&self) -> Result<u16> {
+        let what = "cannot read the server's port";
+        let v = self.text_required(what, "SELECT current_setting('port')").await?;
+        v.trim().parse().map_err(|_| not_a_number(what, &v))
+    }
+
     /// The tablespaces besides `pg_default` and `pg_global`.
     pub async fn tablespaces(&self) -> Result<Vec<TablespaceRow>> {
         let what = "cannot list tablespaces";
