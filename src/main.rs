@@ -114,7 +114,14 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 primary: opts
                     .primary_conninfo
                     .as_deref()
-                    .map(|c| pgwal::db::ConnTarget::new(Some(c), &pgwal::db::PgEnv::from_process()))
+                    .map(|c| {
+                        pgwal::db::ConnTarget::new(Some(c), &pgwal::db::PgEnv::from_process()).map_err(|e| {
+                            Error::config(
+                                format!("--primary-conninfo / PGWAL_PRIMARY_CONNINFO: {}", e.one_line()),
+                                "give the primary's connection in libpq key=value form, e.g. \"host=db1 user=postgres\"",
+                            )
+                        })
+                    })
                     .transpose()?,
                 opts,
             };
