@@ -143,8 +143,9 @@ that its global/pg_control holds the server's system identifier; that its canoni
 data_directory (when the role may read that setting: superusers and pg_read_all_settings); that its \
 postmaster.pid exists, names that directory and the server's port; and, right after pg_backup_start, that \
 its pg_control holds the checkpoint that call just made (the same checkpoint and REDO location the server \
-reports with pg_control_checkpoint(), at or after the backup's start LSN, on the server's timeline, in the \
-state of its role: in production on a primary, in archive recovery on a standby). A copy's pg_control is \
+reports with pg_control_checkpoint(), at or after the backup's start LSN, on the server's timeline, last \
+written when the server's was, in the state of its role: in production on a primary, in archive recovery on \
+a standby). A copy's pg_control is \
 older, a standby's says it is in recovery.\n\n\
 --checkpoint (backup.checkpoint): spread, the default (as pg_basebackup), lets the server pace the \
 checkpoint pg_backup_start waits for by checkpoint_completion_target, so the backup may wait minutes \

@@ -418,7 +418,7 @@ fn streaming_standby(primary: &PgCluster, home: &Path) -> Result<PgCluster> {
     standby.touch_in_data_dir("standby.signal")?;
     standby.start()?;
     wait_until(Duration::from_secs(120), "the standby to stream", || {
-        Ok(primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")? == "1")
+        Ok(standby.sql("SELECT status FROM pg_stat_wal_receiver").is_ok_and(|s| s == "streaming"))
     })
     .with_context(|| standby.log_tail(30))?;
     Ok(standby)
@@ -517,6 +517,10 @@ fn a_backup_from_a_standby_on_a_quiet_primary_completes_and_restores() -> Result
     let standby = streaming_standby(&pg, &dir.join("standby"))?;
     // Written after the standby's base backup, so the segment that holds it
     // stays incomplete on the primary until something switches WAL there.
+    pg.sql(
+        "CREATE ROLE backup_operator LOGIN; \
+         GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean) TO backup_operator",
+    )?;
     pg.sql("CREATE TABLE t AS SELECT g AS n, md5(g::text) AS filler FROM generate_series(1, 3000) g")?;
     wait_until(Duration::from_secs(120), "the standby to replay the table", || {
         Ok(standby.sql("SELECT count(*) FROM t").is_ok_and(|n| n == "3000"))
@@ -534,12 +538,33 @@ fn a_backup_from_a_standby_on_a_quiet_primary_completes_and_restores() -> Result
     ensure!(list_tree(&repo.join("backup"))? == before && !repo.join("lock/backup").exists(), "nothing stored");
 
     // With it, on a primary without any traffic from here on: pgwal switches WAL there.
+    let current = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")?;
+    let archived = pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")?;
+    ensure!(archived < current, "the primary's current segment {current} is not archived yet ({archived})");
     let out = from_standby().args(["--primary-conninfo", &pg.conninfo()]).run()?.ensure_success()?;
     let id = out.stdout.trim().to_string();
     ensure!(out.stderr.contains("switched WAL on the primary"), "says why it waits: {out}");
+    ensure!(out.stderr.contains(&format!("..{current})")), "the backup ends in that segment: {out}");
     ensure!(out.stderr.contains(&format!("backup {id} complete")), "{out}");
     let listing = list_json(&config, &[])?;
     ensure!(backup_ids(&listing) == vec![id.clone()] && listing["incomplete"] == serde_json::json!([]), "{listing}");
+
+    let before = list_tree(&repo.join("backup"))?;
+    // Another standby's directory (its base backup made the primary busy: so
+    // only after the backup above), while connected to this one: refused, as
+    // superuser (by its path) and as a role that cannot read data_directory.
+    let other = streaming_standby(&pg, &dir.join("other-standby"))?;
+    wait_until(Duration::from_secs(120), "the other standby to replay the table", || {
+        Ok(other.sql("SELECT count(*) FROM t").is_ok_and(|n| n == "3000"))
+    })?;
+    for conninfo in [standby.conninfo(), conninfo_as(&standby, "backup_operator")] {
+        let out = Pgwal::new(["--config", &cfg(&config), "backup", "--conninfo", &conninfo])
+            .args(["--primary-conninfo", &pg.conninfo(), "--pgdata"])
+            .arg(other.data_dir())
+            .run()?;
+        ensure_refused(&out, other.data_dir(), &config, &before, std::slice::from_ref(&id))?;
+    }
+    drop(other);
 
     // The backup restores with exactly the rows written before it.
     let home = dir.join("restored");

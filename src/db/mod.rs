@@ -301,6 +301,20 @@ pub struct BackupStop {
     pub tablespace_map: Option<String>,
 }
 
+/// The server's own reading of its `pg_control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlCheckpoint {
+    /// The latest checkpoint record.
+    pub checkpoint: Lsn,
+    /// Its REDO location.
+    pub redo: Lsn,
+    /// Its timeline.
+    pub timeline: TimelineId,
+    /// When the file was last written (Unix seconds; PostgreSQL 12 and
+    /// later stamp every write).
+    pub last_modified: i64,
+}
+
 /// A tablespace as the catalog knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TablespaceRow {
@@ -440,19 +454,29 @@ impl Session {
     }
 
     /// The latest checkpoint as the server reads it from its own
-    /// `global/pg_control` on disk (`pg_control_checkpoint()`): its record,
-    /// its REDO location and its timeline.
-    pub async fn control_checkpoint(&self) -> Result<(Lsn, Lsn, TimelineId)> {
+    /// `global/pg_control` on disk (`pg_control_checkpoint()`,
+    /// `pg_control_system()`).
+    pub async fn control_checkpoint(&self) -> Result<ControlCheckpoint> {
         let what = "cannot read the server's pg_control (pg_control_checkpoint)";
         let row = self
             .client
-            .query_one("SELECT checkpoint_lsn::text, redo_lsn::text, timeline_id FROM pg_control_checkpoint()", &[])
+            .query_one(
+                "SELECT c.checkpoint_lsn::text, c.redo_lsn::text, c.timeline_id, \
+                 extract(epoch FROM s.pg_control_last_modified)::bigint \
+                 FROM pg_control_checkpoint() c, pg_control_system() s",
+                &[],
+            )
             .await
             .map_err(db_err(what))?;
         let checkpoint: String = row.try_get(0).map_err(db_err(what))?;
         let redo: String = row.try_get(1).map_err(db_err(what))?;
         let tli: i32 = row.try_get(2).map_err(db_err(what))?;
-        Ok((parse_lsn(what, &checkpoint)?, parse_lsn(what, &redo)?, TimelineId(tli as u32)))
+        Ok(ControlCheckpoint {
+            checkpoint: parse_lsn(what, &checkpoint)?,
+            redo: parse_lsn(what, &redo)?,
+            timeline: TimelineId(tli as u32),
+            last_modified: row.try_get(3).map_err(db_err(what))?,
+        })
     }
 
     /// The port the server listens on (`port`, readable by every role).

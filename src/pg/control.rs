@@ -68,6 +68,8 @@ pub struct ControlFile {
     pub version: u32,
     /// The server's state.
     pub state: DbState,
+    /// When the file was last written (Unix seconds): `pg_control_last_modified`.
+    pub time: i64,
     /// The latest checkpoint record.
     pub checkpoint: Lsn,
     /// That checkpoint's REDO location.
@@ -91,6 +93,7 @@ impl ControlFile {
             system_identifier: u64_at(0)?,
             version,
             state: DbState::from_raw(u32_at(16)?),
+            time: u64_at(24)? as i64,
             checkpoint: Lsn(u64_at(32)?),
             redo: Lsn(u64_at(copy)?),
             timeline: TimelineId(u32_at(copy + 8)?),
@@ -107,6 +110,7 @@ mod tests {
         b[0..8].copy_from_slice(&7_300_000_000_000_000_001u64.to_ne_bytes());
         b[8..12].copy_from_slice(&version.to_ne_bytes());
         b[16..20].copy_from_slice(&state.to_ne_bytes());
+        b[24..32].copy_from_slice(&1_764_660_000i64.to_ne_bytes());
         b[32..40].copy_from_slice(&checkpoint.to_ne_bytes());
         let copy = if version < 1100 { 48 } else { 40 };
         b[copy..copy + 8].copy_from_slice(&redo.to_ne_bytes());
@@ -117,7 +121,7 @@ mod tests {
     #[test]
     fn parses_the_head_of_each_layout() {
         let c = ControlFile::parse(&head(1300, 6, 0x3000060, 0x3000028, 2)).expect("parses");
-        assert_eq!(c.system_identifier, 7_300_000_000_000_000_001);
+        assert_eq!((c.system_identifier, c.time), (7_300_000_000_000_000_001, 1_764_660_000));
         assert_eq!(
             (c.state, c.checkpoint, c.redo, c.timeline),
             (DbState::InProduction, Lsn(0x3000060), Lsn(0x3000028), TimelineId(2))

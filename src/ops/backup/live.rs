@@ -24,8 +24,10 @@
 //!    for `pg_control_checkpoint()`. DIR's must therefore name the same
 //!    checkpoint record and REDO as the server reports (read around it, so a
 //!    checkpoint in between is told apart from a mismatch), the same
-//!    timeline, and the state that goes with the server's role ("in
-//!    production" on a primary, "in archive recovery" on a standby). A copy
+//!    timeline, the same time of last write (`pg_control_last_modified`:
+//!    PostgreSQL stamps every write of the file), and the state that goes
+//!    with the server's role ("in production" on a primary, "in archive
+//!    recovery" on a standby). A copy
 //!    holds an older checkpoint (the primary's forced checkpoint is new), and
 //!    a standby's directory says "in archive recovery" where the primary is
 //!    in production. This works for every role that can take a backup, on a
@@ -34,16 +36,17 @@
 //!
 //! All three must hold. What none can tell apart is a second standby on
 //! another host with the same path and port as the one connected to, that
-//! restarted from the same checkpoint: connect to the standby you back up
-//! (pgwal must run on its host anyway, to read its files).
+//! restarted from the same checkpoint and last wrote its `pg_control` in the
+//! same second: connect to the standby you back up (pgwal must run on its
+//! host anyway, to read its files).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::db::{ConnTarget, Session};
+use crate::db::{ConnTarget, ControlCheckpoint as ServerCheckpoint, Session};
 use crate::error::{Error, Result};
 use crate::pg::control::{ControlFile, DbState};
-use crate::pg::{Lsn, TimelineId};
+use crate::pg::Lsn;
 
 /// Where the directory came from, for the hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,17 +135,6 @@ pub fn check_path_and_pid_file(
     Ok(())
 }
 
-/// The server's own reading of its `pg_control`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerCheckpoint {
-    /// The latest checkpoint record.
-    pub checkpoint: Lsn,
-    /// Its REDO location.
-    pub redo: Lsn,
-    /// Its timeline.
-    pub timeline: TimelineId,
-}
-
 /// Evidence 3, after `pg_backup_start` returned `start`.
 pub fn check_control(
     dir: &ControlFile,
@@ -169,6 +161,16 @@ pub fn check_control(
         return Err(format!(
             "its pg_control's latest checkpoint is {} (REDO {}, timeline {}), the server's is {} (REDO {}, timeline {})",
             dir.checkpoint, dir.redo, dir.timeline, server.checkpoint, server.redo, server.timeline
+        ));
+    }
+    if dir.time != server.last_modified {
+        let at = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.format("%F %T UTC").to_string())
+        };
+        return Err(format!(
+            "its pg_control was last written at {}, the server's at {} (another server of the same cluster?)",
+            at(dir.time),
+            at(server.last_modified)
         ));
     }
     Ok(())
@@ -203,10 +205,7 @@ pub async fn after_start(
         let bytes = std::fs::read(&path).map_err(Error::io("cannot read", &path))?;
         ControlFile::parse(&bytes).ok_or_else(|| refuse(dir, conn, origin, "its pg_control is too short"))
     };
-    let server = || async {
-        let (checkpoint, redo, timeline) = session.control_checkpoint().await?;
-        Ok::<_, Error>(ServerCheckpoint { checkpoint, redo, timeline })
-    };
+    let server = || session.control_checkpoint();
     // A checkpoint between the two readings changes both: read the server's
     // before and after DIR's, and judge only a stable pair.
     let mut last = None;
@@ -228,20 +227,26 @@ pub async fn after_start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::TimelineId;
 
     fn control(state: DbState, checkpoint: u64, redo: u64) -> ControlFile {
         ControlFile {
             system_identifier: 1,
             version: 1300,
             state,
+            time: 1_764_660_000,
             checkpoint: Lsn(checkpoint),
             redo: Lsn(redo),
             timeline: TimelineId(1),
         }
     }
 
-    const SERVER: ServerCheckpoint =
-        ServerCheckpoint { checkpoint: Lsn(0x3000060), redo: Lsn(0x3000028), timeline: TimelineId(1) };
+    const SERVER: ServerCheckpoint = ServerCheckpoint {
+        checkpoint: Lsn(0x3000060),
+        redo: Lsn(0x3000028),
+        timeline: TimelineId(1),
+        last_modified: 1_764_660_000,
+    };
 
     #[test]
     fn the_live_control_file_passes_and_copies_fail() {
@@ -256,6 +261,12 @@ mod tests {
         assert!(check_control(&stopped, &SERVER, false, Lsn(0x3000028)).is_err());
         let other_timeline = ControlFile { timeline: TimelineId(2), ..live };
         assert!(check_control(&other_timeline, &SERVER, false, Lsn(0x3000028)).is_err());
+        let twin = ControlFile { time: 1_764_660_007, ..standby };
+        let e = check_control(&twin, &SERVER, true, Lsn(0x3000028)).unwrap_err();
+        assert!(
+            e.contains("last written at 2025-12-02 07:20:07 UTC"),
+            "a standby restarted from the same checkpoint: {e}"
+        );
         let later = control(DbState::InProduction, 0x5000060, 0x5000028);
         assert!(check_control(&later, &SERVER, false, Lsn(0x3000028)).unwrap_err().contains("the server's is"));
     }
