@@ -160,8 +160,8 @@ segments), which --log-level warn drops. A backup that fails after storing packs
 that did not arrive in time) removes them and says how many: they are not a backup.\n\n\
 From a streaming standby (the server is in recovery): the files come from the standby, and \
 --primary-conninfo (PGWAL_PRIMARY_CONNINFO, backup.primary_conninfo) must reach its primary, which pgwal \
-checks to be a primary of the same cluster before the backup starts. After pg_backup_stop pgwal calls \
-pg_switch_wal() there (the role needs that right), so that the primary completes the segment holding the \
+checks, before the backup starts, to be a primary of the same cluster on which the role may call \
+pg_switch_wal(). After pg_backup_stop pgwal connects there again and calls pg_switch_wal(), so that the primary completes the segment holding the \
 backup's stop LSN and its archive_command stores it in the repository even when the primary is quiet. \
 Without --primary-conninfo a backup from a standby is refused at once (exit 2): it would wait for a segment \
 that a quiet primary may not finish for hours. --primary-conninfo is ignored when the server is a primary.\n\n\

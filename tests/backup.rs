@@ -537,6 +537,11 @@ fn a_backup_from_a_standby_on_a_quiet_primary_completes_and_restores() -> Result
     ensure!(out.stderr.contains("is a standby") && out.stderr.contains("--primary-conninfo"), "{out}");
     ensure!(list_tree(&repo.join("backup"))? == before && !repo.join("lock/backup").exists(), "nothing stored");
 
+    // A primary role that may not switch WAL: refused before the backup starts.
+    let out = from_standby().args(["--primary-conninfo", &conninfo_as(&pg, "backup_operator")]).run()?;
+    ensure!(out.code() == Some(2) && out.stderr.contains("may not call pg_switch_wal()"), "{out}");
+    ensure!(list_tree(&repo.join("backup"))? == before && !repo.join("lock/backup").exists(), "nothing stored");
+
     // With it, on a primary without any traffic from here on: pgwal switches WAL there.
     let current = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")?;
     let archived = pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")?;

@@ -441,6 +441,17 @@ impl Session {
         self.text_required("cannot switch WAL (pg_switch_wal)", "SELECT pg_walfile_name(pg_switch_wal())").await
     }
 
+    /// Whether this role may call `pg_switch_wal()`.
+    pub async fn may_switch_wal(&self) -> Result<bool> {
+        let what = "cannot check the privilege to call pg_switch_wal";
+        let row = self
+            .client
+            .query_one("SELECT has_function_privilege('pg_switch_wal()', 'EXECUTE')", &[])
+            .await
+            .map_err(db_err(what))?;
+        row.try_get(0).map_err(db_err(what))
+    }
+
     /// The timeline of the latest checkpoint.
     pub async fn checkpoint_timeline(&self) -> Result<TimelineId> {
         let what = "cannot read the timeline";

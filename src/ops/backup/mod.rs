@@ -175,12 +175,15 @@ async fn data_directory(
 }
 
 /// The primary of the standby being backed up, checked to be a primary of
-/// the same cluster. Refuses at once without one: from a standby, the
+/// the same cluster on which this role may switch WAL. The session is not
+/// kept: a backup can take hours, and an idle session may be cut by then;
+/// pgwal connects again after `pg_backup_stop`. Refuses at once without
+/// one: from a standby, the
 /// segment holding the stop LSN is only completed (and archived) when the
 /// primary switches WAL, which on a quiet primary may take hours. pgBackRest
 /// requires the primary for the same reason; waiting for `archive_timeout`
 /// instead would depend on a setting pgwal cannot see or rely on.
-async fn connect_primary(req: &BackupRequest, system_identifier: u64) -> Result<(Session, ConnTarget)> {
+async fn check_primary(req: &BackupRequest, system_identifier: u64) -> Result<ConnTarget> {
     let Some(target) = req.primary.clone() else {
         return Err(Error::config(
             format!(
@@ -209,7 +212,13 @@ async fn connect_primary(req: &BackupRequest, system_identifier: u64) -> Result<
             "give the connection of this standby's own primary",
         ));
     }
-    Ok((primary, target))
+    if !primary.may_switch_wal().await? {
+        return Err(Error::config(
+            format!("--primary-conninfo reaches {}, where this role may not call pg_switch_wal()", target.describe()),
+            "connect as a superuser, or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO the role on the primary",
+        ));
+    }
+    Ok(target)
 }
 
 /// A backup ID for now that no earlier, interrupted backup has used.
@@ -233,7 +242,7 @@ async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<
     let system_identifier = session.system_identifier().await?;
     let in_recovery = session.in_recovery().await?;
     let primary = match in_recovery {
-        true => Some(connect_primary(req, system_identifier).await?),
+        true => Some(check_primary(req, system_identifier).await?),
         false => None,
     };
     let (pgdata, origin, server_dir) =
@@ -271,7 +280,7 @@ async fn store(
     repo: &Repository,
     req: &BackupRequest,
     session: &Session,
-    primary: Option<&(Session, ConnTarget)>,
+    primary: Option<&ConnTarget>,
     pgdata: &Path,
     st: &Started<'_>,
 ) -> Result<()> {
@@ -300,17 +309,12 @@ async fn store(
         st.segment_size,
     );
     // The archiver to ask when WAL does not come: the primary's, from a standby.
-    let archiver = match primary {
-        Some((primary, target)) => {
-            let switched = primary.switch_wal().await?;
-            crate::log_info!(
-                "backup from a standby: switched WAL on the primary ({}, which completed '{switched}'), so \
-                 that the backup's last segment '{last}' (stop LSN {}) gets archived",
-                target.describe(),
-                stop.lsn
-            );
-            (primary, "the primary")
-        }
+    let primary_session = match primary {
+        Some(target) => switch_on_primary(target, &last, stop.lsn).await,
+        None => None,
+    };
+    let archiver = match &primary_session {
+        Some(primary) => (primary, "the primary"),
         None => (session, "the server"),
     };
     wait_for_wal(
@@ -357,6 +361,37 @@ async fn store(
     );
     crate::log_info!("{}", summary(&manifest, st.began.elapsed(), &first, &last));
     Ok(())
+}
+
+/// Connects to the primary and switches WAL there, so that it completes
+/// and archives `last`, the segment holding the standby backup's stop LSN.
+/// A failure is only a warning: the segment still comes once the primary
+/// fills or times it out (`archive_timeout`), within `backup.wal_timeout` or
+/// not. Returns the session, for the archiver's statistics.
+async fn switch_on_primary(target: &ConnTarget, last: &WalFileName, stop: Lsn) -> Option<Session> {
+    let switched = match target.connect().await {
+        Ok(primary) => primary.switch_wal().await.map(|s| (primary, s)),
+        Err(e) => Err(e),
+    };
+    match switched {
+        Ok((primary, switched)) => {
+            crate::log_info!(
+                "backup from a standby: switched WAL on the primary ({}, which completed '{switched}'), so \
+                 that the backup's last segment '{last}' (stop LSN {stop}) gets archived",
+                target.describe()
+            );
+            Some(primary)
+        }
+        Err(e) => {
+            crate::log_warn!(
+                "cannot switch WAL on the primary ({}): {}; the backup's last segment '{last}' arrives only \
+                 once the primary completes it by itself",
+                target.describe(),
+                e.one_line()
+            );
+            None
+        }
+    }
 }
 
 /// The one line a cron log keeps of a backup.
