@@ -86,9 +86,9 @@ archive_command = '$PGWAL --repo $REPO archive %p'
 CONF
 as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/primary" -l "$WORK/primary.log" -w start >/dev/null
 
-say "pgbench -i -s 2, then a base backup: pgwal backup"
+say "pgbench -i -s 2, then a base backup: pgwal backup --checkpoint fast"
 as_pg "$PG_BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -s 2 -q postgres 2>&1 | tail -n 1
-BACKUP=$(as_pg env PGHOST="$WORK" PGPORT="$PORT" PGUSER=postgres "$PGWAL" --repo "$REPO" --pgdata "$WORK/primary" backup)
+BACKUP=$(as_pg env PGHOST="$WORK" PGPORT="$PORT" PGUSER=postgres "$PGWAL" --repo "$REPO" --pgdata "$WORK/primary" backup --checkpoint fast)
 echo "backup $BACKUP"
 
 say "traffic after the backup (2000 pgbench transactions), then a restore point"

@@ -136,17 +136,41 @@ modification time and SHA-256, the start and stop LSN, timeline, times, PostgreS
 identifier. Files PostgreSQL's own base backup skips are skipped (pg_wal contents, postmaster.pid, \
 pg_replslot and pg_stat_tmp contents, temporary files, unlogged relations but their init fork...).\n\n\
 Connects with --conninfo / PGWAL_CONNINFO and the usual PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE; \
-reads files from --pgdata / PGDATA, else from the server's data_directory, and refuses a directory that \
-is not that server's. Refuses a server whose system identifier is not the repository's cluster (the first \
-backup into an empty repository records it). After pg_backup_stop it waits (backup.wal_timeout, default \
-5m) until every WAL segment from the start to the stop LSN is in the repository (PostgreSQL's \
-archive_command must be 'pgwal archive %p'), and stores the manifest last: a backup exists, for list and \
-restore, exactly when its manifest does. Exits 0 only then, and prints the backup ID (e.g. \
-20261123T074000F) on stdout, alone.\n\n\
+reads files from --pgdata / PGDATA, else from the server's data_directory. Refuses a server whose system \
+identifier is not the repository's cluster (the first backup into an empty repository records it).\n\n\
+The data directory must be the live one of the server it is connected to, or the backup is refused (exit \
+2) before anything is stored: a cp -a or pg_basebackup copy, a restored clone or a standby's directory has \
+the same system identifier, and backing it up would store a stale copy as the newest backup. pgwal checks \
+that its global/pg_control holds the server's system identifier; that its canonical path is the server's \
+data_directory (when the role may read that setting: superusers and pg_read_all_settings); that its \
+postmaster.pid exists, names that directory and the server's port; and, right after pg_backup_start, that \
+its pg_control holds the checkpoint that call just made (the same checkpoint and REDO location the server \
+reports with pg_control_checkpoint(), at or after the backup's start LSN, on the server's timeline, last \
+written when the server's was, in the state of its role: in production on a primary, in archive recovery on \
+a standby). A copy's pg_control is \
+older, a standby's says it is in recovery.\n\n\
+--checkpoint (backup.checkpoint): spread, the default (as pg_basebackup), lets the server pace the \
+checkpoint pg_backup_start waits for by checkpoint_completion_target, so the backup may wait minutes \
+before it reads a file (it says so once on stderr); fast asks for an immediate checkpoint: the backup \
+starts at once, and the server writes its dirty buffers as fast as it can.\n\n\
+After pg_backup_stop it waits (backup.wal_timeout, default 5m) until every WAL segment from the start to \
+the stop LSN is in the repository (PostgreSQL's archive_command must be 'pgwal archive %p'), saying on \
+stderr which segment it waits for, and stores the manifest last: a backup exists, for list and restore, \
+exactly when its manifest does. Exits 0 only then, and prints the backup ID (e.g. 20261123T074000F) on \
+stdout, alone; on stderr one summary line (files, size, stored size, duration, WAL range as LSNs and \
+segments), which --log-level warn drops. A backup that fails after storing packs (a storage error, or WAL \
+that did not arrive in time) removes them and says how many: they are not a backup.\n\n\
+From a streaming standby (the server is in recovery): the files come from the standby, and \
+--primary-conninfo (PGWAL_PRIMARY_CONNINFO, backup.primary_conninfo) must reach its primary, which pgwal \
+checks, before the backup starts, to be a primary of the same cluster on which the role may call \
+pg_switch_wal(). After pg_backup_stop pgwal connects there again and calls pg_switch_wal(), so that the primary completes the segment holding the \
+backup's stop LSN and its archive_command stores it in the repository even when the primary is quiet. \
+Without --primary-conninfo a backup from a standby is refused at once (exit 2): it would wait for a segment \
+that a quiet primary may not finish for hours. --primary-conninfo is ignored when the server is a primary.\n\n\
 Two backups of one repository never run at once: the lock object lock/backup names its holder, and the \
 second backup fails with an error naming it. A lock left by a killed backup on the same host is taken over \
-at once; one from another host after backup.lock_stale_after (default 6h). An interrupted backup leaves \
-packs without a manifest, which nothing reads; run the backup again.")]
+at once; one from another host after backup.lock_stale_after (default 6h). A killed backup leaves packs \
+without a manifest, which nothing reads and expire removes; run the backup again.")]
     Backup(BackupArgs),
     /// List backups and archived WAL
     #[command(long_about = "Lists the complete backups (those whose manifest is stored; a backup that is \
@@ -353,12 +377,27 @@ pub enum BackupKind {
     Incr,
 }
 
+/// `--checkpoint` of `backup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckpointArg {
+    /// Immediate: start at once, write all dirty buffers as fast as possible
+    Fast,
+    /// Paced by checkpoint_completion_target like a scheduled checkpoint (the default)
+    Spread,
+}
+
 /// Arguments of `backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Full or incremental
     #[arg(long = "type", value_enum, default_value = "full", value_name = "TYPE")]
     pub kind: BackupKind,
+    /// The checkpoint the backup starts with [default: backup.checkpoint, else spread]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub checkpoint: Option<CheckpointArg>,
+    /// Backing up a standby: how to reach its primary (libpq key=value), to switch WAL there
+    #[arg(long, value_name = "STR", env = "PGWAL_PRIMARY_CONNINFO", hide_env_values = true)]
+    pub primary_conninfo: Option<String>,
 }
 
 /// Arguments of `list`.
@@ -505,6 +544,15 @@ mod tests {
             Command::Backup(a) => assert_eq!(a.kind, BackupKind::Incr),
             other => panic!("{other:?}"),
         }
+        match parse(&["pgwal", "backup", "--checkpoint", "fast", "--primary-conninfo", "host=p"]).expect("fast").command
+        {
+            Command::Backup(a) => {
+                assert_eq!(a.checkpoint, Some(CheckpointArg::Fast));
+                assert_eq!(a.primary_conninfo.as_deref(), Some("host=p"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["pgwal", "backup", "--checkpoint", "immediate"]).is_err());
         assert!(parse(&["pgwal", "backup", "--type", "diff"]).is_err());
         assert!(matches!(
             parse(&["pgwal", "list", "--json"]).expect("list").command,

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pgwal::cli::{BackupKind, Cli, Command};
+use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
 use pgwal::error::{exit, exit_code, Error, ExitRules};
 use pgwal::ops::{
     archive_ahead, backlog, backup, check, expire, fetch, list, prefetch, restore, spool, standby, verify, walspool,
@@ -98,6 +98,15 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             prefetch::run(&rt, &repo, &data_dir, cfg.fetch.prefetch)
         }
         Command::Backup(args) => {
+            let mut opts = cfg.backup.clone();
+            match args.checkpoint {
+                Some(CheckpointArg::Fast) => opts.checkpoint = config::CheckpointMode::Fast,
+                Some(CheckpointArg::Spread) => opts.checkpoint = config::CheckpointMode::Spread,
+                None => {}
+            }
+            if let Some(p) = args.primary_conninfo.clone().filter(|p| !p.is_empty()) {
+                opts.primary_conninfo = Some(p);
+            }
             let request = backup::BackupRequest {
                 kind: match args.kind {
                     BackupKind::Full => BackupType::Full,
@@ -105,7 +114,19 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 },
                 pgdata: cfg.pgdata.clone(),
                 conn: cfg.conn_target()?,
-                opts: cfg.backup.clone(),
+                primary: opts
+                    .primary_conninfo
+                    .as_deref()
+                    .map(|c| {
+                        pgwal::db::ConnTarget::new(Some(c), &pgwal::db::PgEnv::from_process()).map_err(|e| {
+                            Error::config(
+                                format!("--primary-conninfo / PGWAL_PRIMARY_CONNINFO: {}", e.one_line()),
+                                "give the primary's connection in libpq key=value form, e.g. \"host=db1 user=postgres\"",
+                            )
+                        })
+                    })
+                    .transpose()?,
+                opts,
             };
             request.validate()?;
             let url = cfg.require_repo()?;

@@ -3,7 +3,11 @@
 //! against PGDATA), recovers into a working cluster with exactly the
 //! primary's rows, and shows in `list --json`; a backup of another cluster is
 //! refused and stores nothing; two backups at once are refused by the lock;
-//! a killed backup never shows and its stale lock is taken over.
+//! a killed backup never shows and its stale lock is taken over; a copy of
+//! the data directory or a standby's directory is refused while connected
+//! to the primary; a backup from a standby on a quiet primary completes and
+//! restores; checkpoints are spread unless told fast; every backup leaves a
+//! summary line on stderr.
 
 mod common;
 
@@ -35,7 +39,8 @@ fn cfg(config: &Path) -> String {
 
 /// `pgwal backup` against `pg`, reading its data directory.
 fn backup_cmd(config: &Path, pg: &PgCluster) -> Pgwal {
-    Pgwal::new(["--config", &cfg(config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"]).arg(pg.data_dir())
+    Pgwal::new(["--config", &cfg(config), "backup", "--checkpoint", "fast", "--conninfo", &pg.conninfo(), "--pgdata"])
+        .arg(pg.data_dir())
 }
 
 /// Runs a backup that must succeed and returns the ID it printed.
@@ -267,7 +272,8 @@ fn s3_backup_and_another_cluster_is_refused() -> Result<()> {
         ("PGPORT".to_string(), pg.port().to_string()),
         ("PGUSER".to_string(), "postgres".to_string()),
     ];
-    let id = take_backup(Pgwal::new(["--config", &cfg(&config), "backup"]).envs(pg_env.clone()))?;
+    let id =
+        take_backup(Pgwal::new(["--config", &cfg(&config), "backup", "--checkpoint", "fast"]).envs(pg_env.clone()))?;
     let listing = list_json(&config, &[])?;
     ensure!(backup_ids(&listing) == vec![id.clone()], "{listing}");
     let repo_root = bucket.join("main");
@@ -396,5 +402,288 @@ fn usage_errors() -> Result<()> {
     if dir.join("repo/lock/backup").exists() {
         bail!("a failed backup must release its lock");
     }
+    Ok(())
+}
+
+/// `conninfo` of `pg` for another role.
+fn conninfo_as(pg: &PgCluster, role: &str) -> String {
+    pg.conninfo().replace("user=postgres", &format!("user={role}"))
+}
+
+/// A streaming standby of `primary` (archiving must work: pg_basebackup
+/// waits for it), started and streaming.
+fn streaming_standby(primary: &PgCluster, home: &Path) -> Result<PgCluster> {
+    let mut standby = primary.basebackup_to(home)?;
+    standby.set_conf(&[format!("primary_conninfo = {}", conf_quote(&primary.conninfo()))])?;
+    standby.touch_in_data_dir("standby.signal")?;
+    standby.start()?;
+    wait_until(Duration::from_secs(120), "the standby to stream", || {
+        Ok(standby.sql("SELECT status FROM pg_stat_wal_receiver").is_ok_and(|s| s == "streaming"))
+    })
+    .with_context(|| standby.log_tail(30))?;
+    Ok(standby)
+}
+
+/// A refused backup: exit 2, the error names the directory and the server,
+/// nothing new in the repository, nothing listed, lock released.
+fn ensure_refused(out: &RunOutput, dir: &Path, config: &Path, before: &[PathBuf], listed: &[String]) -> Result<()> {
+    ensure!(out.code() == Some(2) && out.stdout.is_empty(), "a backup of '{}' must be refused: {out}", dir.display());
+    let error = out.stderr.lines().find(|l| l.starts_with("pgwal: error:")).context("an error line")?;
+    ensure!(error.contains(&dir.display().to_string()) && error.contains("port="), "names the dir and server: {out}");
+    ensure!(out.stderr.contains("hint: drop --pgdata"), "with a hint: {out}");
+    let root = config.parent().context("config dir")?.join("repo");
+    ensure!(list_tree(&root.join("backup"))? == before, "the refused backup stored nothing: {out}");
+    ensure!(!root.join("lock/backup").exists(), "and released its lock");
+    let listing = list_json(config, &[])?;
+    ensure!(backup_ids(&listing) == listed && listing["incomplete"] == serde_json::json!([]), "{listing}");
+    Ok(())
+}
+
+#[test]
+fn copies_and_a_standby_directory_are_refused() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = file_repo_config(&dir)?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config)])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g")?;
+    let id = take_backup(backup_cmd(&config, &pg))?;
+    // A role that may take backups but not read data_directory: only the
+    // liveness evidence (postmaster.pid, pg_control) can tell then.
+    pg.sql(
+        "CREATE ROLE backup_operator LOGIN; \
+         GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean) TO backup_operator",
+    )?;
+    let as_operator = |data: &Path| {
+        Pgwal::new(["--config", &cfg(&config), "backup", "--checkpoint", "fast", "--conninfo"])
+            .arg(conninfo_as(&pg, "backup_operator"))
+            .arg("--pgdata")
+            .arg(data)
+    };
+    let as_postgres = |data: &Path| {
+        Pgwal::new(["--config", &cfg(&config), "backup", "--checkpoint", "fast", "--conninfo", &pg.conninfo()])
+            .arg("--pgdata")
+            .arg(data)
+    };
+    let before = list_tree(&dir.join("repo/backup"))?;
+    let listed = vec![id.clone()];
+
+    // (i) A `cp -a` of the running cluster (postmaster.pid and all), and a pg_basebackup copy.
+    let cp_home = dir.subdir("cp")?;
+    let cp = cp_home.join(DATA_SUBDIR);
+    let out = run(std::process::Command::new("cp").arg("-a").arg(pg.data_dir()).arg(&cp), None, COMMAND_TIMEOUT)?;
+    ensure!(out.success(), "cp -a: {out}");
+    pg.sql("INSERT INTO t SELECT g FROM generate_series(1001, 2000) g")?;
+    let copy = pg.basebackup_to(&dir.join("basebackup"))?;
+    for data in [cp.as_path(), copy.data_dir()] {
+        ensure_refused(&as_postgres(data).run()?, data, &config, &before, &listed)?;
+        let out = as_operator(data).run()?;
+        ensure_refused(&out, data, &config, &before, &listed)?;
+    }
+    let out = as_operator(&cp).run()?;
+    ensure!(out.stderr.contains("postmaster.pid belongs to the server of"), "{out}");
+    // With a copied postmaster.pid that names this very copy, pg_control still tells.
+    let pid = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))?;
+    let canonical_cp = std::fs::canonicalize(&cp)?;
+    let forged = pid.replacen(&pg.data_dir().display().to_string(), &canonical_cp.display().to_string(), 1);
+    write_user_file(&cp.join("postmaster.pid"), forged.as_bytes(), 0o600)?;
+    let out = as_operator(&cp).run()?;
+    ensure_refused(&out, &cp, &config, &before, &listed)?;
+    ensure!(out.stderr.contains("stale copy"), "pg_control's checkpoint is older than the backup's start: {out}");
+
+    // (ii) A streaming standby's directory, while connected to the primary.
+    let standby = streaming_standby(&pg, &dir.join("standby"))?;
+    for out in [as_postgres(standby.data_dir()).run()?, as_operator(standby.data_dir()).run()?] {
+        ensure_refused(&out, standby.data_dir(), &config, &before, &listed)?;
+    }
+
+    // The live directory itself passes every check, for both roles.
+    let second = take_backup(as_operator(pg.data_dir()))?;
+    let third = take_backup(as_postgres(pg.data_dir()))?;
+    ensure!(backup_ids(&list_json(&config, &[])?) == vec![id, second, third], "both backups listed");
+    Ok(())
+}
+
+#[test]
+fn a_backup_from_a_standby_on_a_quiet_primary_completes_and_restores() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = dir.join("pgwal.toml");
+    let repo = dir.join("repo");
+    write_private_file(
+        &config,
+        &format!("repo = \"file://{}\"\n\n[backup]\nwal_timeout = \"60s\"\ncheckpoint = \"fast\"\n", repo.display()),
+    )?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "archive_timeout = 0"])?;
+    pg.start()?;
+    let standby = streaming_standby(&pg, &dir.join("standby"))?;
+    // Written after the standby's base backup, so the segment that holds it
+    // stays incomplete on the primary until something switches WAL there.
+    pg.sql(
+        "CREATE ROLE backup_operator LOGIN; \
+         GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean) TO backup_operator",
+    )?;
+    pg.sql("CREATE TABLE t AS SELECT g AS n, md5(g::text) AS filler FROM generate_series(1, 3000) g")?;
+    wait_until(Duration::from_secs(120), "the standby to replay the table", || {
+        Ok(standby.sql("SELECT count(*) FROM t").is_ok_and(|n| n == "3000"))
+    })?;
+    let from_standby = || {
+        Pgwal::new(["--config", &cfg(&config), "backup", "--conninfo", &standby.conninfo(), "--pgdata"])
+            .arg(standby.data_dir())
+    };
+
+    // Without the primary's connection: refused at once, nothing stored.
+    let before = list_tree(&repo.join("backup"))?;
+    let out = from_standby().run()?;
+    ensure!(out.code() == Some(2) && out.stdout.is_empty(), "{out}");
+    ensure!(out.stderr.contains("is a standby") && out.stderr.contains("--primary-conninfo"), "{out}");
+    ensure!(list_tree(&repo.join("backup"))? == before && !repo.join("lock/backup").exists(), "nothing stored");
+
+    // A primary role that may not switch WAL: refused before the backup starts.
+    let out = from_standby().args(["--primary-conninfo", &conninfo_as(&pg, "backup_operator")]).run()?;
+    ensure!(out.code() == Some(2) && out.stderr.contains("may not call pg_switch_wal()"), "{out}");
+    ensure!(list_tree(&repo.join("backup"))? == before && !repo.join("lock/backup").exists(), "nothing stored");
+
+    // With it, on a primary without any traffic from here on: pgwal switches WAL there.
+    let current = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")?;
+    let archived = pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")?;
+    ensure!(archived < current, "the primary's current segment {current} is not archived yet ({archived})");
+    let out = from_standby().args(["--primary-conninfo", &pg.conninfo()]).run()?.ensure_success()?;
+    let id = out.stdout.trim().to_string();
+    ensure!(out.stderr.contains("switched WAL on the primary"), "says why it waits: {out}");
+    ensure!(out.stderr.contains(&format!("..{current})")), "the backup ends in that segment: {out}");
+    ensure!(out.stderr.contains(&format!("backup {id} complete")), "{out}");
+    let listing = list_json(&config, &[])?;
+    ensure!(backup_ids(&listing) == vec![id.clone()] && listing["incomplete"] == serde_json::json!([]), "{listing}");
+
+    let before = list_tree(&repo.join("backup"))?;
+    // Another standby's directory (its base backup made the primary busy: so
+    // only after the backup above), while connected to this one: refused, as
+    // superuser (by its path) and as a role that cannot read data_directory.
+    let other = streaming_standby(&pg, &dir.join("other-standby"))?;
+    wait_until(Duration::from_secs(120), "the other standby to replay the table", || {
+        Ok(other.sql("SELECT count(*) FROM t").is_ok_and(|n| n == "3000"))
+    })?;
+    for conninfo in [standby.conninfo(), conninfo_as(&standby, "backup_operator")] {
+        let out = Pgwal::new(["--config", &cfg(&config), "backup", "--conninfo", &conninfo])
+            .args(["--primary-conninfo", &pg.conninfo(), "--pgdata"])
+            .arg(other.data_dir())
+            .run()?;
+        ensure_refused(&out, other.data_dir(), &config, &before, std::slice::from_ref(&id))?;
+    }
+    drop(other);
+
+    // The backup restores with exactly the rows written before it.
+    let home = dir.join("restored");
+    Pgwal::new(["--config", &cfg(&config), "restore", "--backup", &id, "--target-immediate"])
+        .args(["--target-action", "promote", "--target-dir"])
+        .arg(home.join(DATA_SUBDIR))
+        .run()?
+        .ensure_success()?;
+    let mut restored = PgCluster::existing(&home)?;
+    restored.set_conf(&["archive_mode = off", "primary_conninfo = ''"])?;
+    restored.start()?;
+    restored.wait_recovery_finished(Duration::from_secs(120))?;
+    let rows = restored.sql("SELECT count(*) || ' ' || sum(n) FROM t")?;
+    ensure!(rows == "3000 4501500", "restored {rows}\n{}", restored.log_tail(20));
+    Ok(())
+}
+
+/// The `checkpoint starting:` lines the server logged since `from` bytes.
+fn checkpoints_since(pg: &PgCluster, from: usize) -> Vec<String> {
+    let log = pg.log_contents();
+    log.get(from..).unwrap_or("").lines().filter(|l| l.contains("checkpoint starting:")).map(String::from).collect()
+}
+
+#[test]
+fn backups_start_with_a_spread_checkpoint_unless_told_fast() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = file_repo_config(&dir)?;
+    let fast_config = dir.join("fast.toml");
+    write_private_file(
+        &fast_config,
+        &format!("repo = \"file://{}\"\n\n[backup]\ncheckpoint = \"fast\"\n", dir.join("repo").display()),
+    )?;
+    // A short checkpoint_timeout bounds a spread checkpoint if a buffer is dirty.
+    let mut pg = PgCluster::init(
+        &dir.join("primary"),
+        &[&archive_command_setting(&config), "log_checkpoints = on", "checkpoint_timeout = 30s"],
+    )?;
+    pg.start()?;
+    let run_backup = |config: &Path, extra: &[&str]| -> Result<(RunOutput, Vec<String>)> {
+        // Nothing dirty: the spread checkpoint has nothing to pace.
+        pg.sql("CHECKPOINT")?;
+        let from = pg.log_contents().len();
+        let out = Pgwal::new(["--config", &cfg(config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
+            .arg(pg.data_dir())
+            .args(extra)
+            .run()?
+            .ensure_success()?;
+        Ok((out, checkpoints_since(&pg, from)))
+    };
+    let spread = |lines: &[String]| lines.iter().any(|l| l.contains("starting: force wait"));
+    let immediate = |lines: &[String]| lines.iter().any(|l| l.contains("starting: immediate force wait"));
+
+    let (out, lines) = run_backup(&config, &[])?;
+    ensure!(spread(&lines) && !immediate(&lines), "the default is a spread checkpoint: {lines:?}");
+    ensure!(out.stderr.contains("waiting for a spread checkpoint; --checkpoint fast to hurry"), "{out}");
+    let (out, lines) = run_backup(&config, &["--checkpoint", "fast"])?;
+    ensure!(immediate(&lines) && !spread(&lines), "--checkpoint fast is immediate: {lines:?}");
+    ensure!(!out.stderr.contains("spread checkpoint"), "{out}");
+    let (_, lines) = run_backup(&fast_config, &[])?;
+    ensure!(immediate(&lines) && !spread(&lines), "backup.checkpoint = \"fast\" is immediate: {lines:?}");
+    let (_, lines) = run_backup(&fast_config, &["--checkpoint", "spread"])?;
+    ensure!(spread(&lines) && !immediate(&lines), "the flag beats the file: {lines:?}");
+    Ok(())
+}
+
+#[test]
+fn a_backup_leaves_one_summary_line_in_a_cron_log() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = file_repo_config(&dir)?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config)])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g")?;
+
+    // stderr is a pipe here, as in cron.
+    let out = backup_cmd(&config, &pg).run()?.ensure_success()?;
+    let id = out.stdout.trim().to_string();
+    ensure!(out.stdout == format!("{id}\n"), "stdout is the ID alone: {out}");
+    let listing = list_json(&config, &[])?;
+    let b = &listing["backups"][0];
+    ensure!(b["id"] == id.as_str(), "{listing}");
+    let summary = out.stderr.lines().filter(|l| l.contains(&format!("backup {id} complete:"))).collect::<Vec<_>>();
+    ensure!(summary.len() == 1, "one summary line: {out}");
+    let line = summary[0];
+    let files = b["files"].as_u64().context("files")?;
+    ensure!(line.contains(&format!(": {files} files, ")) && line.contains(" stored, "), "{line}");
+    let (start, stop) = (b["start_lsn"].as_str().unwrap_or("?"), b["stop_lsn"].as_str().unwrap_or("?"));
+    ensure!(line.contains(&format!("WAL {start}..{stop} (")) && line.contains("s, WAL"), "{line}");
+
+    let out = backup_cmd(&config, &pg).args(["--log-level", "warn"]).run()?.ensure_success()?;
+    ensure!(!out.stderr.contains("complete:"), "--log-level warn drops the summary: {out}");
+    let second = out.stdout.trim();
+    ensure!(second.len() == 16 && out.stdout == format!("{second}\n"), "stdout still holds the ID: {out}");
+    Ok(())
+}
+
+#[test]
+fn a_backup_whose_wal_never_arrives_removes_its_packs() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = dir.join("pgwal.toml");
+    let repo = dir.join("repo");
+    write_private_file(
+        &config,
+        &format!("repo = \"file://{}\"\n\n[backup]\nwal_timeout = \"3s\"\ncheckpoint = \"fast\"\n", repo.display()),
+    )?;
+    // Archiving fails: the backup's WAL never reaches the repository.
+    let mut pg = PgCluster::init(&dir.join("primary"), &["archive_command = 'false'"])?;
+    pg.start()?;
+    let out = backup_cmd(&config, &pg).run()?;
+    ensure!(out.code() == Some(1) && out.stdout.is_empty(), "{out}");
+    ensure!(out.stderr.contains("did not arrive in the repository within 3s"), "{out}");
+    ensure!(out.stderr.contains("pack(s) the failed backup") && out.stderr.contains("it is not a backup"), "{out}");
+    let left: Vec<PathBuf> = list_tree(&repo.join("backup"))?;
+    ensure!(left.is_empty(), "no pack left behind: {left:?}");
+    let listing = list_json(&config, &[])?;
+    ensure!(backup_ids(&listing).is_empty() && listing["incomplete"] == serde_json::json!([]), "{listing}");
     Ok(())
 }

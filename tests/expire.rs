@@ -259,10 +259,19 @@ fn archive_now(pg: &PgCluster) -> Result<String> {
 }
 
 fn take_backup(pg: &PgCluster, config: &Path) -> Result<String> {
-    let out = Pgwal::new(["--config", &cfg(config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
-        .arg(pg.data_dir())
-        .run()?
-        .ensure_success()?;
+    let out = Pgwal::new([
+        "--config",
+        &cfg(config),
+        "backup",
+        "--checkpoint",
+        "fast",
+        "--conninfo",
+        &pg.conninfo(),
+        "--pgdata",
+    ])
+    .arg(pg.data_dir())
+    .run()?
+    .ensure_success()?;
     Ok(out.stdout.trim().to_string())
 }
 
@@ -381,13 +390,22 @@ fn expire_never_touches_a_backup_being_taken() -> Result<()> {
     // Archiving fails from now on: the next backup stores its packs, then waits for its WAL.
     pg.sql("ALTER SYSTEM SET archive_command = 'false'")?;
     pg.reload()?;
-    let child = Pgwal::new(["--config", &cfg(&config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
-        .arg(pg.data_dir())
-        .command()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("spawn pgwal backup")?;
+    let child = Pgwal::new([
+        "--config",
+        &cfg(&config),
+        "backup",
+        "--checkpoint",
+        "fast",
+        "--conninfo",
+        &pg.conninfo(),
+        "--pgdata",
+    ])
+    .arg(pg.data_dir())
+    .command()
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .context("spawn pgwal backup")?;
     let in_progress = |files: &std::collections::BTreeSet<String>| -> Vec<String> {
         files
             .iter()

@@ -39,11 +39,20 @@ fn config_arg(config: &Path) -> String {
 
 /// `pgwal backup`; returns the backup ID.
 fn backup(pg: &PgCluster, config: &Path, env: &[(String, String)]) -> Result<String> {
-    let out = Pgwal::new(["--config", &config_arg(config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
-        .arg(pg.data_dir())
-        .envs(env.iter().cloned())
-        .run()?
-        .ensure_success()?;
+    let out = Pgwal::new([
+        "--config",
+        &config_arg(config),
+        "backup",
+        "--checkpoint",
+        "fast",
+        "--conninfo",
+        &pg.conninfo(),
+        "--pgdata",
+    ])
+    .arg(pg.data_dir())
+    .envs(env.iter().cloned())
+    .run()?
+    .ensure_success()?;
     Ok(out.stdout.trim().to_string())
 }
 

@@ -76,13 +76,22 @@ fn corruption_and_missing_wal_are_found_and_named() -> Result<()> {
     let out = verify(&config, &[])?;
     ensure!(out.success() && out.stdout.contains("checked 0 backup(s)"), "{out}");
 
-    let id = Pgwal::new(["--config", &cfg(&config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
-        .arg(pg.data_dir())
-        .run()?
-        .ensure_success()?
-        .stdout
-        .trim()
-        .to_string();
+    let id = Pgwal::new([
+        "--config",
+        &cfg(&config),
+        "backup",
+        "--checkpoint",
+        "fast",
+        "--conninfo",
+        &pg.conninfo(),
+        "--pgdata",
+    ])
+    .arg(pg.data_dir())
+    .run()?
+    .ensure_success()?
+    .stdout
+    .trim()
+    .to_string();
     for _ in 0..3 {
         pg.sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g")?;
         archive_now(&pg)?;

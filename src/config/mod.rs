@@ -94,6 +94,33 @@ pub struct BackupOptions {
     pub wal_timeout: Duration,
     /// Age after which another host's backup lock is taken over.
     pub lock_stale_after: Duration,
+    /// The checkpoint `pg_backup_start` asks for.
+    pub checkpoint: CheckpointMode,
+    /// How to reach the primary when the backup is taken from a standby
+    /// (`backup.primary_conninfo`, `PGWAL_PRIMARY_CONNINFO`, `--primary-conninfo`).
+    pub primary_conninfo: Option<String>,
+}
+
+/// The checkpoint a backup starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckpointMode {
+    /// Paced by `checkpoint_completion_target`, as a scheduled checkpoint
+    /// (pg_basebackup's default): no burst of writes on a busy server.
+    #[default]
+    Spread,
+    /// Immediate: the backup starts at once, the server writes all dirty
+    /// buffers as fast as it can.
+    Fast,
+}
+
+impl CheckpointMode {
+    /// The value as the config file and `--checkpoint` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointMode::Spread => "spread",
+            CheckpointMode::Fast => "fast",
+        }
+    }
 }
 
 /// The retention policy of `expire` from the `[expire]` section; `None`
@@ -175,6 +202,8 @@ struct BackupSection {
     retry_deadline: Option<String>,
     wal_timeout: Option<String>,
     lock_stale_after: Option<String>,
+    checkpoint: Option<String>,
+    primary_conninfo: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -398,6 +427,18 @@ pub fn load(o: &Overrides) -> Result<Config> {
             Duration::from_secs(7 * 24 * 3600),
             &shown,
         )?,
+        checkpoint: match b.checkpoint.as_deref() {
+            None => CheckpointMode::default(),
+            Some("spread") => CheckpointMode::Spread,
+            Some("fast") => CheckpointMode::Fast,
+            Some(other) => {
+                return Err(Error::config(
+                    format!("invalid backup.checkpoint '{other}' in '{}'", shown.display()),
+                    "give \"spread\" (the default: paced like a scheduled checkpoint) or \"fast\" (immediate)",
+                ))
+            }
+        },
+        primary_conninfo: non_empty(b.primary_conninfo.clone()),
     };
     let retain = |key: &str, value: Option<i64>, max: i64| -> Result<Option<u32>> {
         match value {
@@ -523,6 +564,7 @@ mod tests {
             "[backup]\nwal_timeout = \"0s\"",
             "[backup]\nlock_stale_after = \"soon\"",
             "[backup]\nthreads = 2",
+            "[backup]\ncheckpoint = \"immediate\"",
             "[expire]\nretain_full = 0",
             "[expire]\nretain_days = -3",
             "[expire]\nretain_weeks = 2",
@@ -532,6 +574,16 @@ mod tests {
             let f = write(text, 0o600);
             assert!(matches!(load_file(&f), Err(Error::Config { .. })), "{text:?} must be refused");
         }
+    }
+
+    #[test]
+    fn backup_checkpoint_and_primary() {
+        let cfg = load_file(&write("repo = \"file:///r\"\n", 0o600)).expect("valid");
+        assert_eq!((cfg.backup.checkpoint, cfg.backup.primary_conninfo), (CheckpointMode::Spread, None));
+        let text = "[backup]\ncheckpoint = \"fast\"\nprimary_conninfo = \"host=p user=u\"\n";
+        let cfg = load_file(&write(text, 0o600)).expect("valid");
+        assert_eq!(cfg.backup.checkpoint, CheckpointMode::Fast);
+        assert_eq!(cfg.backup.primary_conninfo.as_deref(), Some("host=p user=u"));
     }
 
     #[test]

@@ -301,6 +301,20 @@ pub struct BackupStop {
     pub tablespace_map: Option<String>,
 }
 
+/// The server's own reading of its `pg_control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlCheckpoint {
+    /// The latest checkpoint record.
+    pub checkpoint: Lsn,
+    /// Its REDO location.
+    pub redo: Lsn,
+    /// Its timeline.
+    pub timeline: TimelineId,
+    /// When the file was last written (Unix seconds; PostgreSQL 12 and
+    /// later stamp every write).
+    pub last_modified: i64,
+}
+
 /// A tablespace as the catalog knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TablespaceRow {
@@ -427,6 +441,17 @@ impl Session {
         self.text_required("cannot switch WAL (pg_switch_wal)", "SELECT pg_walfile_name(pg_switch_wal())").await
     }
 
+    /// Whether this role may call `pg_switch_wal()`.
+    pub async fn may_switch_wal(&self) -> Result<bool> {
+        let what = "cannot check the privilege to call pg_switch_wal";
+        let row = self
+            .client
+            .query_one("SELECT has_function_privilege('pg_switch_wal()', 'EXECUTE')", &[])
+            .await
+            .map_err(db_err(what))?;
+        row.try_get(0).map_err(db_err(what))
+    }
+
     /// The timeline of the latest checkpoint.
     pub async fn checkpoint_timeline(&self) -> Result<TimelineId> {
         let what = "cannot read the timeline";
@@ -437,6 +462,39 @@ impl Session {
             .map_err(db_err(what))?;
         let tli: i32 = row.try_get(0).map_err(db_err(what))?;
         Ok(TimelineId(tli as u32))
+    }
+
+    /// The latest checkpoint as the server reads it from its own
+    /// `global/pg_control` on disk (`pg_control_checkpoint()`,
+    /// `pg_control_system()`).
+    pub async fn control_checkpoint(&self) -> Result<ControlCheckpoint> {
+        let what = "cannot read the server's pg_control (pg_control_checkpoint)";
+        let row = self
+            .client
+            .query_one(
+                "SELECT c.checkpoint_lsn::text, c.redo_lsn::text, c.timeline_id, \
+                 extract(epoch FROM s.pg_control_last_modified)::bigint \
+                 FROM pg_control_checkpoint() c, pg_control_system() s",
+                &[],
+            )
+            .await
+            .map_err(db_err(what))?;
+        let checkpoint: String = row.try_get(0).map_err(db_err(what))?;
+        let redo: String = row.try_get(1).map_err(db_err(what))?;
+        let tli: i32 = row.try_get(2).map_err(db_err(what))?;
+        Ok(ControlCheckpoint {
+            checkpoint: parse_lsn(what, &checkpoint)?,
+            redo: parse_lsn(what, &redo)?,
+            timeline: TimelineId(tli as u32),
+            last_modified: row.try_get(3).map_err(db_err(what))?,
+        })
+    }
+
+    /// The port the server listens on (`port`, readable by every role).
+    pub async fn port(&self) -> Result<u16> {
+        let what = "cannot read the server's port";
+        let v = self.text_required(what, "SELECT current_setting('port')").await?;
+        v.trim().parse().map_err(|_| not_a_number(what, &v))
     }
 
     /// The tablespaces besides `pg_default` and `pg_global`.

@@ -1,7 +1,8 @@
 //! PostgreSQL's own vocabulary as types: LSNs, timelines, WAL file names, the
-//! WAL page header and `.history` files. Pure: bytes and strings in, typed
+//! WAL page header, `pg_control` and `.history` files. Pure: bytes and strings in, typed
 //! values out; nothing here does I/O or depends on the rest of pgwal.
 
+pub mod control;
 pub mod history;
 pub mod lsn;
 pub mod page_header;

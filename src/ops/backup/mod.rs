@@ -3,31 +3,42 @@
 //!
 //! 1. take the repository's backup lock (`lock/backup`);
 //! 2. connect, and check the server is the repository's cluster (recording
-//!    it on first use) and that `--pgdata` is that server's directory;
-//! 3. `pg_backup_start` on a session held open until the end (if pgwal dies,
-//!    the session ends and PostgreSQL aborts the backup by itself);
-//! 4. walk the data directory and tablespaces, and store the files in packs
+//!    it on first use); from a standby (in recovery), connect to the primary
+//!    too (`backup.primary_conninfo`), or refuse;
+//! 3. check that the data directory is the server's by its path and its
+//!    `postmaster.pid` (see [`live`]);
+//! 4. `pg_backup_start` on a session held open until the end (if pgwal dies,
+//!    the session ends and PostgreSQL aborts the backup by itself), then
+//!    check that the directory's `pg_control` holds the checkpoint that
+//!    call just made (see [`live`]): before anything is stored;
+//! 5. walk the data directory and tablespaces, and store the files in packs
 //!    (see [`packer`]);
-//! 5. `pg_backup_stop`, which gives the `backup_label` and `tablespace_map`;
-//! 6. wait until every WAL segment from the start to the stop LSN is in the
-//!    repository (the server's `archive_command` ships them);
-//! 7. store the manifest, last: only now does the backup exist.
+//! 6. `pg_backup_stop`, which gives the `backup_label` and `tablespace_map`;
+//!    from a standby, switch WAL on the primary, so that the segment holding
+//!    the stop LSN is completed and archived even on a quiet primary (on a
+//!    primary, `pg_backup_stop` switches by itself);
+//! 7. wait until every WAL segment from the start to the stop LSN is in the
+//!    repository (the primary's `archive_command` ships them);
+//! 8. store the manifest, last: only now does the backup exist.
 //!
-//! A backup killed anywhere before 7 leaves packs that no manifest names,
-//! invisible to `list` and `restore`, and a lock the next backup takes over.
+//! A backup that fails after step 4 removes the packs it stored (they are
+//! not a backup) and says so. One killed anywhere before 8 leaves packs that
+//! no manifest names, invisible to `list` and `restore`, and a lock the next
+//! backup takes over; `expire` removes those packs.
 
+pub mod live;
 pub mod packer;
 pub mod walk;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::BackupOptions;
+use crate::config::{BackupOptions, CheckpointMode};
 use crate::db::{label_timeline, ConnTarget, Session};
 use crate::error::{Error, Result};
 use crate::ops::lock::BackupLock;
 use crate::ops::progress::Progress;
+use crate::pg::control::ControlFile;
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST_FORMAT};
 use crate::repo::{keys, ClusterIdentity, Repository};
@@ -41,6 +52,8 @@ pub struct BackupRequest {
     pub pgdata: Option<PathBuf>,
     /// How to reach the server.
     pub conn: ConnTarget,
+    /// How to reach the primary, for a backup taken from a standby.
+    pub primary: Option<ConnTarget>,
     /// `[backup]` options.
     pub opts: BackupOptions,
 }
@@ -116,19 +129,27 @@ async fn check_cluster(
     })
 }
 
-/// The data directory to read: the configured one, else the server's, and
-/// in either case it must be the server's (its `pg_control` holds the same
-/// system identifier), so that a wrong `--pgdata` cannot make a backup of
-/// another cluster's files.
-async fn data_directory(session: &Session, configured: Option<&Path>, system_identifier: u64) -> Result<PathBuf> {
-    let dir = match configured {
-        Some(d) => d.to_path_buf(),
-        None => session.data_directory().await?.ok_or_else(|| {
-            Error::config(
+/// The data directory to read: the configured one, else the server's; its
+/// `pg_control` must hold the server's system identifier, so that a wrong
+/// `--pgdata` cannot make a backup of another cluster's files. Returns the
+/// directory, where it came from, and the server's `data_directory` when
+/// this role may read it (for [`live`]).
+async fn data_directory(
+    session: &Session,
+    conn: &ConnTarget,
+    configured: Option<&Path>,
+    system_identifier: u64,
+) -> Result<(PathBuf, live::DirOrigin, Option<PathBuf>)> {
+    let server_dir = session.data_directory().await?;
+    let (dir, origin) = match (configured, &server_dir) {
+        (Some(d), _) => (d.to_path_buf(), live::DirOrigin::Configured),
+        (None, Some(d)) => (d.clone(), live::DirOrigin::Server),
+        (None, None) => {
+            return Err(Error::config(
                 "no data directory: the server does not tell this role its data_directory",
                 "pass --pgdata (or set PGDATA, or pgdata in the config file)",
-            )
-        })?,
+            ))
+        }
     };
     let control = dir.join("global/pg_control");
     let bytes = std::fs::read(&control).map_err(|e| {
@@ -137,19 +158,67 @@ async fn data_directory(session: &Session, configured: Option<&Path>, system_ide
             "run pgwal backup on the database host as a user who can read the data directory, and check --pgdata",
         )
     })?;
-    let found = bytes.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("invariant: 8 bytes")));
+    let found = ControlFile::parse(&bytes).map(|c| c.system_identifier);
     if found != Some(system_identifier) {
         return Err(Error::config(
             format!(
-                "data directory '{}' does not belong to the server (its pg_control names cluster {}, the server is {})",
+                "data directory '{}' does not belong to the server at {} (its pg_control names cluster {}, the server is {})",
                 dir.display(),
+                conn.describe(),
                 found.map_or_else(|| "?".into(), |f| f.to_string()),
                 system_identifier
             ),
             "point --pgdata / PGDATA at the data directory of the server that --conninfo reaches",
         ));
     }
-    Ok(dir)
+    Ok((dir, origin, server_dir))
+}
+
+/// The primary of the standby being backed up, checked to be a primary of
+/// the same cluster on which this role may switch WAL. The session is not
+/// kept: a backup can take hours, and an idle session may be cut by then;
+/// pgwal connects again after `pg_backup_stop`. Refuses at once without
+/// one: from a standby, the
+/// segment holding the stop LSN is only completed (and archived) when the
+/// primary switches WAL, which on a quiet primary may take hours. pgBackRest
+/// requires the primary for the same reason; waiting for `archive_timeout`
+/// instead would depend on a setting pgwal cannot see or rely on.
+async fn check_primary(req: &BackupRequest, system_identifier: u64) -> Result<ConnTarget> {
+    let Some(target) = req.primary.clone() else {
+        return Err(Error::config(
+            format!(
+                "the server at {} is a standby (in recovery): a backup from it needs a connection to its primary, \
+                 to switch WAL there so that the backup's last segment gets archived",
+                req.conn.describe()
+            ),
+            "give the primary's connection with --primary-conninfo \"host=... user=...\" (or PGWAL_PRIMARY_CONNINFO, \
+             or backup.primary_conninfo in the config file), or back up the primary itself",
+        ));
+    };
+    let primary = target.connect().await?;
+    if primary.in_recovery().await? {
+        return Err(Error::config(
+            format!("--primary-conninfo reaches {}, which is in recovery too, not a primary", target.describe()),
+            "give the connection of the primary at the top of the replication chain (pg_switch_wal works only there)",
+        ));
+    }
+    let theirs = primary.system_identifier().await?;
+    if theirs != system_identifier {
+        return Err(Error::config(
+            format!(
+                "--primary-conninfo reaches {} of cluster {theirs}, the standby is of cluster {system_identifier}",
+                target.describe()
+            ),
+            "give the connection of this standby's own primary",
+        ));
+    }
+    if !primary.may_switch_wal().await? {
+        return Err(Error::config(
+            format!("--primary-conninfo reaches {}, where this role may not call pg_switch_wal()", target.describe()),
+            "connect as a superuser, or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO the role on the primary",
+        ));
+    }
+    Ok(target)
 }
 
 /// A backup ID for now that no earlier, interrupted backup has used.
@@ -167,20 +236,63 @@ async fn fresh_id(repo: &Repository) -> Result<(BackupId, chrono::DateTime<chron
 }
 
 async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<ClusterIdentity>) -> Result<BackupId> {
+    let began = Instant::now();
     let session = req.conn.connect().await?;
     let segment_size = check_cluster(repo, &session, &req.conn, recorded).await?;
     let system_identifier = session.system_identifier().await?;
-    let pgdata = data_directory(&session, req.pgdata.as_deref(), system_identifier).await?;
+    let in_recovery = session.in_recovery().await?;
+    let primary = match in_recovery {
+        true => Some(check_primary(req, system_identifier).await?),
+        false => None,
+    };
+    let (pgdata, origin, server_dir) =
+        data_directory(&session, &req.conn, req.pgdata.as_deref(), system_identifier).await?;
+    live::before_start(&session, &req.conn, &pgdata, origin, server_dir.as_deref()).await?;
     let (id, started) = fresh_id(repo).await?;
-    let start_lsn = session.backup_start(&format!("pgwal backup {id}"), true).await?;
+    let fast = req.opts.checkpoint == CheckpointMode::Fast;
+    if !fast {
+        crate::log_info!("waiting for a spread checkpoint; --checkpoint fast to hurry");
+    }
+    let start_lsn = session.backup_start(&format!("pgwal backup {id}"), fast).await?;
+    live::after_start(&session, &req.conn, &pgdata, origin, in_recovery, start_lsn).await?;
+
+    let started_at = Started { id: &id, time: started, start_lsn, began, segment_size, system_identifier };
+    let result = store(repo, req, &session, primary.as_ref(), &pgdata, &started_at).await;
+    if result.is_err() {
+        remove_own_packs(repo, &id).await;
+    }
+    result?;
+    Ok(id)
+}
+
+/// What is known once the backup has started.
+struct Started<'a> {
+    id: &'a BackupId,
+    time: chrono::DateTime<chrono::Utc>,
+    start_lsn: Lsn,
+    began: Instant,
+    segment_size: WalSegmentSize,
+    system_identifier: u64,
+}
+
+/// Steps 5 to 8: packs, stop, WAL, manifest.
+async fn store(
+    repo: &Repository,
+    req: &BackupRequest,
+    session: &Session,
+    primary: Option<&ConnTarget>,
+    pgdata: &Path,
+    st: &Started<'_>,
+) -> Result<()> {
+    let id = st.id;
     let major = session.version_num() / 10000;
-    let walk_dir = pgdata.clone();
+    let walk_dir = pgdata.to_path_buf();
     let walked = tokio::task::spawn_blocking(move || walk::walk(&walk_dir, major))
         .await
-        .map_err(|e| Error::io("cannot walk", &pgdata)(std::io::Error::other(e.to_string())))??;
+        .map_err(|e| Error::io("cannot walk", pgdata)(std::io::Error::other(e.to_string())))??;
     let pack_opts = packer::PackOptions { compress_level: req.opts.compress_level, workers: req.opts.workers };
     let progress = Progress::new(format!("backup {id}"), walked.files.iter().map(|f| f.size).sum());
-    let packed = packer::pack_files(repo, &id, walked.files, &pack_opts, &progress).await;
+    let packed = packer::pack_files(repo, id, walked.files, &pack_opts, &progress).await;
     progress.finish();
     let mut packed = packed?;
 
@@ -191,8 +303,30 @@ async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<
         None => session.checkpoint_timeline().await?,
     };
     let stop_timeline = timeline;
-    wait_for_wal(repo, &session, &[timeline, stop_timeline], start_lsn, stop.lsn, segment_size, req.opts.wal_timeout)
-        .await?;
+    let last = WalFileName::segment(
+        stop_timeline,
+        SegmentNo(*needed_segments(st.start_lsn, stop.lsn, st.segment_size).end()),
+        st.segment_size,
+    );
+    // The archiver to ask when WAL does not come: the primary's, from a standby.
+    let primary_session = match primary {
+        Some(target) => switch_on_primary(target, &last, stop.lsn).await,
+        None => None,
+    };
+    let archiver = match &primary_session {
+        Some(primary) => (primary, "the primary"),
+        None => (session, "the server"),
+    };
+    wait_for_wal(
+        repo,
+        archiver,
+        &[timeline, stop_timeline],
+        st.start_lsn,
+        stop.lsn,
+        st.segment_size,
+        req.opts.wal_timeout,
+    )
+    .await?;
 
     packed.files.sort_by(|a, b| (a.tablespace, &a.path).cmp(&(b.tablespace, &b.path)));
     packed.packs.sort_by_key(|p| p.number);
@@ -202,13 +336,13 @@ async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<
         id: id.clone(),
         kind: BackupType::Full,
         parent: None,
-        system_identifier: system_identifier.to_string(),
+        system_identifier: st.system_identifier.to_string(),
         server_version_num: session.version_num(),
         timeline,
-        start_lsn,
+        start_lsn: st.start_lsn,
         stop_lsn: stop.lsn,
         stop_timeline,
-        start_time: rfc3339(started),
+        start_time: rfc3339(st.time),
         stop_time: rfc3339(stopped),
         backup_label: stop.label,
         tablespace_map: stop.tablespace_map,
@@ -219,18 +353,90 @@ async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<
         directories: walked.dirs,
         files: packed.files,
     };
-    repo.store_json(&manifest_key(&id), &manifest).await?;
-    if std::io::stderr().is_terminal() {
-        eprintln!(
-            "pgwal: backup {id} complete: {} files, {} MiB, {} MiB stored, WAL {}..{}",
-            manifest.files.len(),
-            manifest.data_size >> 20,
-            manifest.stored_size >> 20,
-            manifest.start_lsn,
-            manifest.stop_lsn
-        );
+    repo.store_json(&manifest_key(id), &manifest).await?;
+    let first = WalFileName::segment(
+        timeline,
+        SegmentNo(*needed_segments(st.start_lsn, stop.lsn, st.segment_size).start()),
+        st.segment_size,
+    );
+    crate::log_info!("{}", summary(&manifest, st.began.elapsed(), &first, &last));
+    Ok(())
+}
+
+/// Connects to the primary and switches WAL there, so that it completes
+/// and archives `last`, the segment holding the standby backup's stop LSN.
+/// A failure is only a warning: the segment still comes once the primary
+/// fills or times it out (`archive_timeout`), within `backup.wal_timeout` or
+/// not. Returns the session, for the archiver's statistics.
+async fn switch_on_primary(target: &ConnTarget, last: &WalFileName, stop: Lsn) -> Option<Session> {
+    let switched = match target.connect().await {
+        Ok(primary) => primary.switch_wal().await.map(|s| (primary, s)),
+        Err(e) => Err(e),
+    };
+    match switched {
+        Ok((primary, switched)) => {
+            crate::log_info!(
+                "backup from a standby: switched WAL on the primary ({}, which completed '{switched}'), so \
+                 that the backup's last segment '{last}' (stop LSN {stop}) gets archived",
+                target.describe()
+            );
+            Some(primary)
+        }
+        Err(e) => {
+            crate::log_warn!(
+                "cannot switch WAL on the primary ({}): {}; the backup's last segment '{last}' arrives only \
+                 once the primary completes it by itself",
+                target.describe(),
+                e.one_line()
+            );
+            None
+        }
     }
-    Ok(id)
+}
+
+/// The one line a cron log keeps of a backup.
+fn summary(m: &Manifest, took: Duration, first: &WalFileName, last: &WalFileName) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    format!(
+        "backup {} complete: {} files, {}, {} stored, {:.1}s, WAL {}..{} ({first}..{last})",
+        m.id,
+        m.files.len(),
+        mib(m.data_size),
+        mib(m.stored_size),
+        took.as_secs_f64(),
+        m.start_lsn,
+        m.stop_lsn
+    )
+}
+
+/// Removes what a failed backup stored under its own ID (packs no manifest
+/// names: not a backup), naming it. A failure to remove is only a warning:
+/// `expire` sweeps such leftovers later.
+async fn remove_own_packs(repo: &Repository, id: &BackupId) {
+    let prefix = object_store::path::Path::from(format!("backup/{id}"));
+    let keys: Vec<object_store::path::Path> = match repo.list_objects(&prefix).await {
+        Ok(objects) => objects.into_iter().map(|o| o.location).collect(),
+        Err(e) => {
+            crate::log_warn!(
+                "the failed backup {id} left its packs in '{prefix}/' ({}); 'pgwal expire' removes them",
+                e.one_line()
+            );
+            return;
+        }
+    };
+    if keys.is_empty() {
+        return;
+    }
+    match repo.delete(&keys).await {
+        Ok(()) => crate::log_notice!(
+            "removed the {} pack(s) the failed backup {id} had stored ('{prefix}/'): it is not a backup",
+            keys.len()
+        ),
+        Err(e) => crate::log_warn!(
+            "the failed backup {id} left packs in '{prefix}/' ({}); 'pgwal expire' removes them",
+            e.one_line()
+        ),
+    }
 }
 
 /// The segments a backup needs: from the one holding `start` to the one
@@ -242,10 +448,11 @@ pub fn needed_segments(start: Lsn, stop: Lsn, size: WalSegmentSize) -> std::ops:
 }
 
 /// Waits until every segment the backup needs is in the repository, on any
-/// of `timelines`.
+/// of `timelines`; says once which segment it waits for and why.
+/// `session` is the server whose `archive_command` ships them, `archiver_name` names it.
 async fn wait_for_wal(
     repo: &Repository,
-    session: &Session,
+    (session, archiver_name): (&Session, &str),
     timelines: &[TimelineId],
     start: Lsn,
     stop: Lsn,
@@ -253,7 +460,10 @@ async fn wait_for_wal(
     timeout: Duration,
 ) -> Result<()> {
     let began = Instant::now();
-    for segno in needed_segments(start, stop, size) {
+    let mut said = false;
+    let needed = needed_segments(start, stop, size);
+    let last = WalFileName::segment(timelines[timelines.len() - 1], SegmentNo(*needed.end()), size);
+    for segno in needed {
         let names: Vec<WalFileName> =
             timelines.iter().map(|&tli| WalFileName::segment(tli, SegmentNo(segno), size)).collect();
         loop {
@@ -267,10 +477,20 @@ async fn wait_for_wal(
             if found {
                 break;
             }
+            if !said {
+                said = true;
+                crate::log_info!(
+                    "waiting up to {}s (backup.wal_timeout) for WAL segment '{}' to reach the repository: the \
+                     backup needs every segment through '{last}' (stop LSN {stop}), which {archiver_name}'s \
+                     archive_command stores",
+                    timeout.as_secs(),
+                    names[0]
+                );
+            }
             if began.elapsed() >= timeout {
                 let archiver = session.archiver_stats().await.ok().map(|s| {
                     format!(
-                        "the server's archiver last archived '{}' and last failed on '{}'{}",
+                        "{archiver_name}'s archiver last archived '{}' and last failed on '{}'{}",
                         s.last_archived_wal.as_deref().unwrap_or("-"),
                         s.last_failed_wal.as_deref().unwrap_or("-"),
                         s.last_failed_time.map(|t| format!(" at {t}")).unwrap_or_default()
