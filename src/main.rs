@@ -64,7 +64,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
     match &cli.command {
         Command::Archive(args) => {
             let url = cfg.require_repo()?;
-            let store = storage::open(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
             let retry = RetryPolicy::with_deadline(cfg.archive.retry_deadline).quiet();
             let repo = Repository::new(store, url.clone(), retry);
             let data_dir = data_dir_of(&cfg);
@@ -88,7 +88,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             }
             let name = fetch::parse_name(&args.name)?;
             let url = cfg.require_repo()?;
-            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let retry = RetryPolicy::with_deadline(cfg.fetch.retry_deadline).quiet();
             let repo = Repository::new(store, url.clone(), retry);
             let data_dir = data_dir_of(&cfg);
@@ -100,7 +100,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let data_dir = data_dir_of(&cfg).ok_or_else(|| {
                 Error::config("no data directory", "run it inside the data directory or pass --pgdata")
             })?;
-            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let retry = RetryPolicy::with_deadline(cfg.fetch.retry_deadline).quiet();
             let repo = Repository::new(store, url.clone(), retry);
             prefetch::run(&rt, &repo, &data_dir, cfg.fetch.prefetch)
@@ -118,7 +118,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             request.validate()?;
             let url = cfg.require_repo()?;
             let deadline = cfg.backup.retry_deadline;
-            let store = storage::open(url, &cfg.store, Access::CreateIfMissing, deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::CreateIfMissing, deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
             let id = backup::backup(&rt, &repo, &request)?;
             println!("{id}");
@@ -127,7 +127,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         Command::List(args) => {
             require_data_dir_if_given(&cfg)?;
             let url = cfg.require_repo()?;
-            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
             let data_dir = data_dir_of(&cfg);
             print!("{}", backlog::annotate_listing(list::list(&rt, &repo, args.json)?, args.json, data_dir.as_deref()));
@@ -136,7 +136,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         Command::Check(args) => {
             let url = cfg.require_repo()?;
             let open_repo = || {
-                let store = storage::open(url, &cfg.store, Access::MustExist, cfg.archive.retry_deadline)?;
+                let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.archive.retry_deadline)?;
                 Ok(Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.archive.retry_deadline)))
             };
             let request = check::CheckRequest {
@@ -161,7 +161,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 .transpose()?;
             let opts = verify::VerifyOptions { backup, quick: args.quick, jobs: args.jobs.map_or(4, |j| j as usize) };
             let url = cfg.require_repo()?;
-            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
             let report = rt.block_on(verify::verify(&repo, &opts))?;
             print!("{}", if args.json { report.render_json() + "\n" } else { report.render_text() });
@@ -182,7 +182,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 expire::ExpireOptions { policy, dry_run: args.dry_run, lock_stale_after: cfg.backup.lock_stale_after };
             let url = cfg.require_repo()?;
             let deadline = cfg.backup.retry_deadline;
-            let store = storage::open(url, &cfg.store, Access::WriteExisting, deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::WriteExisting, deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
             let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now()))?;
             for note in &outcome.notes {
@@ -208,7 +208,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
 
 /// The repository as `restore` and `standby` read it: never created.
 fn open_for_restore(cfg: &config::Config, opts: &config::restore::RestoreOptions) -> Result<Repository> {
-    let store = storage::open(&opts.repo, &cfg.store, Access::MustExist, opts.retry_deadline)?;
+    let store = storage::open_as_caller(&opts.repo, &cfg.store, Access::MustExist, opts.retry_deadline)?;
     Ok(Repository::new(store, opts.repo.clone(), RetryPolicy::with_deadline(opts.retry_deadline)))
 }
 

@@ -184,14 +184,21 @@ pub fn open(url: &RepoUrl, opts: &StoreOptions, access: Access, request_timeout:
     Ok(Store { objects, local_root: None })
 }
 
-/// A `file://` repository. Only its own directory is ever created, and only
-/// when its parent exists: a typo in the path must not start a new
-/// repository somewhere unexpected. Root is refused where the result would
-/// belong to another user ([`owner`]).
-fn open_local(url: &RepoUrl, dir: &Path, access: Access) -> Result<Store> {
-    if access != Access::MustExist {
+/// Like [`open`], but first refuses, when running as root, to write into a
+/// `file://` repository that belongs to another user ([`owner`]). The
+/// commands use this; the library's own callers (tests, tools) decide for
+/// themselves.
+pub fn open_as_caller(url: &RepoUrl, opts: &StoreOptions, access: Access, request_timeout: Duration) -> Result<Store> {
+    if let (RepoUrl::File(dir), Access::CreateIfMissing | Access::WriteExisting) = (url, access) {
         owner::refuse_root_into_foreign(dir)?;
     }
+    open(url, opts, access, request_timeout)
+}
+
+/// A `file://` repository. Only its own directory is ever created, and only
+/// when its parent exists: a typo in the path must not start a new
+/// repository somewhere unexpected.
+fn open_local(url: &RepoUrl, dir: &Path, access: Access) -> Result<Store> {
     match access {
         Access::MustExist | Access::WriteExisting if !dir.is_dir() => {
             return Err(Error::RepositoryMissing { url: url.to_string() })
