@@ -243,6 +243,15 @@ impl Error {
                  fetch.retry_deadline, backup.retry_deadline): check the storage service and the network"
                     .into(),
             ),
+            Error::Storage { source: object_store::Error::Generic { store: "LocalFileSystem", .. }, .. }
+                if self.is_permission_denied() =>
+            {
+                Some(
+                    "check the owner and mode of the repository directory: run pgwal as its owner (the user \
+                     PostgreSQL runs as)"
+                        .into(),
+                )
+            }
             Error::Storage { source, .. } => classify_store_error(source).hint().map(str::to_string),
             Error::Io { source, path, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
                 "check who owns '{}' and its directory: run pgwal as that user (the one PostgreSQL runs as)",
@@ -268,6 +277,10 @@ impl Error {
             ),
             _ => None,
         }
+    }
+
+    fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::Storage { source, .. } if classify_store_error(source) == StoreFault::Denied)
     }
 
     /// The hint as it fits `caller`: only PostgreSQL calls `archive` and
@@ -330,8 +343,8 @@ impl StoreFault {
             StoreFault::Transient => None,
             StoreFault::Denied => Some(
                 "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_SERVICE_ACCOUNT, \
-                 AZURE_STORAGE_ACCOUNT_KEY or the [s3] / [gcs] / [azure] settings) and the permissions on the \
-                 repository; for file:// run pgwal as the repository's owner",
+                 AZURE_STORAGE_ACCOUNT_KEY or the [s3] / [gcs] / [azure] settings) and what they may do in \
+                 the bucket or container",
             ),
             StoreFault::NoBucket => Some("create the bucket or container first, or fix the repository URL"),
             StoreFault::BadEndpoint => Some(

@@ -501,6 +501,7 @@ fn permission_denied_is_not_retried() -> Result<()> {
     ensure!(denied.code() == Some(1), "{denied}");
     ensure!(denied.stderr.contains("Permission denied") && !denied.stderr.contains("gave up after"), "{denied}");
     ensure!(error_lines(&denied) == 1 && warning_lines(&denied) == 0, "{denied}");
+    ensure!(denied.stderr.contains("run pgwal as its owner"), "the hint fits a local repository: {denied}");
     ensure!(!stored_key(&repo_dir, &file_name(&segs[1])).exists(), "nothing stored");
     archive(&repo, &segs[1])?.ensure_success()?;
     Ok(())

@@ -7,6 +7,7 @@
 //! refused naming their cause.
 
 mod common;
+mod synthetic;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -372,5 +373,28 @@ fn bad_values_say_what_is_wrong() -> Result<()> {
     ensure!(conninfo.stderr.matches("invalid connection string").count() == 1, "{conninfo}");
     ensure!(conninfo.stderr.contains("port"), "{conninfo}");
     ensure!(!dir.join("repo").exists(), "nothing created");
+    Ok(())
+}
+
+/// `expire` hitting "Permission denied" fails at once (it once retried for
+/// two minutes, printing a warning per retry): one error line, no retry.
+#[test]
+fn expire_permission_denied_fails_at_once() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new()?;
+    let (config, root) = synthetic::file_config(&dir, "repo")?;
+    let repo = synthetic::open(&config)?;
+    let ids = synthetic::rt().block_on(synthetic::two_timelines(&repo))?;
+    synthetic::give_to_run_as(&root)?;
+    let oldest = root.join("backup").join(&ids[0]);
+    fs::set_permissions(&oldest, fs::Permissions::from_mode(0o500))?;
+    let out = Pgwal::new(["--config", &s(&config), "expire", "--retain-full", "3"]).run()?;
+    fs::set_permissions(&oldest, fs::Permissions::from_mode(0o700))?;
+    ensure!(out.code() == Some(1), "{out}");
+    ensure!(out.stderr.contains("Permission denied") && !out.stderr.contains("gave up after"), "{out}");
+    let errors = out.stderr.lines().filter(|l| l.starts_with("pgwal: error:")).count();
+    let warnings = out.stderr.lines().filter(|l| l.starts_with("pgwal: warning:")).count();
+    ensure!(errors == 1 && warnings == 0, "one error line, no retries: {out}");
+    ensure!(out.stderr.contains("run pgwal as its owner"), "{out}");
     Ok(())
 }
