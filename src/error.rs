@@ -95,6 +95,7 @@ pub enum Error {
         /// How long they took.
         seconds: f64,
         /// The last error.
+        #[source]
         last: Box<Error>,
     },
     /// Local file I/O failed.

@@ -108,9 +108,10 @@ fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// Under umask 022 (for the pgwal commands run by hand, and for
-/// archive_command and restore_command: PostgreSQL passes the server's
-/// umask on, the test sets 022 explicitly in both), after archiving, a
+/// Under umask 022 (for the pgwal commands run by hand, and inside
+/// archive_command and restore_command: the postmaster sets its own umask,
+/// 077, which its commands would inherit, so the test sets 022 in both
+/// explicitly, the worst a wrapper script could do), after archiving, a
 /// backup, a restore and a recovery that spools: the repository, the spool
 /// and the restored data directory hold nothing group or others can read.
 /// The primary was initialised without group access, so the backup's

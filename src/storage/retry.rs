@@ -89,9 +89,10 @@ impl RetryPolicy {
 
 impl RetryPolicy {
     fn note(&self, what: &str, e: &Error, backoff: Duration) {
-        let warned = self.notes == RetryNotes::Warn && WARNED.fetch_add(1, Ordering::Relaxed) < WARNED_RETRIES;
-        if warned {
-            crate::log_warn!("{what}: {}; retrying in {} ms", e.one_line(), backoff.as_millis());
+        let warned = if self.notes == RetryNotes::Warn { WARNED.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
+        if (1..=WARNED_RETRIES).contains(&warned) {
+            let more = if warned == WARNED_RETRIES { " (further retries are noted at --log-level debug)" } else { "" };
+            crate::log_warn!("{what}: {}; retrying in {} ms{more}", e.one_line(), backoff.as_millis());
         } else {
             crate::log_debug!("{what}: {}; retrying in {} ms", e.one_line(), backoff.as_millis());
         }
