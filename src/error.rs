@@ -374,7 +374,7 @@ pub fn classify_store_error(e: &object_store::Error) -> StoreFault {
     let mut io_kinds = Vec::new();
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        text.push_str(&c.to_string().to_ascii_lowercase());
+        text.push_str(&without_names(&c.to_string()).to_ascii_lowercase());
         text.push('\n');
         if let Some(h) = c.downcast_ref::<object_store::client::HttpError>() {
             http_kind.get_or_insert(h.kind());
@@ -385,6 +385,12 @@ pub fn classify_store_error(e: &object_store::Error) -> StoreFault {
         cause = c.source();
     }
     classify_parts(&text, http_kind, &io_kinds)
+}
+
+/// A message without the URLs and absolute paths in it: a bucket, prefix
+/// or directory named "tls" or "token" says nothing about the failure.
+fn without_names(message: &str) -> String {
+    message.split_whitespace().filter(|w| !w.contains("://") && !w.starts_with('/')).collect::<Vec<_>>().join(" ")
 }
 
 /// Whether a store's "not found" means that the object is absent (a normal
@@ -674,6 +680,21 @@ mod tests {
             (http(HttpErrorKind::Connect, ErrorKind::Other, "invalid peer certificate: UnknownIssuer"), StoreFault::Tls),
             (text("Generic GCS error: Error getting token response: no credentials found"), StoreFault::Denied),
             (text("something nobody expected"), StoreFault::Permanent),
+            // Names in URLs and paths do not count.
+            (
+                generic(HttpError::new(
+                    HttpErrorKind::Timeout,
+                    IoError::new(ErrorKind::TimedOut, "GET https://tls-token.example/ssl/credential timed out"),
+                )),
+                StoreFault::Transient,
+            ),
+            (
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(IoError::new(ErrorKind::TimedOut, "cannot write /srv/tls/token: timed out")),
+                },
+                StoreFault::Transient,
+            ),
         ];
         for (e, expected) in cases {
             assert_eq!(classify_store_error(&e), expected, "{e}");
