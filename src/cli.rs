@@ -43,7 +43,30 @@ pub fn exit_status_help() -> String {
     about = "WAL archiving, base backups and point-in-time recovery for PostgreSQL",
     long_about = "pgwal keeps PostgreSQL clusters recoverable. It compresses (zstd) and checksums \
 (SHA-256) every WAL segment and stores it in a repository on local disk or object storage \
-(S3, GCS, Azure). Wire it in as:\n\n  archive_command = 'pgwal archive %p'\n  restore_command = 'pgwal fetch %f %p'",
+(S3, GCS, Azure). Wire it in as:\n\n  archive_command = 'pgwal archive %p'\n  restore_command = 'pgwal fetch %f %p'\n\n\
+Repository URLs: file:///abs/path (or the bare /abs/path, the same thing), s3://bucket/prefix, \
+gs://bucket/prefix, az://container/prefix. A relative path or an unknown scheme is refused. archive and \
+backup create a repository on first use: for file:// only its own directory (mode 0700), and only when \
+its parent directory exists, so a typo in the path fails instead of starting a new repository elsewhere; \
+on every backend the creation prints one notice, 'created a new repository at URL' (for archive it lands \
+in PostgreSQL's log).\n\n\
+Private by default: whatever the caller's umask, what pgwal writes into a file:// repository, the fetch \
+spool, archive markers and fetched WAL is readable by its owner only (files 0600, directories 0700); \
+restored files get the modes recorded in the backup (0600/0700, or 0640/0750 for a cluster initialised \
+with --allow-group-access).\n\n\
+Run pgwal as the user PostgreSQL runs as (usually postgres). It never changes the owner of what it \
+writes, so as root it refuses, before writing anything: archive, backup and expire into a file:// \
+repository (or, for a new one, its parent directory) that belongs to another user, and restore and \
+standby altogether (PostgreSQL does not start on a data directory owned by root). The hint names the \
+user, e.g. runuser -u postgres -- pgwal restore .... list and verify only read, and run as root \
+too.\n\n\
+Errors: only transient storage trouble is retried with backoff until the command's retry_deadline: \
+timeouts, throttling (HTTP 429, 503 SlowDown), dropped or reset connections and other 5xx answers. \
+Permission denied, bad or missing credentials (401, 403), a missing bucket or container, an endpoint \
+that refuses connections or does not resolve, and TLS failures fail at once, with a hint for that \
+cause. archive and fetch, whose stderr goes to PostgreSQL's log, print one 'pgwal: error:' line and a \
+hint per failed call (retries are noted at --log-level debug); other commands warn about the first few \
+retries.",
     after_long_help = exit_status_help(),
     propagate_version = true,
     disable_help_subcommand = true
@@ -63,10 +86,10 @@ pub struct GlobalArgs {
     /// Config file [default: /etc/pgwal/pgwal.toml, if it exists]
     #[arg(short = 'c', long, global = true, env = "PGWAL_CONFIG", value_name = "FILE", hide_env_values = true)]
     pub config: Option<PathBuf>,
-    /// Repository: file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix
+    /// Repository: /abs/path or file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix
     #[arg(long, global = true, env = "PGWAL_REPO", value_name = "URL", hide_env_values = true)]
     pub repo: Option<String>,
-    /// PostgreSQL data directory
+    /// PostgreSQL data directory (list refuses one that is not; archive and fetch prefer their working directory)
     #[arg(long, global = true, env = "PGDATA", value_name = "DIR", hide_env_values = true)]
     pub pgdata: Option<PathBuf>,
     /// libpq connection string (key=value); PGHOST, PGPORT, PGUSER... also apply
@@ -86,8 +109,10 @@ compressed with zstd and with the SHA-256 of its content. The file is checked fi
 its page header and its cluster (system identifier) must match; the first segment archived records the \
 cluster in the repository. Exits 0 only once the object is durable. If the same name already holds \
 identical content, exits 0 with a notice; if it holds different content, refuses and changes nothing. \
-Transient storage errors are retried until archive.retry_deadline (default 20s), then pgwal exits non-zero \
-and PostgreSQL retries later; the error is preceded by a line giving the archive backlog (files waiting, \
+Transient storage errors (timeouts, throttling, dropped connections, 5xx) are retried quietly until \
+archive.retry_deadline (default 20s); they and permanent ones (permission denied, bad credentials, a \
+missing bucket, an unreachable endpoint: no retry) end in one 'pgwal: error:' line and a hint in \
+PostgreSQL's log, pgwal exits non-zero and PostgreSQL retries later; the error is preceded by a line giving the archive backlog (files waiting, \
 bytes, and how long the oldest has waited).\n\n\
 Archiving ahead: run inside a data directory (PATH is pg_wal/NAME and pg_wal/archive_status exists), \
 archive also stores up to archive.ahead (default 32) other files that PostgreSQL has finished and will \
@@ -149,10 +174,11 @@ reports with pg_control_checkpoint(), at or after the backup's start LSN, on the
 written when the server's was, in the state of its role: in production on a primary, in archive recovery on \
 a standby). A copy's pg_control is \
 older, a standby's says it is in recovery.\n\n\
---checkpoint (backup.checkpoint): spread, the default (as pg_basebackup), lets the server pace the \
-checkpoint pg_backup_start waits for by checkpoint_completion_target, so the backup may wait minutes \
-before it reads a file (it says so once on stderr); fast asks for an immediate checkpoint: the backup \
-starts at once, and the server writes its dirty buffers as fast as it can.\n\n\
+--checkpoint (backup.checkpoint): fast, the default (what pgwal always did, as WAL-G does), asks for \
+an immediate checkpoint: the backup starts at once, and the server writes its dirty buffers as fast as it \
+can; spread (pg_basebackup's default) lets the server pace the checkpoint pg_backup_start waits for by \
+checkpoint_completion_target, sparing a busy primary the burst of writes, so the backup may wait minutes \
+before it reads a file (it says so once on stderr).\n\n\
 After pg_backup_stop it waits (backup.wal_timeout, default 5m) until every WAL segment from the start to \
 the stop LSN is in the repository (PostgreSQL's archive_command must be 'pgwal archive %p'), saying on \
 stderr which segment it waits for, and stores the manifest last: a backup exists, for list and restore, \
@@ -244,7 +270,8 @@ timeline's WAL; set archive_mode = off first for a throwaway copy. The backup ID
 Exits 2 for a request that cannot be carried out as given (bad or conflicting targets, an unknown backup \
 ID, a --tablespace-map OLD_DIR that is not a tablespace of the backup, a non-empty target directory \
 without --delta, a tablespace directory in use), 1 for every other failure (an unreachable target, missing \
-WAL, a corrupt object, a directory that cannot be written).")]
+WAL, a corrupt object, a directory that cannot be written). Refuses to run as root (exit 2, before \
+writing anything): run it as the user PostgreSQL runs as, e.g. runuser -u postgres -- pgwal restore ....")]
     Restore(RestoreArgs),
     /// Restore the newest backup as a standby of a running primary
     #[command(long_about = "Seeds (or, with --delta, rebuilds) a standby: restores the newest backup into \
@@ -254,7 +281,7 @@ primary_conninfo, primary_slot_name (with --slot), restore_command calling this 
 WAL, then streams from the primary. With --create-slot, the physical replication slot --slot is created \
 on the primary first (an existing slot of that name is used as it is), connecting with --primary-conninfo. \
 A gap in the archived WAL after the backup is reported as a warning: streaming may bridge it while the \
-primary still has that WAL.")]
+primary still has that WAL. Like restore, refuses to run as root.")]
     Standby(StandbyArgs),
     /// Check that every backup can be recovered to every point after it
     #[command(long_about = "Checks the repository and lists every problem with its object, WAL segment or \
@@ -392,7 +419,7 @@ pub struct BackupArgs {
     /// Full or incremental
     #[arg(long = "type", value_enum, default_value = "full", value_name = "TYPE")]
     pub kind: BackupKind,
-    /// The checkpoint the backup starts with [default: backup.checkpoint, else spread]
+    /// The checkpoint the backup starts with [default: backup.checkpoint, else fast]
     #[arg(long, value_enum, value_name = "MODE")]
     pub checkpoint: Option<CheckpointArg>,
     /// Backing up a standby: how to reach its primary (libpq key=value), to switch WAL there

@@ -95,6 +95,7 @@ pub enum Error {
         /// How long they took.
         seconds: f64,
         /// The last error.
+        #[source]
         last: Box<Error>,
     },
     /// Local file I/O failed.
@@ -206,12 +207,12 @@ impl Error {
         move |source| Error::Io { action, path, source }
     }
 
-    /// Whether trying the same thing again later may succeed: network and
-    /// server trouble, not refusals or bad input.
+    /// Whether trying the same thing again later may succeed: timeouts,
+    /// throttling, dropped connections and server errors (5xx), never
+    /// refusals, missing buckets, bad endpoints or bad input.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Storage { source, .. } => matches!(source, object_store::Error::Generic { .. }),
-            Error::DeadlineExceeded { .. } | Error::RepositoryMissing { .. } => false,
+            Error::Storage { source, .. } => classify_store_error(source) == StoreFault::Transient,
             _ => false,
         }
     }
@@ -238,9 +239,25 @@ impl Error {
                 "check --repo / PGWAL_REPO and the credentials; 'pgwal archive' creates the repository on first use"
                     .into(),
             ),
-            Error::DeadlineExceeded { .. } => {
-                Some("the repository is unreachable or failing; PostgreSQL will call again later".into())
+            Error::DeadlineExceeded { .. } => Some(
+                "the repository kept failing for the whole retry deadline (archive.retry_deadline, \
+                 fetch.retry_deadline, backup.retry_deadline): check the storage service and the network"
+                    .into(),
+            ),
+            Error::Storage { source: object_store::Error::Generic { store: "LocalFileSystem", .. }, .. }
+                if self.is_permission_denied() =>
+            {
+                Some(
+                    "check the owner and mode of the repository directory: run pgwal as its owner (the user \
+                     PostgreSQL runs as)"
+                        .into(),
+                )
             }
+            Error::Storage { source, .. } => classify_store_error(source).hint().map(str::to_string),
+            Error::Io { source, path, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+                "check who owns '{}' and its directory: run pgwal as that user (the one PostgreSQL runs as)",
+                path.display()
+            )),
             Error::DbConnect { .. } => Some(
                 "check --conninfo / PGWAL_CONNINFO (or PGHOST, PGPORT, PGUSER, PGPASSWORD) and that the server runs"
                     .into(),
@@ -262,6 +279,195 @@ impl Error {
             _ => None,
         }
     }
+
+    fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::Storage { source, .. } if classify_store_error(source) == StoreFault::Denied)
+    }
+
+    /// The hint as it fits `caller`: only PostgreSQL calls `archive` and
+    /// `fetch` again by itself, and only where it really does.
+    pub fn hint_for(&self, caller: Caller) -> Option<String> {
+        let base = self.hint();
+        let repository_trouble =
+            matches!(self, Error::Storage { .. } | Error::DeadlineExceeded { .. } | Error::RepositoryMissing { .. });
+        let tail = match caller {
+            Caller::Person => return base,
+            Caller::Archive => "PostgreSQL runs archive_command again later and keeps the WAL until it succeeds",
+            Caller::FetchStandby => "PostgreSQL calls restore_command again later",
+            Caller::FetchRecovery if repository_trouble => {
+                "recovery stops here rather than end early: fix the repository, then start the server again"
+            }
+            Caller::FetchRecovery => return base,
+        };
+        Some(match base {
+            Some(b) => format!("{b}; {tail}"),
+            None => tail.to_string(),
+        })
+    }
+}
+
+/// Who ran the failing command, for [`Error::hint_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A person or a script: nothing calls again by itself.
+    Person,
+    /// PostgreSQL's `archive_command`.
+    Archive,
+    /// `restore_command` in standby mode (PostgreSQL retries).
+    FetchStandby,
+    /// `restore_command` during targeted recovery (a failure stops recovery).
+    FetchRecovery,
+}
+
+/// What kind of storage failure an `object_store` error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// A timeout, throttling (429, 503 SlowDown), a dropped or reset
+    /// connection, another 5xx: worth retrying.
+    Transient,
+    /// Permission denied, bad or missing credentials (401, 403).
+    Denied,
+    /// The bucket or container does not exist.
+    NoBucket,
+    /// The endpoint cannot be reached at all: connection refused, unknown host.
+    BadEndpoint,
+    /// TLS or certificate failure.
+    Tls,
+    /// Any other refusal (bad request, unsupported operation, local I/O).
+    Permanent,
+}
+
+impl StoreFault {
+    /// What a user can do about it.
+    pub fn hint(self) -> Option<&'static str> {
+        match self {
+            StoreFault::Transient => None,
+            StoreFault::Denied => Some(
+                "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_SERVICE_ACCOUNT, \
+                 AZURE_STORAGE_ACCOUNT_KEY or the [s3] / [gcs] / [azure] settings) and what they may do in \
+                 the bucket or container",
+            ),
+            StoreFault::NoBucket => Some("create the bucket or container first, or fix the repository URL"),
+            StoreFault::BadEndpoint => Some(
+                "check the endpoint (AWS_ENDPOINT_URL, s3.endpoint, azure.endpoint) and that the storage service runs",
+            ),
+            StoreFault::Tls => Some("check the endpoint's TLS certificate (and https:// versus http://)"),
+            StoreFault::Permanent => None,
+        }
+    }
+}
+
+/// Classifies a store error by its variant and its chain of causes
+/// (object_store's HTTP errors, reqwest's and the OS's below them). What is
+/// not recognised as transient is permanent: retrying a refusal only delays
+/// the error and floods the log.
+pub fn classify_store_error(e: &object_store::Error) -> StoreFault {
+    use object_store::Error as E;
+    match e {
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => return StoreFault::Denied,
+        E::NotFound { .. } if names_missing_bucket(e) => return StoreFault::NoBucket,
+        E::Generic { .. } => {}
+        _ => return StoreFault::Permanent,
+    }
+    let mut text = String::new();
+    let mut http_kind = None;
+    let mut io_kinds = Vec::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        text.push_str(&without_names(&c.to_string()).to_ascii_lowercase());
+        text.push('\n');
+        if let Some(h) = c.downcast_ref::<object_store::client::HttpError>() {
+            http_kind.get_or_insert(h.kind());
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            io_kinds.push(io.kind());
+        }
+        cause = c.source();
+    }
+    classify_parts(&text, http_kind, &io_kinds)
+}
+
+/// A message without the URLs and absolute paths in it: a bucket, prefix
+/// or directory named "tls" or "token" says nothing about the failure.
+fn without_names(message: &str) -> String {
+    message.split_whitespace().filter(|w| !w.contains("://") && !w.starts_with('/')).collect::<Vec<_>>().join(" ")
+}
+
+/// Whether a store's "not found" means that the object is absent (a normal
+/// answer) rather than the bucket or container itself (an error).
+pub fn is_missing_object(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. }) && !names_missing_bucket(e)
+}
+
+fn names_missing_bucket(e: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if ["NoSuchBucket", "ContainerNotFound", "bucket does not exist"].iter().any(|t| text.contains(t)) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+fn classify_parts(
+    text: &str,
+    http_kind: Option<object_store::client::HttpErrorKind>,
+    io_kinds: &[std::io::ErrorKind],
+) -> StoreFault {
+    use object_store::client::HttpErrorKind as H;
+    use std::io::ErrorKind as K;
+    if let Some(status) = http_status(text) {
+        return match status {
+            429 | 500..=599 => StoreFault::Transient,
+            401 | 403 => StoreFault::Denied,
+            404 if text.contains("nosuchbucket") || text.contains("containernotfound") => StoreFault::NoBucket,
+            _ => StoreFault::Permanent,
+        };
+    }
+    for code in ["slowdown", "throttl", "serverbusy", "requesttimeout", "internalerror", "serviceunavailable"] {
+        if text.contains(code) {
+            return StoreFault::Transient;
+        }
+    }
+    if text.contains("nosuchbucket") || text.contains("containernotfound") || text.contains("bucket not found") {
+        return StoreFault::NoBucket;
+    }
+    let denied = [
+        "accessdenied",
+        "invalidaccesskeyid",
+        "signaturedoesnotmatch",
+        "authenticationfailed",
+        "authorizationfailure",
+        "permission denied",
+        "credential",
+        "token",
+    ];
+    if io_kinds.contains(&K::PermissionDenied) || denied.iter().any(|d| text.contains(d)) {
+        return StoreFault::Denied;
+    }
+    if io_kinds.contains(&K::ConnectionRefused) || text.contains("connection refused") || text.contains("dns error") {
+        return StoreFault::BadEndpoint;
+    }
+    if ["certificate", "tls", "ssl", "handshake"].iter().any(|t| text.contains(t)) {
+        return StoreFault::Tls;
+    }
+    if matches!(http_kind, Some(H::Timeout | H::Request | H::Interrupted | H::Connect)) {
+        return StoreFault::Transient;
+    }
+    let transient_io =
+        [K::TimedOut, K::Interrupted, K::ConnectionReset, K::ConnectionAborted, K::BrokenPipe, K::UnexpectedEof];
+    if io_kinds.iter().any(|k| transient_io.contains(k)) {
+        return StoreFault::Transient;
+    }
+    StoreFault::Permanent
+}
+
+/// The HTTP status in object_store's "status code: 503 Service Unavailable".
+fn http_status(text: &str) -> Option<u16> {
+    let at = text.find("status code: ")? + "status code: ".len();
+    text.get(at..at + 3)?.parse().ok()
 }
 
 /// How a process ends, as PostgreSQL and scripts see it. See `man pgwal`.
@@ -321,9 +527,22 @@ pub fn exit_code(err: &Error, rules: ExitRules) -> u8 {
 mod tests {
     use super::*;
 
+    fn timeout() -> object_store::client::HttpError {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "operation timed out");
+        object_store::client::HttpError::new(object_store::client::HttpErrorKind::Timeout, io)
+    }
+
+    fn generic(source: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: Box::new(source) }
+    }
+
+    fn text(s: &str) -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: s.into() }
+    }
+
     fn all_kinds() -> Vec<Error> {
         let name: WalFileName = "000000010000000000000001".parse().expect("valid");
-        let store_err = || object_store::Error::Generic { store: "S3", source: "connection refused".into() };
+        let store_err = || object_store::Error::Generic { store: "S3", source: Box::new(timeout()) };
         vec![
             Error::Usage("x".into()),
             Error::config("x", "y"),
@@ -410,5 +629,103 @@ mod tests {
         let mut expected = vec![false; transient.len()];
         expected[9] = true;
         assert_eq!(transient, expected);
+    }
+
+    /// Only timeouts, throttling, dropped connections and 5xx are retried;
+    /// refusals, missing buckets and unreachable endpoints fail at once.
+    #[test]
+    fn store_errors_are_classified_by_variant_and_cause() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        use std::io::{Error as IoError, ErrorKind};
+        let http = |kind, io_kind, msg: &str| generic(HttpError::new(kind, IoError::new(io_kind, msg.to_string())));
+        let cases: Vec<(object_store::Error, StoreFault)> = vec![
+            (generic(timeout()), StoreFault::Transient),
+            (http(HttpErrorKind::Interrupted, ErrorKind::ConnectionReset, "connection reset by peer"), StoreFault::Transient),
+            (http(HttpErrorKind::Request, ErrorKind::Other, "connection closed before message completed"), StoreFault::Transient),
+            (text("Error performing PUT in 1ms - Server returned non-2xx status code: 503 Service Unavailable: <Code>SlowDown</Code>"), StoreFault::Transient),
+            (text("Server returned non-2xx status code: 429 Too Many Requests: "), StoreFault::Transient),
+            (text("Server returned non-2xx status code: 500 Internal Server Error: "), StoreFault::Transient),
+            (text("Server returned non-2xx status code: 403 Forbidden: <Code>SignatureDoesNotMatch</Code>"), StoreFault::Denied),
+            (text("Server returned non-2xx status code: 401 Unauthorized: "), StoreFault::Denied),
+            (text("Server returned non-2xx status code: 404 Not Found: <Code>NoSuchBucket</Code>"), StoreFault::NoBucket),
+            (text("Server returned non-2xx status code: 400 Bad Request: "), StoreFault::Permanent),
+            (
+                object_store::Error::PermissionDenied { path: "p".into(), source: "403".into() },
+                StoreFault::Denied,
+            ),
+            (
+                object_store::Error::Unauthenticated { path: "p".into(), source: "401".into() },
+                StoreFault::Denied,
+            ),
+            (object_store::Error::NotFound { path: "p".into(), source: "404".into() }, StoreFault::Permanent),
+            (
+                object_store::Error::NotFound {
+                    path: "p".into(),
+                    source: "Server returned non-2xx status code: 404 Not Found: <Code>NoSuchBucket</Code>".into(),
+                },
+                StoreFault::NoBucket,
+            ),
+            (
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(IoError::new(ErrorKind::PermissionDenied, "Permission denied (os error 13)")),
+                },
+                StoreFault::Denied,
+            ),
+            (
+                http(HttpErrorKind::Connect, ErrorKind::ConnectionRefused, "tcp connect error: Connection refused"),
+                StoreFault::BadEndpoint,
+            ),
+            (http(HttpErrorKind::Connect, ErrorKind::Other, "dns error: failed to lookup address"), StoreFault::BadEndpoint),
+            (http(HttpErrorKind::Connect, ErrorKind::Other, "invalid peer certificate: UnknownIssuer"), StoreFault::Tls),
+            (text("Generic GCS error: Error getting token response: no credentials found"), StoreFault::Denied),
+            (text("something nobody expected"), StoreFault::Permanent),
+            // Names in URLs and paths do not count.
+            (
+                generic(HttpError::new(
+                    HttpErrorKind::Timeout,
+                    IoError::new(ErrorKind::TimedOut, "GET https://tls-token.example/ssl/credential timed out"),
+                )),
+                StoreFault::Transient,
+            ),
+            (
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(IoError::new(ErrorKind::TimedOut, "cannot write /srv/tls/token: timed out")),
+                },
+                StoreFault::Transient,
+            ),
+        ];
+        for (e, expected) in cases {
+            assert_eq!(classify_store_error(&e), expected, "{e}");
+            if matches!(e, object_store::Error::NotFound { .. }) {
+                assert_eq!(is_missing_object(&e), expected != StoreFault::NoBucket, "{e}");
+            }
+            let err = Error::Storage { op: "list", key: "k".into(), source: e };
+            assert_eq!(err.is_transient(), expected == StoreFault::Transient, "{err}");
+        }
+    }
+
+    /// Only archive and fetch say that PostgreSQL calls again, and fetch only
+    /// where it does (standby mode).
+    #[test]
+    fn hints_fit_the_caller() {
+        let gone = || Error::DeadlineExceeded {
+            attempts: 3,
+            seconds: 1.0,
+            last: Box::new(Error::Storage { op: "put", key: "k".into(), source: generic(timeout()) }),
+        };
+        let person = gone().hint_for(Caller::Person).expect("a hint");
+        assert!(!person.contains("PostgreSQL"), "{person}");
+        assert!(gone().hint_for(Caller::Archive).expect("a hint").contains("archive_command again"));
+        assert!(gone().hint_for(Caller::FetchStandby).expect("a hint").contains("again later"));
+        let recovery = gone().hint_for(Caller::FetchRecovery).expect("a hint");
+        assert!(recovery.contains("recovery stops") && !recovery.contains("again later"), "{recovery}");
+        let denied = Error::Storage {
+            op: "list",
+            key: "k".into(),
+            source: object_store::Error::PermissionDenied { path: "p".into(), source: "403".into() },
+        };
+        assert!(denied.hint_for(Caller::Person).expect("a hint").contains("credentials"));
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
-use pgwal::error::{exit, exit_code, Error, ExitRules};
+use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
 use pgwal::ops::{
     archive_ahead, backlog, backup, check, expire, fetch, list, prefetch, restore, spool, standby, verify, walspool,
 };
@@ -15,6 +15,15 @@ use pgwal::storage::{self, Access, RetryPolicy};
 use pgwal::{config, Result};
 
 fn main() -> ExitCode {
+    // Private by default (SPEC §3.7), whatever the caller's umask: every file
+    // and directory pgwal creates without an explicit mode (the repository's
+    // objects and directories, the spool, archive markers, fetched WAL, the
+    // recovery settings) is then 0600 / 0700. Restored data files and
+    // directories get their modes explicitly (storage::pgdata).
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
@@ -33,7 +42,7 @@ fn main() -> ExitCode {
             // "Not in the archive" is routine (PostgreSQL probes for history
             // files all the time): no noise for it.
             if !matches!(e, Error::NotInArchive(_)) {
-                report(&e);
+                report(&e, caller(&cli.command, rules));
             }
             ExitCode::from(exit_code(&e, rules))
         }
@@ -55,16 +64,17 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
     match &cli.command {
         Command::Archive(args) => {
             let url = cfg.require_repo()?;
-            let store = storage::open(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
-            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.archive.retry_deadline));
-            let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
+            let store = storage::open_as_caller(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
+            let retry = RetryPolicy::with_deadline(cfg.archive.retry_deadline).quiet();
+            let repo = Repository::new(store, url.clone(), retry);
+            let data_dir = data_dir_of(&cfg);
             if let Some(d) = &data_dir {
                 spool::Spool::new(d).remove_if_recovery_ended();
             }
             let outcome = archive_ahead::archive(&rt, &repo, &args.path, &cfg.archive).inspect_err(|_| {
                 let wal_dir = archive_ahead::wal_dir_of(&args.path);
                 if let Some(b) = backlog::scan(data_dir.as_deref().unwrap_or(&wal_dir), &wal_dir) {
-                    eprintln!("pgwal: {}", b.describe());
+                    pgwal::log_info!("{}", b.describe());
                 }
             })?;
             if outcome == PutOutcome::AlreadyIdentical {
@@ -78,9 +88,10 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             }
             let name = fetch::parse_name(&args.name)?;
             let url = cfg.require_repo()?;
-            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
-            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
-            let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
+            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let retry = RetryPolicy::with_deadline(cfg.fetch.retry_deadline).quiet();
+            let repo = Repository::new(store, url.clone(), retry);
+            let data_dir = data_dir_of(&cfg);
             // Outside archive recovery (a fetch by hand in a primary's data
             // directory) nothing is spooled or written into pg_wal/pgwal.
             let spool =
@@ -89,12 +100,12 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         }
         Command::PrefetchWal => {
             let url = cfg.require_repo()?;
-            let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref())
-                .ok_or_else(|| {
-                    Error::config("no data directory", "run it inside the data directory or pass --pgdata")
-                })?;
-            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
-            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
+            let data_dir = data_dir_of(&cfg).ok_or_else(|| {
+                Error::config("no data directory", "run it inside the data directory or pass --pgdata")
+            })?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let retry = RetryPolicy::with_deadline(cfg.fetch.retry_deadline).quiet();
+            let repo = Repository::new(store, url.clone(), retry);
             prefetch::run(&rt, &repo, &data_dir, cfg.fetch.prefetch)
         }
         Command::Backup(args) => {
@@ -131,24 +142,25 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             request.validate()?;
             let url = cfg.require_repo()?;
             let deadline = cfg.backup.retry_deadline;
-            let store = storage::open(url, &cfg.store, Access::CreateIfMissing, deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::CreateIfMissing, deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
             let id = backup::backup(&rt, &repo, &request)?;
             println!("{id}");
             Ok(())
         }
         Command::List(args) => {
+            require_data_dir_if_given(&cfg)?;
             let url = cfg.require_repo()?;
-            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
-            let data_dir = walspool::data_dir(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
+            let data_dir = data_dir_of(&cfg);
             print!("{}", backlog::annotate_listing(list::list(&rt, &repo, args.json)?, args.json, data_dir.as_deref()));
             Ok(())
         }
         Command::Check(args) => {
             let url = cfg.require_repo()?;
             let open_repo = || {
-                let store = storage::open(url, &cfg.store, Access::MustExist, cfg.archive.retry_deadline)?;
+                let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.archive.retry_deadline)?;
                 Ok(Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.archive.retry_deadline)))
             };
             let request = check::CheckRequest {
@@ -173,7 +185,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 .transpose()?;
             let opts = verify::VerifyOptions { backup, quick: args.quick, jobs: args.jobs.map_or(4, |j| j as usize) };
             let url = cfg.require_repo()?;
-            let store = storage::open(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
             let report = rt.block_on(verify::verify(&repo, &opts))?;
             print!("{}", if args.json { report.render_json() + "\n" } else { report.render_text() });
@@ -194,7 +206,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 expire::ExpireOptions { policy, dry_run: args.dry_run, lock_stale_after: cfg.backup.lock_stale_after };
             let url = cfg.require_repo()?;
             let deadline = cfg.backup.retry_deadline;
-            let store = storage::open(url, &cfg.store, Access::MustExist, deadline)?;
+            let store = storage::open_as_caller(url, &cfg.store, Access::WriteExisting, deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
             let mut stdout = std::io::stdout().lock();
             let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now(), &mut stdout))?;
@@ -203,11 +215,13 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         }
         Command::Restore(args) => {
             let opts = config::restore::restore_options(args, &cfg)?;
+            storage::owner::refuse_root_restore(&opts.target_dir, "restore")?;
             let repo = open_for_restore(&cfg, &opts)?;
             finish_restore(&restore::restore(&rt, &repo, &opts)?)
         }
         Command::Standby(args) => {
             let opts = config::restore::standby_options(args, &cfg)?;
+            storage::owner::refuse_root_restore(&opts.target_dir, "standby")?;
             let repo = open_for_restore(&cfg, &opts)?;
             finish_restore(&standby::standby(&rt, &repo, &opts)?)
         }
@@ -216,7 +230,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
 
 /// The repository as `restore` and `standby` read it: never created.
 fn open_for_restore(cfg: &config::Config, opts: &config::restore::RestoreOptions) -> Result<Repository> {
-    let store = storage::open(&opts.repo, &cfg.store, Access::MustExist, opts.retry_deadline)?;
+    let store = storage::open_as_caller(&opts.repo, &cfg.store, Access::MustExist, opts.retry_deadline)?;
     Ok(Repository::new(store, opts.repo.clone(), RetryPolicy::with_deadline(opts.retry_deadline)))
 }
 
@@ -230,10 +244,49 @@ fn finish_restore(outcome: &restore::Outcome) -> Result<()> {
     Ok(())
 }
 
+/// The data directory `archive`, `fetch` and `list` look at: the working
+/// directory when PostgreSQL runs the command there, else `--pgdata` /
+/// `PGDATA` if that is a data directory. A `PGDATA` pointing elsewhere (or
+/// nowhere) is never written into by `archive` or `fetch`.
+fn data_dir_of(cfg: &config::Config) -> Option<std::path::PathBuf> {
+    let pgdata = cfg.pgdata.as_deref().filter(|d| is_data_dir(d));
+    walspool::data_dir(std::env::current_dir().ok().as_deref(), pgdata)
+}
+
+fn is_data_dir(d: &std::path::Path) -> bool {
+    d.join("PG_VERSION").is_file()
+}
+
+/// `list` with a `--pgdata` / `PGDATA` that is not a data directory: say so
+/// rather than leave out the backlog the user asked about.
+fn require_data_dir_if_given(cfg: &config::Config) -> Result<()> {
+    match cfg.pgdata.as_deref() {
+        Some(d) if !is_data_dir(d) => Err(Error::config(
+            format!(
+                "--pgdata / PGDATA '{}' is not a PostgreSQL data directory{}",
+                d.display(),
+                if d.exists() { " (no PG_VERSION in it)" } else { ": it does not exist" }
+            ),
+            "give the data directory of the cluster that archives into this repository, or leave --pgdata out",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Who will read the error: PostgreSQL's log for archive and fetch.
+fn caller(command: &Command, rules: ExitRules) -> Caller {
+    match (command, rules) {
+        (Command::Archive(_), _) => Caller::Archive,
+        (Command::Fetch(_), ExitRules::FetchStandby) => Caller::FetchStandby,
+        (Command::Fetch(_), _) => Caller::FetchRecovery,
+        _ => Caller::Person,
+    }
+}
+
 /// One line `pgwal: error: ...` with the cause chain, then a hint.
-fn report(e: &Error) {
+fn report(e: &Error, caller: Caller) {
     eprintln!("pgwal: error: {}", e.one_line());
-    if let Some(hint) = e.hint() {
+    if let Some(hint) = e.hint_for(caller) {
         eprintln!("hint: {hint}");
     }
 }

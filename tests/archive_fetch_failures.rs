@@ -3,6 +3,10 @@
 //! from another cluster, truncated/garbage/misnamed files, a corrupt stored
 //! object (exit status with and without standby.signal, DEST never created),
 //! an S3 server that stops mid-run, and `archive` killed with SIGKILL.
+//! Refusals (permission denied, bad credentials, a missing bucket, an
+//! endpoint nobody listens on) fail at once with one error line; only
+//! transient trouble (dropped connections) is retried, quietly for the
+//! commands PostgreSQL runs.
 //! The segments come from real PostgreSQL 15 clusters.
 
 mod common;
@@ -76,6 +80,73 @@ fn archive(repo: &str, path: &Path) -> Result<RunOutput> {
 
 fn fetch_in(repo: &str, cwd: &Path, name: &str, dest: &Path) -> Result<RunOutput> {
     Pgwal::new(["fetch".as_ref(), name.as_ref(), dest.as_os_str()]).env("PGWAL_REPO", repo).current_dir(cwd).run()
+}
+
+/// How many `pgwal: error:` lines a run printed.
+fn error_lines(out: &RunOutput) -> usize {
+    out.stderr.lines().filter(|l| l.starts_with("pgwal: error:")).count()
+}
+
+/// How many `pgwal: warning:` lines a run printed.
+fn warning_lines(out: &RunOutput) -> usize {
+    out.stderr.lines().filter(|l| l.starts_with("pgwal: warning:")).count()
+}
+
+/// A TCP server on 127.0.0.1 that reads each request and closes the
+/// connection without answering: a server dropping connections, the
+/// transient trouble worth retrying. Stops when dropped.
+struct DroppingServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DroppingServer {
+    fn start() -> Result<DroppingServer> {
+        use std::io::Read;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(mut conn) = conn {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf);
+                }
+            }
+        });
+        Ok(DroppingServer { port, stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for DroppingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// S3 settings for `endpoint` with these keys.
+fn s3_env(endpoint: &str, access_key: &str, secret_key: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", access_key),
+        ("AWS_SECRET_ACCESS_KEY", secret_key),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ALLOW_HTTP", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 fn stored_key(repo_dir: &Path, name: &str) -> PathBuf {
@@ -244,13 +315,20 @@ fn s3_outage_fails_archive_then_it_succeeds_after_restart() -> Result<()> {
     write_private_file(&config, &text)?;
     let run = |args: &[&std::ffi::OsStr]| Pgwal::new(args).arg("--config").arg(&config).current_dir(dir.path()).run();
 
-    run(&["archive".as_ref(), segs[0].as_os_str()])?.ensure_success()?;
+    let first = run(&["archive".as_ref(), segs[0].as_os_str()])?.ensure_success()?;
+    let created = first.stderr.matches("pgwal: notice: created a new repository at 's3://wal/outage'").count();
+    ensure!(created == 1, "a new repository is announced once: {first}");
     s3.stop()?;
     let started = Instant::now();
     let down = run(&["archive".as_ref(), segs[1].as_os_str()])?;
     ensure!(down.code() == Some(1), "archive must fail while S3 is down: {down}");
     ensure!(started.elapsed() < Duration::from_secs(60), "gave up within the deadline, not hanging");
-    ensure!(down.stderr.contains("gave up after"), "{down}");
+    // Nobody listens: a refused connection is a bad endpoint, not worth
+    // retrying (PostgreSQL calls archive_command again anyway). One line in
+    // PostgreSQL's log per call.
+    ensure!(error_lines(&down) == 1 && !down.stderr.contains("warning"), "{down}");
+    ensure!(down.stderr.contains("Connection refused") && !down.stderr.contains("gave up after"), "{down}");
+    ensure!(down.stderr.contains("archive_command again"), "the hint says what PostgreSQL does: {down}");
     let dest = dir.join("fetched");
     let fetch_down = run(&["fetch".as_ref(), file_name(&segs[0]).as_ref(), dest.as_os_str()])?;
     ensure!(fetch_down.code() == Some(201), "unreachable S3 during recovery: {fetch_down}");
@@ -335,4 +413,96 @@ fn sigkill_during_archive_to_s3() -> Result<()> {
     killed_archive_leaves_no_partial_object("s3://kill/k", Some(&config), |name| {
         bucket.join("k/wal").join(&name[..16]).join(name).exists()
     })
+}
+
+/// Refusals are permanent: an endpoint nobody listens on, a wrong secret
+/// key, a missing bucket, GCS without credentials. Each fails at once with
+/// one error line and a hint about that cause, never a retry.
+#[test]
+fn refusals_fail_at_once_with_one_line() -> Result<()> {
+    let s3 = S3Server::start()?;
+    s3.create_bucket("wal")?;
+    let list = |url: &str, env: Vec<(String, String)>| Pgwal::new(["list", "--repo", url]).envs(env).run();
+
+    let closed = free_port()?;
+    let refused = list("s3://wal/x", s3_env(&format!("http://127.0.0.1:{closed}"), s3.access_key(), "k"))?;
+    ensure!(refused.code() == Some(1), "{refused}");
+    ensure!(refused.stderr.contains("Connection refused") && refused.stderr.contains("AWS_ENDPOINT_URL"), "{refused}");
+
+    let wrong_secret = list("s3://wal/x", s3_env(&s3.endpoint(), s3.access_key(), "not-the-secret"))?;
+    ensure!(wrong_secret.code() == Some(1), "{wrong_secret}");
+    ensure!(wrong_secret.stderr.contains("check the credentials"), "{wrong_secret}");
+
+    let no_bucket = list("s3://no-such-bucket/x", s3.env())?;
+    ensure!(no_bucket.code() == Some(1), "{no_bucket}");
+    ensure!(
+        no_bucket.stderr.contains("create the bucket"),
+        "a missing bucket is not a missing repository: {no_bucket}"
+    );
+
+    let no_credentials = list("gs://bucket/x", Vec::new())?;
+    ensure!(no_credentials.code() == Some(1), "{no_credentials}");
+
+    for out in [&refused, &wrong_secret, &no_bucket, &no_credentials] {
+        ensure!(error_lines(out) == 1 && warning_lines(out) == 0, "one line, no retries: {out}");
+        ensure!(!out.stderr.contains("gave up after") && !out.stderr.contains("PostgreSQL"), "{out}");
+    }
+    Ok(())
+}
+
+/// Dropped connections are transient: retried up to the deadline. For
+/// `fetch` (PostgreSQL's log) the retries are debug notes and the failure is
+/// one error line; a command run by hand warns a few times at most.
+#[test]
+fn dropped_connections_are_retried_quietly_for_postgres() -> Result<()> {
+    let dir = TestDir::new()?;
+    let server = DroppingServer::start()?;
+    let env = s3_env(&format!("http://127.0.0.1:{}", server.port), "AKIDPGWAL", "secret");
+    let config = dir.join("pgwal.toml");
+    write_private_file(
+        &config,
+        "repo = \"s3://wal/dropped\"\n[fetch]\nretry_deadline = \"3s\"\n[archive]\nretry_deadline = \"3s\"\n",
+    )?;
+    let dest = dir.join("RECOVERYXLOG");
+    let fetch =
+        Pgwal::new(["--config".as_ref(), config.as_os_str(), "fetch".as_ref(), "000000010000000000000001".as_ref()])
+            .arg(&dest)
+            .envs(env.clone())
+            .run()?;
+    ensure!(fetch.code() == Some(201), "unreachable during recovery stops it: {fetch}");
+    ensure!(fetch.stderr.contains("gave up after"), "retried until the deadline: {fetch}");
+    ensure!(error_lines(&fetch) == 1 && warning_lines(&fetch) == 0, "one line in PostgreSQL's log: {fetch}");
+    ensure!(fetch.stderr.lines().count() == 2, "the error and its hint, nothing else: {fetch}");
+    ensure!(fetch.stderr.contains("recovery stops"), "{fetch}");
+
+    let list = Pgwal::new(["--config".as_ref(), config.as_os_str(), "list".as_ref()]).envs(env).run()?;
+    ensure!(list.code() == Some(1) && list.stderr.contains("gave up after"), "{list}");
+    let warned = warning_lines(&list);
+    ensure!((1..=3).contains(&warned), "a few warnings, not one per retry: {list}");
+    ensure!(error_lines(&list) == 1 && !list.stderr.contains("PostgreSQL"), "{list}");
+    Ok(())
+}
+
+/// A repository directory pgwal may not write into: `archive` fails at once
+/// (it once retried "Permission denied" until its deadline), with one line.
+#[test]
+fn permission_denied_is_not_retried() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (_, segs) = real_segments(&dir.join("a"), 2)?;
+    let repo_dir = dir.join("repo");
+    let repo = format!("file://{}", repo_dir.display());
+    archive(&repo, &segs[0])?.ensure_success()?;
+    let log_dir = stored_key(&repo_dir, &file_name(&segs[1]));
+    let log_dir = log_dir.parent().context("a log file directory")?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(log_dir, fs::Permissions::from_mode(0o500))?;
+    let denied = Pgwal::new(["archive".as_ref(), segs[1].as_os_str()]).env("PGWAL_REPO", &repo).run()?;
+    fs::set_permissions(log_dir, fs::Permissions::from_mode(0o700))?;
+    ensure!(denied.code() == Some(1), "{denied}");
+    ensure!(denied.stderr.contains("Permission denied") && !denied.stderr.contains("gave up after"), "{denied}");
+    ensure!(error_lines(&denied) == 1 && warning_lines(&denied) == 0, "{denied}");
+    ensure!(denied.stderr.contains("run pgwal as its owner"), "the hint fits a local repository: {denied}");
+    ensure!(!stored_key(&repo_dir, &file_name(&segs[1])).exists(), "nothing stored");
+    archive(&repo, &segs[1])?.ensure_success()?;
+    Ok(())
 }

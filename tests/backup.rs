@@ -6,7 +6,7 @@
 //! a killed backup never shows and its stale lock is taken over; a copy of
 //! the data directory or a standby's directory is refused while connected
 //! to the primary; a backup from a standby on a quiet primary completes and
-//! restores; checkpoints are spread unless told fast; every backup leaves a
+//! restores; checkpoints are immediate unless told spread; every backup leaves a
 //! summary line on stderr.
 
 mod common;
@@ -594,13 +594,13 @@ fn checkpoints_since(pg: &PgCluster, from: usize) -> Vec<String> {
 }
 
 #[test]
-fn backups_start_with_a_spread_checkpoint_unless_told_fast() -> Result<()> {
+fn backups_start_with_a_fast_checkpoint_unless_told_spread() -> Result<()> {
     let dir = TestDir::new()?;
     let config = file_repo_config(&dir)?;
-    let fast_config = dir.join("fast.toml");
+    let spread_config = dir.join("spread.toml");
     write_private_file(
-        &fast_config,
-        &format!("repo = \"file://{}\"\n\n[backup]\ncheckpoint = \"fast\"\n", dir.join("repo").display()),
+        &spread_config,
+        &format!("repo = \"file://{}\"\n\n[backup]\ncheckpoint = \"spread\"\n", dir.join("repo").display()),
     )?;
     // A short checkpoint_timeout bounds a spread checkpoint if a buffer is dirty.
     let mut pg = PgCluster::init(
@@ -623,15 +623,15 @@ fn backups_start_with_a_spread_checkpoint_unless_told_fast() -> Result<()> {
     let immediate = |lines: &[String]| lines.iter().any(|l| l.contains("starting: immediate force wait"));
 
     let (out, lines) = run_backup(&config, &[])?;
-    ensure!(spread(&lines) && !immediate(&lines), "the default is a spread checkpoint: {lines:?}");
-    ensure!(out.stderr.contains("waiting for a spread checkpoint; --checkpoint fast to hurry"), "{out}");
-    let (out, lines) = run_backup(&config, &["--checkpoint", "fast"])?;
-    ensure!(immediate(&lines) && !spread(&lines), "--checkpoint fast is immediate: {lines:?}");
+    ensure!(immediate(&lines) && !spread(&lines), "the default is an immediate checkpoint: {lines:?}");
     ensure!(!out.stderr.contains("spread checkpoint"), "{out}");
-    let (_, lines) = run_backup(&fast_config, &[])?;
-    ensure!(immediate(&lines) && !spread(&lines), "backup.checkpoint = \"fast\" is immediate: {lines:?}");
-    let (_, lines) = run_backup(&fast_config, &["--checkpoint", "spread"])?;
-    ensure!(spread(&lines) && !immediate(&lines), "the flag beats the file: {lines:?}");
+    let (out, lines) = run_backup(&config, &["--checkpoint", "spread"])?;
+    ensure!(spread(&lines) && !immediate(&lines), "--checkpoint spread is paced: {lines:?}");
+    ensure!(out.stderr.contains("waiting for a spread checkpoint; --checkpoint fast to hurry"), "{out}");
+    let (_, lines) = run_backup(&spread_config, &[])?;
+    ensure!(spread(&lines) && !immediate(&lines), "backup.checkpoint = \"spread\" is paced: {lines:?}");
+    let (_, lines) = run_backup(&spread_config, &["--checkpoint", "fast"])?;
+    ensure!(immediate(&lines) && !spread(&lines), "the flag beats the file: {lines:?}");
     Ok(())
 }
 

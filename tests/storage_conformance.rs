@@ -154,6 +154,18 @@ fn local_disk() {
     let leftovers: Vec<_> = walk(&dir.path().join("main")).into_iter().filter(|p| p.contains('#')).collect();
     assert!(leftovers.is_empty(), "staging files left: {leftovers:?}");
 
+    // Only the repository's own directory is created, private, and only
+    // under an existing parent: a typo in a parent starts nothing.
+    use std::os::unix::fs::PermissionsExt;
+    let typo: RepoUrl = format!("file://{}/mian/repo", dir.path().display()).parse().expect("url");
+    let e = storage::open(&typo, &StoreOptions::default(), Access::CreateIfMissing, Duration::from_secs(5));
+    assert!(matches!(&e, Err(Error::Config { message, .. }) if message.contains("does not exist")), "{e:?}");
+    assert!(!dir.path().join("mian").exists(), "no parent created");
+    let mode = std::fs::metadata(dir.path().join("main")).expect("created").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "a new repository directory is private");
+    let e = storage::open(&typo, &StoreOptions::default(), Access::WriteExisting, Duration::from_secs(5));
+    assert!(matches!(e, Err(Error::RepositoryMissing { .. })), "expire never creates");
+
     let url: RepoUrl = format!("file://{}/corrupt", dir.path().display()).parse().expect("url");
     let store =
         storage::open(&url, &StoreOptions::default(), Access::CreateIfMissing, Duration::from_secs(5)).expect("open");
@@ -196,9 +208,24 @@ fn s3_server() {
     };
     let url: RepoUrl = "s3://conformance/main".parse().expect("url");
     let store = storage::open(&url, &bad, Access::MustExist, Duration::from_secs(5)).expect("open");
-    let repo = Repository::new(store, url, RetryPolicy::with_deadline(Duration::from_millis(300)));
+    // A deadline far beyond the test's patience: a refusal must not be retried.
+    let patient = RetryPolicy::with_deadline(Duration::from_secs(600)).quiet();
+    let repo = Repository::new(store, url, patient);
     let err = rt().block_on(repo.require_exists());
-    assert!(err.is_err() && !matches!(err, Err(Error::RepositoryMissing { .. })), "bad credentials: {err:?}");
+    assert!(matches!(&err, Err(e @ Error::Storage { .. }) if !e.is_transient()), "bad credentials: {err:?}");
+    let err = rt().block_on(repo.list_dirs(&ObjectPath::from("backup")));
+    assert!(matches!(&err, Err(e @ Error::Storage { .. }) if !e.is_transient()), "bad credentials, list: {err:?}");
+
+    // A missing bucket is named as such, not "no repository here".
+    let url: RepoUrl = "s3://no-such-bucket/main".parse().expect("url");
+    let store = storage::open(&url, &opts, Access::MustExist, Duration::from_secs(5)).expect("open");
+    let repo = Repository::new(store, url, patient);
+    let err = rt().block_on(repo.require_exists());
+    let fault = match &err {
+        Err(Error::Storage { source, .. }) => pgwal::error::classify_store_error(source),
+        other => panic!("a missing bucket: {other:?}"),
+    };
+    assert_eq!(fault, pgwal::error::StoreFault::NoBucket);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {

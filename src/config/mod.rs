@@ -105,11 +105,13 @@ pub struct BackupOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckpointMode {
     /// Paced by `checkpoint_completion_target`, as a scheduled checkpoint
-    /// (pg_basebackup's default): no burst of writes on a busy server.
-    #[default]
+    /// (pg_basebackup's default): no burst of writes on a busy server, but
+    /// the backup may wait minutes before it reads a file.
     Spread,
     /// Immediate: the backup starts at once, the server writes all dirty
-    /// buffers as fast as it can.
+    /// buffers as fast as it can. The default: what `pgwal backup` always
+    /// did (existing cron lines keep their timing) and what WAL-G does.
+    #[default]
     Fast,
 }
 
@@ -434,7 +436,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
             Some(other) => {
                 return Err(Error::config(
                     format!("invalid backup.checkpoint '{other}' in '{}'", shown.display()),
-                    "give \"spread\" (the default: paced like a scheduled checkpoint) or \"fast\" (immediate)",
+                    "give \"fast\" (the default: immediate) or \"spread\" (paced like a scheduled checkpoint)",
                 ))
             }
         },
@@ -579,7 +581,7 @@ mod tests {
     #[test]
     fn backup_checkpoint_and_primary() {
         let cfg = load_file(&write("repo = \"file:///r\"\n", 0o600)).expect("valid");
-        assert_eq!((cfg.backup.checkpoint, cfg.backup.primary_conninfo), (CheckpointMode::Spread, None));
+        assert_eq!((cfg.backup.checkpoint, cfg.backup.primary_conninfo), (CheckpointMode::Fast, None));
         let text = "[backup]\ncheckpoint = \"fast\"\nprimary_conninfo = \"host=p user=u\"\n";
         let cfg = load_file(&write(text, 0o600)).expect("valid");
         assert_eq!(cfg.backup.checkpoint, CheckpointMode::Fast);

@@ -101,7 +101,12 @@ impl ConnTarget {
     /// Merges `conninfo` (if any) with the libpq environment `env`.
     pub fn new(conninfo: Option<&str>, env: &PgEnv) -> Result<ConnTarget> {
         let mut config: tokio_postgres::Config = match conninfo {
-            Some(s) => s.parse().map_err(|e| conn_config_error(format!("invalid connection string: {e}")))?,
+            Some(s) => s.parse().map_err(|e: tokio_postgres::Error| {
+                // The client's error says only "invalid connection string";
+                // the cause (which key, which byte) is its source.
+                let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+                conn_config_error(format!("invalid connection string: {cause}"))
+            })?,
             None => tokio_postgres::Config::new(),
         };
         if config.get_hosts().is_empty() {
@@ -615,6 +620,16 @@ mod tests {
         );
         assert_eq!(t.config.get_user(), Some("osuser"));
         assert_eq!(t.config.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
+    }
+
+    /// The message names the cause once, not "invalid connection string" twice.
+    #[test]
+    fn a_bad_conninfo_says_what_is_wrong() {
+        for (bad, cause) in [("host", "unexpected EOF"), ("port=abc", "port"), ("nosuchkey=1", "nosuchkey")] {
+            let e = ConnTarget::new(Some(bad), &env()).expect_err("refused").to_string();
+            assert_eq!(e.matches("invalid connection string").count(), 1, "{e}");
+            assert!(e.contains(cause), "{bad}: {e}");
+        }
     }
 
     #[test]

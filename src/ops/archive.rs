@@ -111,7 +111,7 @@ fn read_head(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
 pub async fn store_encoded(repo: &Repository, encoded: &Encoded, known: Known) -> Result<PutOutcome> {
     let (format_exists, identity) = known;
     if !format_exists {
-        repo.create_format().await?;
+        repo.create_format_for(encoded.offered().map(|o| o.system_identifier)).await?;
     }
     if let Some(offered) = encoded.offered() {
         let recorded = match identity {

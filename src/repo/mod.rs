@@ -143,7 +143,7 @@ impl Repository {
             .run(&format!("reading '{key}'"), || async {
                 match self.store.objects.get(key).await {
                     Ok(r) => r.bytes().await.map(Some).map_err(storage_err("get", key)),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) if crate::error::is_missing_object(&e) => Ok(None),
                     Err(e) => Err(storage_err("get", key)(e)),
                 }
             })
@@ -159,7 +159,7 @@ impl Repository {
                     GetOptions { range: Some(GetRange::Bounded(0..frame::HEADER_LEN as u64)), ..Default::default() };
                 match self.store.objects.get_opts(key, opts).await {
                     Ok(r) => r.bytes().await.map(Some).map_err(storage_err("get", key)),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) if crate::error::is_missing_object(&e) => Ok(None),
                     Err(e) => Err(storage_err("get", key)(e)),
                 }
             })
@@ -315,18 +315,28 @@ impl Repository {
     }
 
     /// Stores a small JSON object create-only; returns what is stored, which is
-    /// the existing object if another process created it first.
-    async fn create_json<T: Serialize + serde::de::DeserializeOwned>(&self, key: &Path, value: &T) -> Result<T> {
+    /// the existing object if another process created it first, and whether
+    /// this call stored it.
+    async fn create_json<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &Path,
+        value: &T,
+    ) -> Result<(T, bool)> {
         let json = serde_json::to_vec_pretty(value).expect("invariant: plain structs serialize");
         let (object, header) = frame::encode(&json, Compression::None)
             .map_err(|e| Error::Corrupt { key: key.to_string(), reason: e.to_string() })?;
         match self.put_create(key, object.into(), &header).await {
-            Ok(_) => Ok(serde_json::from_slice(&json).expect("invariant: own JSON parses")),
+            Ok(outcome) => {
+                Ok((serde_json::from_slice(&json).expect("invariant: own JSON parses"), outcome == PutOutcome::Stored))
+            }
             // Created concurrently with other content (another time stamp): read theirs.
-            Err(Error::Conflict { .. }) => self.get_json(key).await?.ok_or_else(|| Error::Corrupt {
-                key: key.to_string(),
-                reason: "vanished after a create conflict".into(),
-            }),
+            Err(Error::Conflict { .. }) => {
+                let theirs = self.get_json(key).await?.ok_or_else(|| Error::Corrupt {
+                    key: key.to_string(),
+                    reason: "vanished after a create conflict".into(),
+                })?;
+                Ok((theirs, false))
+            }
             Err(e) => Err(e),
         }
     }
@@ -345,11 +355,28 @@ impl Repository {
     }
 
     /// Fails with [`Error::RepositoryMissing`] unless a repository is here.
+    /// On an object store, an absent format object is told apart from a
+    /// missing bucket or a refused listing (some stores answer a GET in a
+    /// missing bucket with NoSuchKey): one listing names the real cause.
     pub async fn require_exists(&self) -> Result<()> {
         if self.check_format().await? {
-            Ok(())
-        } else {
-            Err(Error::RepositoryMissing { url: self.url.to_string() })
+            return Ok(());
+        }
+        self.probe_store().await?;
+        Err(Error::RepositoryMissing { url: self.url.to_string() })
+    }
+
+    /// With no format object found: fails with the store's own error if the
+    /// bucket or container is missing or refuses a listing. Costs one
+    /// listing, only when there is no repository (or before its first object).
+    async fn probe_store(&self) -> Result<()> {
+        if self.store.local_root.is_some() {
+            return Ok(());
+        }
+        match self.store.objects.list_with_delimiter(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if crate::error::is_missing_object(&e) => Ok(()),
+            Err(source) => Err(Error::Storage { op: "list", key: self.url.to_string(), source }),
         }
     }
 
@@ -358,7 +385,11 @@ impl Repository {
     pub async fn identity(&self) -> Result<(bool, Option<ClusterIdentity>)> {
         let cluster_key = keys::cluster();
         let (format, identity) = tokio::join!(self.check_format(), self.get_json::<ClusterIdentity>(&cluster_key));
-        Ok((format?, identity?))
+        let format = format?;
+        if !format {
+            self.probe_store().await?;
+        }
+        Ok((format, identity?))
     }
 
     /// A tag for this repository instance: the SHA-256 (hex, 32 digits) of its
@@ -371,13 +402,27 @@ impl Repository {
 
     /// Creates the format object if missing (first use of a repository).
     pub async fn create_format(&self) -> Result<()> {
+        self.create_format_for(None).await
+    }
+
+    /// Creates the format object if missing, for the cluster with this system
+    /// identifier if known. A repository created here is announced with one
+    /// notice line (it lands in PostgreSQL's log for `archive`): a mistyped
+    /// URL must not start a new repository in silence.
+    pub async fn create_format_for(&self, cluster: Option<u64>) -> Result<()> {
         let info = FormatInfo {
             format: FORMAT_VERSION,
             created_by: format!("pgwal {}", env!("CARGO_PKG_VERSION")),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             instance: Some(random_tag()),
         };
-        let stored = self.create_json(&keys::format(), &info).await?;
+        let (stored, created) = self.create_json(&keys::format(), &info).await?;
+        if created {
+            match cluster {
+                Some(id) => crate::log_notice!("created a new repository at '{}' for cluster {id}", self.url),
+                None => crate::log_notice!("created a new repository at '{}'", self.url),
+            }
+        }
         if stored.format != FORMAT_VERSION {
             return Err(Error::UnsupportedFormat {
                 url: self.url.to_string(),
@@ -391,6 +436,6 @@ impl Repository {
     /// Records `identity` as the repository's cluster, or returns the one
     /// already recorded (which the caller compares).
     pub async fn create_identity(&self, identity: &ClusterIdentity) -> Result<ClusterIdentity> {
-        self.create_json(&keys::cluster(), identity).await
+        Ok(self.create_json(&keys::cluster(), identity).await?.0)
     }
 }

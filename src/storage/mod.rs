@@ -3,6 +3,7 @@
 //! call goes through.
 
 pub mod mapped;
+pub mod owner;
 pub mod pgdata;
 mod retry;
 mod url;
@@ -18,8 +19,8 @@ use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
-pub use self::retry::RetryPolicy;
-pub use self::url::RepoUrl;
+pub use self::retry::{RetryNotes, RetryPolicy};
+pub use self::url::{RepoUrl, KNOWN_SCHEMES};
 use crate::error::{Error, Result};
 
 /// S3 settings from the config file; the `AWS_*` environment overrides them.
@@ -79,12 +80,14 @@ pub struct Store {
     pub local_root: Option<PathBuf>,
 }
 
-/// Whether opening may create the repository.
+/// Whether opening may create the repository, and whether the command writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// `archive`, `backup`: create on first use.
     CreateIfMissing,
-    /// Every other command: a missing repository is an error.
+    /// `expire`: writes (deletes, the lock) into an existing repository.
+    WriteExisting,
+    /// Every other command: reads only; a missing repository is an error.
     MustExist,
 }
 
@@ -181,13 +184,27 @@ pub fn open(url: &RepoUrl, opts: &StoreOptions, access: Access, request_timeout:
     Ok(Store { objects, local_root: None })
 }
 
+/// Like [`open`], but first refuses, when running as root, to write into a
+/// `file://` repository that belongs to another user ([`owner`]). The
+/// commands use this; the library's own callers (tests, tools) decide for
+/// themselves.
+pub fn open_as_caller(url: &RepoUrl, opts: &StoreOptions, access: Access, request_timeout: Duration) -> Result<Store> {
+    if let (RepoUrl::File(dir), Access::CreateIfMissing | Access::WriteExisting) = (url, access) {
+        owner::refuse_root_into_foreign(dir)?;
+    }
+    open(url, opts, access, request_timeout)
+}
+
+/// A `file://` repository. Only its own directory is ever created, and only
+/// when its parent exists: a typo in the path must not start a new
+/// repository somewhere unexpected.
 fn open_local(url: &RepoUrl, dir: &Path, access: Access) -> Result<Store> {
     match access {
-        Access::MustExist if !dir.is_dir() => return Err(Error::RepositoryMissing { url: url.to_string() }),
-        Access::MustExist => {}
-        Access::CreateIfMissing => {
-            std::fs::create_dir_all(dir).map_err(Error::io("cannot create repository directory", dir))?
+        Access::MustExist | Access::WriteExisting if !dir.is_dir() => {
+            return Err(Error::RepositoryMissing { url: url.to_string() })
         }
+        Access::MustExist | Access::WriteExisting => {}
+        Access::CreateIfMissing => create_repository_dir(url, dir)?,
     }
     // parse_url_opts would ignore fsync for file:// URLs: build it ourselves.
     let fs = LocalFileSystem::new_with_prefix(dir)
@@ -199,4 +216,29 @@ fn open_local(url: &RepoUrl, dir: &Path, access: Access) -> Result<Store> {
         })?
         .with_fsync(true);
     Ok(Store { objects: Arc::new(fs), local_root: Some(dir.to_path_buf()) })
+}
+
+/// Creates the directory of a new `file://` repository (mode 0700), only if
+/// its parent exists, and makes the new entry durable.
+fn create_repository_dir(url: &RepoUrl, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
+    if !parent.is_dir() {
+        return Err(Error::config(
+            format!("cannot create repository '{url}': its parent directory '{}' does not exist", parent.display()),
+            format!(
+                "check the repository URL for a typo, or create '{}' first (owned by the user running pgwal)",
+                parent.display()
+            ),
+        ));
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(Error::io("cannot create repository directory", dir)(e)),
+    }
+    pgdata::sync_dir(parent).map_err(Error::io("cannot sync directory", parent))
 }

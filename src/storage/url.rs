@@ -1,5 +1,5 @@
-//! Repository URLs: `file:///abs/path`, `s3://bucket/prefix`,
-//! `gs://bucket/prefix`, `az://container/prefix`.
+//! Repository URLs: `file:///abs/path` (or the bare `/abs/path`),
+//! `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -25,29 +25,46 @@ pub struct RepoUrlError {
     /// The offending URL.
     pub url: String,
     /// What is wrong.
-    pub reason: &'static str,
+    pub reason: String,
 }
+
+/// The schemes pgwal knows, as the error messages list them.
+pub const KNOWN_SCHEMES: &str = "file://, s3://, gs:// or az://";
 
 impl FromStr for RepoUrl {
     type Err = RepoUrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| RepoUrlError { url: s.to_string(), reason };
+        let err = |reason: &str| RepoUrlError { url: s.to_string(), reason: reason.to_string() };
+        let local = |path: &str| {
+            if path.split('/').any(|c| c == "..") {
+                return Err(err("the path must not contain '..'"));
+            }
+            Ok(RepoUrl::File(PathBuf::from(path)))
+        };
         if s.starts_with('/') {
             // A bare absolute path is the obvious spelling of a local repository.
-            return Ok(RepoUrl::File(PathBuf::from(s)));
+            return local(s);
         }
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| {
-            err("expected file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix")
-        })?;
+        let Some((scheme, rest)) = s.split_once("://") else {
+            if s.is_empty() {
+                return Err(err(&format!("the URL is empty; use {KNOWN_SCHEMES}")));
+            }
+            if let Some((scheme, _)) = s.split_once(':').filter(|(p, _)| !p.contains('/')) {
+                return Err(err(&format!("'{scheme}:' is not a repository URL; use {KNOWN_SCHEMES}")));
+            }
+            return Err(err(
+                "a relative path is not a repository; give an absolute path (/var/lib/pgwal or file:///var/lib/pgwal)",
+            ));
+        };
+        if !matches!(scheme, "file" | "s3" | "gs" | "gcs" | "az" | "azure") {
+            return Err(err(&format!("unknown scheme '{scheme}'; use {KNOWN_SCHEMES}")));
+        }
         if scheme == "file" {
             if !rest.starts_with('/') {
                 return Err(err("a file:// repository needs an absolute path (file:///var/lib/pgwal)"));
             }
-            if rest.contains("/../") || rest.ends_with("/..") {
-                return Err(err("the path must not contain '..'"));
-            }
-            return Ok(RepoUrl::File(PathBuf::from(rest)));
+            return local(rest);
         }
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -65,7 +82,7 @@ impl FromStr for RepoUrl {
             "s3" => Ok(RepoUrl::S3 { bucket, prefix }),
             "gs" | "gcs" => Ok(RepoUrl::Gcs { bucket, prefix }),
             "az" | "azure" => Ok(RepoUrl::Azure { container: bucket, prefix }),
-            _ => Err(err("unknown scheme; use file://, s3://, gs:// or az://")),
+            _ => Err(err(&format!("unknown scheme '{scheme}'; use {KNOWN_SCHEMES}"))),
         }
     }
 }
@@ -120,8 +137,24 @@ mod tests {
             "s3://b/p?secret=1",
             "s3://key:secret@b/p",
             "s3://b/../x",
+            "/a/../b",
+            "fille:///x",
         ] {
             assert!(bad.parse::<RepoUrl>().is_err(), "{bad:?} must be refused");
         }
+    }
+
+    /// Each refusal names its own cause: a typo in the scheme is not "the
+    /// bucket name is missing", a relative path says so.
+    #[test]
+    fn refusals_name_the_cause() {
+        let reason = |s: &str| s.parse::<RepoUrl>().expect_err("refused").to_string();
+        let typo = reason("fille:///x");
+        assert!(typo.contains("unknown scheme 'fille'") && typo.contains("s3://"), "{typo}");
+        assert!(reason("ftp://host/x").contains("unknown scheme 'ftp'"));
+        assert!(reason("relative/path").contains("relative path"));
+        assert!(reason("./repo").contains("relative path"));
+        assert!(reason("s3:bucket").contains("'s3:' is not a repository URL"));
+        assert!(reason("s3:///prefix").contains("bucket or container name is missing"));
     }
 }
