@@ -334,8 +334,17 @@ fn s3_outage_fails_archive_then_it_succeeds_after_restart() -> Result<()> {
     ensure!(fetch_down.code() == Some(201), "unreachable S3 during recovery: {fetch_down}");
 
     s3.start_again()?;
+    // As PostgreSQL would: call again until it succeeds (a server that has
+    // just started, on a loaded machine, may still cut the first requests).
     for seg in &segs {
-        run(&["archive".as_ref(), seg.as_os_str()])?.ensure_success()?;
+        let mut last = None;
+        wait_until(Duration::from_secs(60), "archive to succeed after the restart", || {
+            let out = run(&["archive".as_ref(), seg.as_os_str()])?;
+            let ok = out.success();
+            last = Some(out);
+            Ok(ok)
+        })
+        .with_context(|| last.as_ref().map(|o| format!("last attempt: {o}")).unwrap_or_default())?;
     }
     for seg in &segs {
         let _ = fs::remove_file(&dest);
