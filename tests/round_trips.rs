@@ -268,3 +268,25 @@ fn transient_faults_during_backup_and_restore_are_retried_and_lose_nothing() -> 
     copy.stop()?;
     Ok(())
 }
+
+#[test]
+fn a_request_that_stalls_is_abandoned_and_retried_within_the_deadline() -> Result<()> {
+    // Each request may take half the deadline: one that stalls for longer than
+    // the whole deadline is abandoned in time to be sent again.
+    let s = setup("[archive]\nretry_deadline = \"8s\"\n[fetch]\nretry_deadline = \"8s\"\n")?;
+    let staging = s.dir.join("staging");
+    create_user_dir(&staging)?;
+    let name = seg_name(1).to_string();
+    let path = staging.join(&name);
+    write_user_file(&path, &segment_bytes(1), 0o600)?;
+    s.proxy.inject("PUT", &name, Fault::Stall(Duration::from_secs(12)), 1);
+    let out = Pgwal::new(["--config", &s.config.to_string_lossy(), "archive", &path.to_string_lossy()]).run()?;
+    ensure!(out.success(), "archive past a stalled PUT: {out}");
+    s.proxy.inject("GET", &name, Fault::Stall(Duration::from_secs(12)), 1);
+    let dest = staging.join("fetched");
+    let out = fetch_in(&s, &staging, 1, &dest)?;
+    ensure!(out.success(), "fetch past a stalled GET: {out}");
+    ensure!(std::fs::read(&dest)? == segment_bytes(1), "byte-exact");
+    ensure!(s.proxy.faults_done().len() == 2, "both requests stalled: {:?}", s.proxy.faults_done());
+    Ok(())
+}

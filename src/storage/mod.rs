@@ -91,9 +91,19 @@ pub enum Access {
     MustExist,
 }
 
-/// Opens the store for `url`. A deadline bounds each request: pgwal retries
-/// itself (see [`RetryPolicy`]), so the client's own retries are turned off.
-pub fn open(url: &RepoUrl, opts: &StoreOptions, access: Access, request_timeout: Duration) -> Result<Store> {
+/// How long one request may take within a retry `deadline`: half of it, so
+/// that a request that stalls (a server that took it and never answers, a
+/// connection that went silent) is abandoned while there is still time to
+/// send it again; at least 2 s, at most the deadline itself.
+pub fn request_timeout(deadline: Duration) -> Duration {
+    (deadline / 2).max(Duration::from_secs(2)).min(deadline)
+}
+
+/// Opens the store for `url`, for work that retries within `deadline`: each
+/// request gets [`request_timeout`] of it. pgwal retries itself (see
+/// [`RetryPolicy`]), so the client's own retries are turned off.
+pub fn open(url: &RepoUrl, opts: &StoreOptions, access: Access, deadline: Duration) -> Result<Store> {
+    let request_timeout = request_timeout(deadline);
     let client = ClientOptions::new()
         .with_timeout(request_timeout)
         .with_connect_timeout(request_timeout.min(Duration::from_secs(5)));
@@ -188,11 +198,11 @@ pub fn open(url: &RepoUrl, opts: &StoreOptions, access: Access, request_timeout:
 /// `file://` repository that belongs to another user ([`owner`]). The
 /// commands use this; the library's own callers (tests, tools) decide for
 /// themselves.
-pub fn open_as_caller(url: &RepoUrl, opts: &StoreOptions, access: Access, request_timeout: Duration) -> Result<Store> {
+pub fn open_as_caller(url: &RepoUrl, opts: &StoreOptions, access: Access, deadline: Duration) -> Result<Store> {
     if let (RepoUrl::File(dir), Access::CreateIfMissing | Access::WriteExisting) = (url, access) {
         owner::refuse_root_into_foreign(dir)?;
     }
-    open(url, opts, access, request_timeout)
+    open(url, opts, access, deadline)
 }
 
 /// A `file://` repository. Only its own directory is ever created, and only
@@ -241,4 +251,18 @@ fn create_repository_dir(url: &RepoUrl, dir: &Path) -> Result<()> {
         Err(e) => return Err(Error::io("cannot create repository directory", dir)(e)),
     }
     pgdata::sync_dir(parent).map_err(Error::io("cannot sync directory", parent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_may_take_half_the_deadline() {
+        let s = Duration::from_secs;
+        assert_eq!(request_timeout(s(20)), s(10));
+        assert_eq!(request_timeout(s(120)), s(60));
+        assert_eq!(request_timeout(s(3)), s(2));
+        assert_eq!(request_timeout(Duration::from_millis(1500)), Duration::from_millis(1500));
+    }
 }
