@@ -12,8 +12,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ops::coverage::{recovery_windows, TimelineTree};
+use crate::ops::coverage::recovery_windows;
 use crate::ops::restore::select::BackupInfo;
+use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{backups_prefix, manifest_key, BackupId, BackupType, Manifest};
 use crate::repo::Repository;

@@ -30,8 +30,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::ops::coverage::{needed_runs, TimelineTree};
+use crate::ops::coverage::needed_runs;
 use crate::ops::restore::select::{newest_segment, BackupInfo};
+use crate::pg::timeline::TimelineTree;
 use crate::pg::validate::validate_segment_head;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, pack_key, BackupId, Manifest};
@@ -491,7 +492,7 @@ fn check_chains(
     let mut needed: BTreeSet<(TimelineId, SegmentNo)> = BTreeSet::new();
     for m in backups {
         let b = backup_info(m);
-        for chain in tree.descendants(&b) {
+        for chain in tree.descendants(&b.span()) {
             let newest = newest_segment(inv, &chain, size).map(|(_, s)| s);
             for (tli, lo, hi) in needed_runs(&b, &chain, newest, size) {
                 missing_in(inv, tli, lo, hi, &b.id, &mut missing);

@@ -35,10 +35,10 @@ use object_store::path::Path;
 
 use self::plan::{Model, Plan, PlanBackup, Policy, PolicyError, WalKeep};
 use crate::error::{Error, Result};
-use crate::ops::coverage::TimelineTree;
 use crate::ops::list::load_manifests;
 use crate::ops::lock::live_holder;
 use crate::ops::restore::select::BackupInfo;
+use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, Manifest};
 use crate::repo::Repository;

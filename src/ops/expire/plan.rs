@@ -24,8 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::ops::coverage::{needed_from, TimelineTree};
+use crate::ops::coverage::needed_from;
 use crate::ops::restore::select::BackupInfo;
+use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalSegmentSize};
 use crate::repo::backup::{BackupId, BackupType};
 
