@@ -35,7 +35,13 @@ pub struct LockInfo {
 
 impl LockInfo {
     fn describe(&self) -> String {
-        format!("lock 'lock/backup' held by pgwal PID {} on host '{}' since {}", self.pid, self.host, self.started)
+        format!(
+            "lock '{}' held by pgwal PID {} on host '{}' since {}",
+            backup_lock_key(),
+            self.pid,
+            self.host,
+            self.started
+        )
     }
 }
 
@@ -127,12 +133,15 @@ impl BackupLock {
                     }
                 }
                 None => {
-                    let holder = found.map_or_else(|| "lock 'lock/backup' of unknown content".into(), |l| l.describe());
+                    let holder = found
+                        .map_or_else(|| format!("lock '{}' of unknown content", backup_lock_key()), |l| l.describe());
                     return Err(Error::Locked { holder });
                 }
             }
         }
-        Err(Error::Locked { holder: "lock 'lock/backup' changed hands repeatedly while pgwal tried to take it".into() })
+        Err(Error::Locked {
+            holder: format!("lock '{}' changed hands repeatedly while pgwal tried to take it", backup_lock_key()),
+        })
     }
 
     /// The lock's content.
@@ -163,7 +172,7 @@ pub async fn live_holder(repo: &Repository, stale_after: Duration) -> Result<Opt
     if stale_reason(found.as_ref(), age, stale_after, &host_name()).is_some() {
         return Ok(None);
     }
-    Ok(Some(found.map_or_else(|| "lock 'lock/backup' of unknown content".into(), |l| l.describe())))
+    Ok(Some(found.map_or_else(|| format!("lock '{}' of unknown content", backup_lock_key()), |l| l.describe())))
 }
 
 /// The current lock and its age; `Ok(None)` if there is none. Content that

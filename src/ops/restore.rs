@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
 
 use self::files::{DirState, Layout, Written};
 use self::select::{BackupInfo, Request, WalNeed};
@@ -285,7 +284,7 @@ async fn segment_times(
         let mut logs: Vec<u64> =
             t.segments.iter().filter(|s| **s >= from && **s <= newest).map(|s| s.0 / per_log).collect();
         logs.dedup();
-        dirs.extend(logs.into_iter().map(|log| ObjectPath::from(format!("wal/{:08X}{:08X}", link.tli.0, log))));
+        dirs.extend(logs.into_iter().map(|log| keys::log_dir_named(&keys::log_dir_name(link.tli, log))));
     }
     let listings: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
         .map(|d| async move { repo.list_objects(&d).await })

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -216,7 +215,7 @@ async fn manifests(repo: &Repository, only: Option<&BackupId>, report: &mut Repo
                         "backup '{id}' has no manifest: it is running or was interrupted ('pgwal expire' removes it)"
                     ),
                 );
-                p.object = Some(format!("backup/{id}/"));
+                p.object = Some(format!("{}/", keys::backup_dir(id.as_str())));
                 p.backup = Some(id.to_string());
             }
             Err(Error::Corrupt { reason, .. }) => {
@@ -264,7 +263,7 @@ async fn check_packs(repo: &Repository, m: &Manifest, opts: &VerifyOptions, repo
         }
     }
     if opts.quick {
-        let listed = repo.list_objects(&Path::from(format!("backup/{id}/pack"))).await?;
+        let listed = repo.list_objects(&keys::packs_prefix(&m.id)).await?;
         let sizes: BTreeMap<String, u64> = listed.into_iter().map(|o| (o.location.to_string(), o.size)).collect();
         for pack in &m.packs {
             let key = pack_key(&m.id, pack.number).to_string();

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path;
 
 use super::{keys, Repository};
 use crate::error::Result;
@@ -108,7 +107,7 @@ impl WalInventory {
 impl Repository {
     /// Lists the archived WAL. Log file directories are listed concurrently.
     pub async fn wal_inventory(&self, segment_size: WalSegmentSize) -> Result<WalInventory> {
-        let top = self.list_entries(&Path::from("wal")).await?;
+        let top = self.list_entries(&keys::wal_root()).await?;
         let mut inventory = WalInventory { segment_size: Some(segment_size), ..Default::default() };
         for name in top.objects {
             if let Ok(WalFileName::History { tli }) = name.parse::<WalFileName>() {
@@ -118,7 +117,7 @@ impl Repository {
         inventory.histories.sort();
         let dirs: Vec<String> = top.dirs.into_iter().filter(|d| d.len() == 16).collect();
         let listings: Vec<Vec<String>> = futures::stream::iter(dirs)
-            .map(|d| async move { self.list_entries(&Path::from(format!("wal/{d}"))).await.map(|l| l.objects) })
+            .map(|d| async move { self.list_entries(&keys::log_dir_named(&d)).await.map(|l| l.objects) })
             .buffer_unordered(16)
             .try_collect()
             .await?;

@@ -226,7 +226,7 @@ async fn fresh_id(repo: &Repository) -> Result<(BackupId, chrono::DateTime<chron
     loop {
         let now = chrono::Utc::now();
         let id = BackupId::new(now, BackupType::Full);
-        let leftovers = repo.list_objects(&object_store::path::Path::from(format!("backup/{id}"))).await?;
+        let leftovers = repo.list_objects(&crate::repo::keys::backup_dir(id.as_str())).await?;
         if leftovers.is_empty() {
             return Ok((id, now));
         }
@@ -413,7 +413,7 @@ fn summary(m: &Manifest, took: Duration, first: &WalFileName, last: &WalFileName
 /// names: not a backup), naming it. A failure to remove is only a warning:
 /// `expire` sweeps such leftovers later.
 async fn remove_own_packs(repo: &Repository, id: &BackupId) {
-    let prefix = object_store::path::Path::from(format!("backup/{id}"));
+    let prefix = crate::repo::keys::backup_dir(id.as_str());
     let keys: Vec<object_store::path::Path> = match repo.list_objects(&prefix).await {
         Ok(objects) => objects.into_iter().map(|o| o.location).collect(),
         Err(e) => {
