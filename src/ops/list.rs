@@ -2,7 +2,7 @@
 //! stored) sorted by stop time, and the archived WAL per timeline with its
 //! gaps and the windows recovery along it can reach (from the oldest usable
 //! backup's end to the last segment without a gap; see
-//! [`crate::ops::coverage::recovery_windows`]). Reads only; a missing
+//! [`crate::repo::coverage::recovery_windows`]). Reads only; a missing
 //! repository is an error.
 //!
 //! The `--json` form is API (monitoring reads it): fields are only ever
@@ -12,11 +12,11 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ops::coverage::recovery_windows;
 use crate::ops::restore::select::BackupInfo;
 use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{backups_prefix, manifest_key, BackupId, BackupType, Manifest};
+use crate::repo::coverage::recovery_windows;
 use crate::repo::Repository;
 
 /// One backup as `list` shows it.
@@ -203,13 +203,11 @@ pub async fn listing(repo: &Repository) -> Result<Listing> {
     let newest = out.wal.iter().rev().find_map(|t| t.last.clone());
     if let Some(name) = newest {
         if let Ok(parsed) = name.parse::<WalFileName>() {
-            use object_store::ObjectStoreExt;
             let key = crate::repo::keys::wal(&parsed);
             // Only the time is missing: a vanished or unreadable object leaves it out.
-            if let Ok(meta) = repo.objects().head(&key).await {
-                out.health.newest_segment_time =
-                    Some(meta.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-                out.health.newest_segment_age_seconds = Some((now - meta.last_modified).num_seconds());
+            if let Some(modified) = repo.modified_once(&key).await {
+                out.health.newest_segment_time = Some(modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                out.health.newest_segment_age_seconds = Some((now - modified).num_seconds());
             }
         }
         out.health.newest_segment = Some(name);

@@ -30,7 +30,7 @@ use crate::pg::recovery::{rewrite_auto_conf, RecoveryTarget, TargetTimeline, TAR
 use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest};
-use crate::repo::wal_index::WalInventory;
+use crate::repo::catalog::WalInventory;
 use crate::repo::{keys, Repository};
 use crate::storage::{pgdata, RepoUrl};
 

@@ -29,14 +29,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::ops::coverage::needed_runs;
 use crate::ops::restore::select::{newest_segment, BackupInfo};
 use crate::pg::timeline::TimelineTree;
 use crate::pg::validate::validate_segment_head;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, pack_key, BackupId, Manifest};
+use crate::repo::catalog::WalInventory;
+use crate::repo::coverage::needed_runs;
 use crate::repo::frame;
-use crate::repo::wal_index::WalInventory;
 use crate::repo::{keys, ClusterIdentity, Repository};
 
 /// What `verify` is asked to check.

@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 use crate::config::{BackupOptions, CheckpointMode};
 use crate::db::{label_timeline, ConnTarget, Session};
 use crate::error::{Error, Result};
-use crate::ops::lock::BackupLock;
 use crate::ops::progress::Progress;
 use crate::pg::control::ControlFile;
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST_FORMAT};
+use crate::repo::lock::BackupLock;
 use crate::repo::{keys, ClusterIdentity, Repository};
 
 /// What to back up and how.

@@ -36,12 +36,12 @@ use object_store::path::Path;
 use self::plan::{Model, Plan, PlanBackup, Policy, PolicyError, WalKeep};
 use crate::error::{Error, Result};
 use crate::ops::list::load_manifests;
-use crate::ops::lock::live_holder;
 use crate::ops::restore::select::BackupInfo;
 use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, Manifest};
 use crate::repo::keys::{self, parse_log_dir};
+use crate::repo::lock::live_holder;
 use crate::repo::Repository;
 
 /// What `expire` is asked to do.
@@ -459,8 +459,8 @@ pub async fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::lock::BackupLock;
     use crate::pg::Lsn;
+    use crate::repo::lock::BackupLock;
     use crate::repo::synthetic;
 
     fn rt() -> tokio::runtime::Runtime {

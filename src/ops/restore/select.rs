@@ -7,89 +7,11 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Error;
 use crate::pg::recovery::{RecoveryTarget, TargetTimeline};
-use crate::pg::timeline::{segment_before, segment_of, Chain, Span, TimelineTree};
-use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::backup::{BackupId, Manifest};
-use crate::repo::wal_index::WalInventory;
-
-/// What selection needs to know about a complete backup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupInfo {
-    /// The backup.
-    pub id: BackupId,
-    /// When it stopped: the earliest time it recovers to.
-    pub stop_time: DateTime<Utc>,
-    /// Where its WAL starts.
-    pub start_lsn: Lsn,
-    /// Where it is consistent.
-    pub stop_lsn: Lsn,
-    /// Timeline at start.
-    pub timeline: TimelineId,
-    /// Timeline at stop.
-    pub stop_timeline: TimelineId,
-}
-
-impl BackupInfo {
-    /// What a complete backup's manifest says about it; a manifest whose
-    /// stop time does not parse is corrupt.
-    pub fn from_manifest(m: &Manifest) -> crate::error::Result<BackupInfo> {
-        let stop_time = DateTime::parse_from_rfc3339(&m.stop_time)
-            .map_err(|e| Error::Corrupt {
-                key: crate::repo::backup::manifest_key(&m.id).to_string(),
-                reason: format!("invalid stop_time '{}': {e}", m.stop_time),
-            })?
-            .with_timezone(&Utc);
-        Ok(BackupInfo {
-            id: m.id.clone(),
-            stop_time,
-            start_lsn: m.start_lsn,
-            stop_lsn: m.stop_lsn,
-            timeline: m.timeline,
-            stop_timeline: m.stop_timeline,
-        })
-    }
-
-    /// The WAL the backup spans, for timeline arithmetic.
-    pub fn span(&self) -> Span {
-        Span {
-            start_timeline: self.timeline,
-            start_lsn: self.start_lsn,
-            stop_timeline: self.stop_timeline,
-            stop_lsn: self.stop_lsn,
-        }
-    }
-}
-
-/// The first segment from `from` to `to` (inclusive) that recovery along
-/// `chain` needs and the archive lacks, as a file name.
-pub fn first_missing(
-    inv: &WalInventory,
-    chain: &Chain,
-    from: SegmentNo,
-    to: SegmentNo,
-    size: WalSegmentSize,
-) -> Option<WalFileName> {
-    chain
-        .ranges(from, to, size)
-        .into_iter()
-        .find_map(|(tli, lo, hi)| inv.missing(tli, lo, hi).next().map(|seg| WalFileName::segment(tli, seg, size)))
-}
-
-/// The newest archived segment on the chain, with its timeline.
-pub fn newest_segment(inv: &WalInventory, chain: &Chain, size: WalSegmentSize) -> Option<(TimelineId, SegmentNo)> {
-    let ranges = chain.ranges(SegmentNo(0), SegmentNo(u64::MAX), size);
-    ranges.iter().rev().find_map(|(tli, lo, hi)| {
-        let segs = &inv.timelines.get(tli)?.segments;
-        segs.iter().rev().find(|s| *s >= lo && *s <= hi).map(|s| (*tli, *s))
-    })
-}
-
-/// The timeline `latest` means: the newest one the archive knows of.
-pub fn latest_timeline(inv: &WalInventory) -> TimelineId {
-    let by_wal = inv.timelines.iter().filter(|(_, t)| !t.segments.is_empty()).map(|(t, _)| *t).max();
-    let by_history = inv.histories.iter().max().copied();
-    by_wal.max(by_history).unwrap_or(TimelineId(1))
-}
+use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
+use crate::pg::{SegmentNo, TimelineId, WalSegmentSize};
+use crate::repo::backup::BackupId;
+use crate::repo::catalog::WalInventory;
+pub use crate::repo::catalog::{first_missing, latest_timeline, newest_segment, BackupInfo};
 
 /// The chain of timeline `tli`, from the history files read so far; a
 /// timeline above 1 without one cannot be followed.
@@ -309,7 +231,8 @@ mod tests {
     use super::*;
     use crate::pg::history::HistoryEntry;
     use crate::pg::recovery::TargetTime;
-    use crate::repo::wal_index::TimelineWal;
+    use crate::pg::Lsn;
+    use crate::repo::catalog::TimelineWal;
 
     const MB16: u64 = 16 << 20;
 

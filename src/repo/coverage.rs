@@ -11,10 +11,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::ops::restore::select::{newest_segment, BackupInfo};
 use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
 use crate::pg::{SegmentNo, TimelineId, WalSegmentSize};
-use crate::repo::wal_index::WalInventory;
+use crate::repo::catalog::WalInventory;
+use crate::repo::catalog::{newest_segment, BackupInfo};
 
 /// For each timeline, the first segment a backup needs from it: everything
 /// from there on (on that timeline) is read by some recovery from the backup.

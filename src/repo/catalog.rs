@@ -1,16 +1,30 @@
-//! An inventory of the archived WAL: per timeline, which segments (and
-//! `.partial` segments) are stored and where the gaps are, plus the timeline
-//! history files. Built from delimiter listings of `wal/` and each log file
-//! directory, so it never reads a segment.
+//! The read side of a repository: what is stored, listed and loaded from
+//! the objects themselves every time (never an index object of its own).
+//!
+//! - the WAL inventory: per timeline, which segments (and `.partial`
+//!   segments) are stored and where the gaps are, plus the timelines with a
+//!   history file; built from delimiter listings of `wal/` and each log file
+//!   directory (16 at once), so it never reads a segment, and
+//!   [`TimelineWal::first_missing`] bisects;
+//! - the history files ([`Repository::timeline_history`]);
+//! - what a complete backup's manifest says for timeline arithmetic ([`BackupInfo`]);
+//! - answers along a timeline chain: newest segment, first missing, latest timeline.
+//!
+//! Manifests are loaded by [`crate::repo::backup::load_manifests`] (the one
+//! loader; it checks that each manifest names its own backup).
 
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
 
+use chrono::{DateTime, Utc};
+
+use super::backup::{BackupId, Manifest};
 use super::{keys, Repository};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pg::history::{parse_history, HistoryEntry};
-use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
+use crate::pg::timeline::{Chain, Span};
+use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 
 /// What is archived on one timeline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,6 +116,85 @@ impl WalInventory {
         let segs = self.timelines.get(&tli).map_or(&[][..], |t| t.segments.as_slice());
         (lo.0..=hi.0).map(SegmentNo).filter(move |s| segs.binary_search(s).is_err())
     }
+}
+
+/// What selection needs to know about a complete backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// The backup.
+    pub id: BackupId,
+    /// When it stopped: the earliest time it recovers to.
+    pub stop_time: DateTime<Utc>,
+    /// Where its WAL starts.
+    pub start_lsn: Lsn,
+    /// Where it is consistent.
+    pub stop_lsn: Lsn,
+    /// Timeline at start.
+    pub timeline: TimelineId,
+    /// Timeline at stop.
+    pub stop_timeline: TimelineId,
+}
+
+impl BackupInfo {
+    /// What a complete backup's manifest says about it; a manifest whose
+    /// stop time does not parse is corrupt.
+    pub fn from_manifest(m: &Manifest) -> crate::error::Result<BackupInfo> {
+        let stop_time = DateTime::parse_from_rfc3339(&m.stop_time)
+            .map_err(|e| Error::Corrupt {
+                key: keys::manifest_key(&m.id).to_string(),
+                reason: format!("invalid stop_time '{}': {e}", m.stop_time),
+            })?
+            .with_timezone(&Utc);
+        Ok(BackupInfo {
+            id: m.id.clone(),
+            stop_time,
+            start_lsn: m.start_lsn,
+            stop_lsn: m.stop_lsn,
+            timeline: m.timeline,
+            stop_timeline: m.stop_timeline,
+        })
+    }
+
+    /// The WAL the backup spans, for timeline arithmetic.
+    pub fn span(&self) -> Span {
+        Span {
+            start_timeline: self.timeline,
+            start_lsn: self.start_lsn,
+            stop_timeline: self.stop_timeline,
+            stop_lsn: self.stop_lsn,
+        }
+    }
+}
+
+/// The first segment from `from` to `to` (inclusive) that recovery along
+/// `chain` needs and the archive lacks, as a file name.
+pub fn first_missing(
+    inv: &WalInventory,
+    chain: &Chain,
+    from: SegmentNo,
+    to: SegmentNo,
+    size: WalSegmentSize,
+) -> Option<WalFileName> {
+    chain
+        .ranges(from, to, size)
+        .into_iter()
+        .find_map(|(tli, lo, hi)| inv.missing(tli, lo, hi).next().map(|seg| WalFileName::segment(tli, seg, size)))
+}
+
+/// The newest archived segment on the chain, with its timeline.
+pub fn newest_segment(inv: &WalInventory, chain: &Chain, size: WalSegmentSize) -> Option<(TimelineId, SegmentNo)> {
+    let ranges = chain.ranges(SegmentNo(0), SegmentNo(u64::MAX), size);
+    ranges.iter().rev().find_map(|(tli, lo, hi)| {
+        let segs = &inv.timelines.get(tli)?.segments;
+        segs.iter().rev().find(|s| *s >= lo && *s <= hi).map(|s| (*tli, *s))
+    })
+}
+
+/// The timeline `latest` means: the newest one the archive knows of.
+pub fn latest_timeline(inv: &WalInventory) -> TimelineId {
+    let by_wal = inv.timelines.iter().filter(|(_, t)| !t.segments.is_empty()).map(|(t, _)| *t).max();
+    let by_history = inv.histories.iter().max().copied();
+    by_wal.max(by_history).unwrap_or(TimelineId(1))
 }
 
 impl Repository {
