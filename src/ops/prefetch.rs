@@ -218,16 +218,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
 
 /// Every timeline history in the repository.
 async fn load_histories(repo: &Repository) -> Result<Histories> {
-    let top = repo.list_entries(&keys::wal_root()).await?;
-    let mut out = Histories::new();
-    for name in top.objects {
-        if let Ok(WalFileName::History { tli }) = name.parse::<WalFileName>() {
-            if let Some(h) = repo.timeline_history(tli).await? {
-                out.insert(tli, h);
-            }
-        }
-    }
-    Ok(out)
+    repo.timeline_histories().await
 }
 
 /// Fetches `name` into the spool: decoded into a temp file, checked against

@@ -246,27 +246,7 @@ pub struct Manifest {
 /// The manifest format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
 
-/// Reads the manifest of backup `only`, or of every backup directory, 8 at
-/// a time: each with its own outcome (`Ok(None)`: no manifest, a backup that
-/// is running or was interrupted), so callers decide what one bad manifest means.
-pub async fn load_manifests(
-    repo: &super::Repository,
-    only: Option<&BackupId>,
-) -> crate::error::Result<Vec<(BackupId, crate::error::Result<Option<Manifest>>)>> {
-    use futures::StreamExt;
-    let ids: Vec<BackupId> = match only {
-        Some(id) => vec![id.clone()],
-        None => repo.list_dirs(&backups_prefix()).await?.iter().filter_map(|d| d.parse().ok()).collect(),
-    };
-    Ok(futures::stream::iter(ids)
-        .map(|id| async move {
-            let m = repo.load_json::<Manifest>(&manifest_key(&id)).await;
-            (id, m)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await)
-}
+pub use super::catalog::load_manifests;
 
 /// Accumulates file content into packs of about [`PACK_TARGET`] bytes.
 #[derive(Debug, Default)]

@@ -197,18 +197,114 @@ pub fn latest_timeline(inv: &WalInventory) -> TimelineId {
     by_wal.max(by_history).unwrap_or(TimelineId(1))
 }
 
+/// Reads the manifest of backup `only`, or of every backup directory, 8 at
+/// a time: each with its own outcome (`Ok(None)`: no manifest, a backup that
+/// is running or was interrupted), so callers decide what one bad manifest means.
+pub async fn load_manifests(
+    repo: &Repository,
+    only: Option<&BackupId>,
+) -> Result<Vec<(BackupId, Result<Option<Manifest>>)>> {
+    use futures::StreamExt;
+    let ids: Vec<BackupId> = match only {
+        Some(id) => vec![id.clone()],
+        None => repo.list_dirs(&keys::backups_prefix()).await?.iter().filter_map(|d| d.parse().ok()).collect(),
+    };
+    Ok(futures::stream::iter(ids)
+        .map(|id| async move {
+            let m = repo.load_json::<Manifest>(&keys::manifest_key(&id)).await;
+            (id, m)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await)
+}
+
+/// Every complete backup's manifest, oldest stop time first, and the IDs of
+/// incomplete ones; a corrupt manifest, or one describing another backup, is
+/// an error (`list`, `expire`).
+pub async fn complete_backups(repo: &Repository) -> Result<(Vec<Manifest>, Vec<String>)> {
+    let ids = repo.list_dirs(&keys::backups_prefix()).await?;
+    let loaded: Vec<(String, Option<Manifest>)> = futures::stream::iter(ids)
+        .map(|name| async move {
+            // A directory that is not a backup ID is not ours: ignore it.
+            let Ok(id) = name.parse::<BackupId>() else { return Ok((name, None)) };
+            let manifest: Option<Manifest> = repo.load_json(&keys::manifest_key(&id)).await?;
+            if let Some(m) = &manifest {
+                if m.id != id {
+                    return Err(Error::Corrupt {
+                        key: keys::manifest_key(&id).to_string(),
+                        reason: format!("it describes backup '{}'", m.id),
+                    });
+                }
+            }
+            Ok((name, manifest))
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    let mut manifests = Vec::new();
+    let mut incomplete = Vec::new();
+    for (name, m) in loaded {
+        match m {
+            Some(m) => manifests.push(m),
+            None if name.parse::<BackupId>().is_ok() => incomplete.push(name),
+            None => {}
+        }
+    }
+    // RFC 3339 UTC with whole seconds sorts as text; the ID breaks ties.
+    manifests.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
+    incomplete.sort();
+    Ok((manifests, incomplete))
+}
+
+/// What a delimiter listing of `wal/` shows: the timelines with a history
+/// file and the log file directories (`TTTTTTTTLLLLLLLL`), sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalTop {
+    /// Timelines whose `.history` file is stored.
+    pub histories: Vec<TimelineId>,
+    /// Log file directory names.
+    pub log_dirs: Vec<String>,
+}
+
 impl Repository {
-    /// Lists the archived WAL. Log file directories are listed concurrently.
-    pub async fn wal_inventory(&self, segment_size: WalSegmentSize) -> Result<WalInventory> {
+    /// Lists `wal/` itself (one delimiter listing, no segment keys): the
+    /// history files' timelines and the log file directories. Every reader
+    /// of the WAL starts here.
+    pub async fn wal_top(&self) -> Result<WalTop> {
         let top = self.list_entries(&keys::wal_root()).await?;
-        let mut inventory = WalInventory { segment_size: Some(segment_size), ..Default::default() };
-        for name in top.objects {
-            if let Ok(WalFileName::History { tli }) = name.parse::<WalFileName>() {
-                inventory.histories.push(tli);
+        let mut histories: Vec<TimelineId> = top
+            .objects
+            .iter()
+            .filter_map(|name| match name.parse::<WalFileName>() {
+                Ok(WalFileName::History { tli }) => Some(tli),
+                _ => None,
+            })
+            .collect();
+        histories.sort();
+        let mut log_dirs = top.dirs;
+        log_dirs.sort();
+        Ok(WalTop { histories, log_dirs })
+    }
+
+    /// Every timeline history in the repository that is stored and readable
+    /// (`Err` for the first that cannot be read).
+    pub async fn timeline_histories(&self) -> Result<BTreeMap<TimelineId, Vec<HistoryEntry>>> {
+        let mut out = BTreeMap::new();
+        for tli in self.wal_top().await?.histories {
+            if let Some(h) = self.timeline_history(tli).await? {
+                out.insert(tli, h);
             }
         }
-        inventory.histories.sort();
-        let dirs: Vec<String> = top.dirs.into_iter().filter(|d| d.len() == 16).collect();
+        Ok(out)
+    }
+
+    /// Lists the archived WAL. Log file directories are listed concurrently.
+    pub async fn wal_inventory(&self, segment_size: WalSegmentSize) -> Result<WalInventory> {
+        let top = self.wal_top().await?;
+        let mut inventory =
+            WalInventory { segment_size: Some(segment_size), histories: top.histories, ..Default::default() };
+        let dirs: Vec<String> = top.log_dirs.into_iter().filter(|d| d.len() == 16).collect();
         let listings: Vec<Vec<String>> = futures::stream::iter(dirs)
             .map(|d| async move { self.list_entries(&keys::log_dir_named(&d)).await.map(|l| l.objects) })
             .buffer_unordered(16)

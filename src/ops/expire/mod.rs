@@ -263,23 +263,21 @@ async fn model(repo: &Repository, stale_after: Duration) -> Result<(Model, Vec<S
     let (manifests, incomplete) = load_manifests(repo).await?;
     let holder = live_holder(repo, stale_after).await?;
     let size = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size)).unwrap_or(WalSegmentSize::DEFAULT);
-    let top = repo.list_entries(&keys::wal_root()).await?;
+    let top = repo.wal_top().await?;
     let mut tree = TimelineTree::default();
     let mut notes = Vec::new();
-    for name in &top.objects {
-        if let Ok(WalFileName::History { tli }) = name.parse::<WalFileName>() {
-            tree.timelines.insert(tli);
-            match repo.timeline_history(tli).await {
-                Ok(Some(h)) => {
-                    tree.histories.insert(tli, h);
-                }
-                Ok(None) => {}
-                Err(e) => notes.push(format!("cannot read the history of timeline {tli}: {}", e.one_line())),
+    for &tli in &top.histories {
+        tree.timelines.insert(tli);
+        match repo.timeline_history(tli).await {
+            Ok(Some(h)) => {
+                tree.histories.insert(tli, h);
             }
+            Ok(None) => {}
+            Err(e) => notes.push(format!("cannot read the history of timeline {tli}: {}", e.one_line())),
         }
     }
     let mut dirs = Vec::new();
-    for d in top.dirs {
+    for d in top.log_dirs {
         if let Some((tli, _)) = parse_log_dir(&d) {
             tree.timelines.insert(tli);
             dirs.push(d);
