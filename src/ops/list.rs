@@ -2,20 +2,20 @@
 //! stored) sorted by stop time, and the archived WAL per timeline with its
 //! gaps and the windows recovery along it can reach (from the oldest usable
 //! backup's end to the last segment without a gap; see
-//! [`crate::ops::coverage::recovery_windows`]). Reads only; a missing
+//! [`crate::repo::coverage::recovery_windows`]). Reads only; a missing
 //! repository is an error.
 //!
 //! The `--json` form is API (monitoring reads it): fields are only ever
 //! added. Its shape is documented in the command's long help (man page).
 
-use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ops::coverage::{recovery_windows, TimelineTree};
 use crate::ops::restore::select::BackupInfo;
+use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::backup::{backups_prefix, manifest_key, BackupId, BackupType, Manifest};
+use crate::repo::backup::{BackupId, BackupType, Manifest};
+use crate::repo::coverage::recovery_windows;
 use crate::repo::Repository;
 
 /// One backup as `list` shows it.
@@ -148,42 +148,7 @@ fn summarize(m: &Manifest) -> BackupSummary {
     }
 }
 
-/// Every complete backup's manifest, oldest stop time first, and the IDs of
-/// incomplete ones. For `list`, `restore`, `verify` and `expire` alike.
-pub async fn load_manifests(repo: &Repository) -> Result<(Vec<Manifest>, Vec<String>)> {
-    let ids = repo.list_dirs(&backups_prefix()).await?;
-    let loaded: Vec<(String, Option<Manifest>)> = futures::stream::iter(ids)
-        .map(|name| async move {
-            // A directory that is not a backup ID is not ours: ignore it.
-            let Ok(id) = name.parse::<BackupId>() else { return Ok((name, None)) };
-            let manifest: Option<Manifest> = repo.load_json(&manifest_key(&id)).await?;
-            if let Some(m) = &manifest {
-                if m.id != id {
-                    return Err(Error::Corrupt {
-                        key: manifest_key(&id).to_string(),
-                        reason: format!("it describes backup '{}'", m.id),
-                    });
-                }
-            }
-            Ok((name, manifest))
-        })
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
-    let mut manifests = Vec::new();
-    let mut incomplete = Vec::new();
-    for (name, m) in loaded {
-        match m {
-            Some(m) => manifests.push(m),
-            None if name.parse::<BackupId>().is_ok() => incomplete.push(name),
-            None => {}
-        }
-    }
-    // RFC 3339 UTC with whole seconds sorts as text; the ID breaks ties.
-    manifests.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
-    incomplete.sort();
-    Ok((manifests, incomplete))
-}
+pub use crate::repo::catalog::complete_backups as load_manifests;
 
 /// Seconds from an RFC 3339 time to `now`.
 fn age_seconds(t: &str, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
@@ -202,13 +167,11 @@ pub async fn listing(repo: &Repository) -> Result<Listing> {
     let newest = out.wal.iter().rev().find_map(|t| t.last.clone());
     if let Some(name) = newest {
         if let Ok(parsed) = name.parse::<WalFileName>() {
-            use object_store::ObjectStoreExt;
             let key = crate::repo::keys::wal(&parsed);
             // Only the time is missing: a vanished or unreadable object leaves it out.
-            if let Ok(meta) = repo.objects().head(&key).await {
-                out.health.newest_segment_time =
-                    Some(meta.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-                out.health.newest_segment_age_seconds = Some((now - meta.last_modified).num_seconds());
+            if let Some(modified) = repo.modified_once(&key).await {
+                out.health.newest_segment_time = Some(modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                out.health.newest_segment_age_seconds = Some((now - modified).num_seconds());
             }
         }
         out.health.newest_segment = Some(name);

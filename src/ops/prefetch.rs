@@ -34,6 +34,7 @@ use crate::ops::fetch;
 use crate::ops::spool::Spool;
 use crate::ops::walspool;
 use crate::pg::history::HistoryEntry;
+use crate::pg::timeline::chain_through;
 use crate::pg::{SegmentNo, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use crate::repo::{frame, keys, Repository};
 
@@ -62,34 +63,11 @@ pub type Histories = BTreeMap<TimelineId, Vec<HistoryEntry>>;
 /// `depth` segments, each on the timeline PostgreSQL will ask for it on.
 pub fn plan(last: &WalFileName, depth: usize, histories: &Histories, size: WalSegmentSize) -> Vec<WalFileName> {
     let (WalFileKind::Segment, Some(segno)) = (last.kind(), last.segment_no(size)) else { return Vec::new() };
-    let asked = last.timeline();
-    // (timeline, first segment on it), oldest first, for a target timeline.
-    let lineage = |target: TimelineId| -> Vec<(TimelineId, u64)> {
-        let entries = histories.get(&target).map(Vec::as_slice).unwrap_or(&[]);
-        let mut begin = 0;
-        let mut out = Vec::new();
-        for e in entries {
-            out.push((e.parent, begin));
-            begin = e.switch_point.0 / size.bytes();
-        }
-        out.push((target, begin));
-        out
-    };
-    let timeline_of = |lineage: &[(TimelineId, u64)], seg: u64| {
-        lineage.iter().rev().find(|(_, begin)| *begin <= seg).map(|(t, _)| *t)
-    };
-    // The newest target whose lineage puts the asked segment on the asked timeline.
-    let lineage = histories
-        .keys()
-        .rev()
-        .filter(|t| **t > asked)
-        .map(|t| lineage(*t))
-        .find(|l| timeline_of(l, segno.0) == Some(asked))
-        .unwrap_or_else(|| lineage(asked));
+    let chain = chain_through(histories, last.timeline(), segno, size);
     (1..=depth as u64)
         .filter_map(|i| {
             let seg = segno.0.checked_add(i)?;
-            Some(WalFileName::segment(timeline_of(&lineage, seg)?, SegmentNo(seg), size))
+            Some(WalFileName::segment(chain.timeline_at(SegmentNo(seg), size), SegmentNo(seg), size))
         })
         .collect()
 }
@@ -240,16 +218,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
 
 /// Every timeline history in the repository.
 async fn load_histories(repo: &Repository) -> Result<Histories> {
-    let top = repo.list_entries(&object_store::path::Path::from("wal")).await?;
-    let mut out = Histories::new();
-    for name in top.objects {
-        if let Ok(WalFileName::History { tli }) = name.parse::<WalFileName>() {
-            if let Some(h) = repo.timeline_history(tli).await? {
-                out.insert(tli, h);
-            }
-        }
-    }
-    Ok(out)
+    repo.timeline_histories().await
 }
 
 /// Fetches `name` into the spool: decoded into a temp file, checked against

@@ -21,16 +21,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
 
 use self::files::{DirState, Layout, Written};
-use self::select::{BackupInfo, Chain, Request, WalNeed};
+use self::select::{BackupInfo, Request, WalNeed};
 use crate::config::restore::{absolute, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::pg::recovery::{rewrite_auto_conf, RecoveryTarget, TargetTimeline, TARGET_KEYS};
+use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest};
-use crate::repo::wal_index::WalInventory;
+use crate::repo::catalog::WalInventory;
 use crate::repo::{keys, Repository};
 use crate::storage::{pgdata, RepoUrl};
 
@@ -208,10 +208,10 @@ async fn choose_backup(
     let manifests = load_manifests(repo, opts.backup.as_ref(), identity.system_identifier, notices).await?;
     let infos: Vec<BackupInfo> = manifests.iter().map(BackupInfo::from_manifest).collect::<Result<_>>()?;
     let inv = repo.wal_inventory(size).await?;
-    let mut histories = BTreeMap::new();
+    let mut histories = TimelineTree::default();
     for tli in &inv.histories {
         if let Some(h) = repo.timeline_history(*tli).await? {
-            histories.insert(*tli, h);
+            histories.histories.insert(*tli, h);
         }
     }
     let latest = select::latest_timeline(&inv);
@@ -241,9 +241,9 @@ async fn check_wal(
 ) -> Result<()> {
     let need = match &opts.target {
         None if opts.standby.is_none() => WalNeed::ToEnd,
-        Some(RecoveryTarget::Lsn(l)) => WalNeed::Through(select::segment_of(*l, size)),
+        Some(RecoveryTarget::Lsn(l)) => WalNeed::Through(segment_of(*l, size)),
         Some(RecoveryTarget::Time(t)) => {
-            let stop = select::segment_before(b.stop_lsn, size);
+            let stop = segment_before(b.stop_lsn, size);
             let times = segment_times(repo, chain, inv, stop, size).await?;
             match select::time_target_end(chain, inv, size, b, t.at, |tli, seg| times.get(&(tli, seg)).copied()) {
                 Some(seg) => WalNeed::Through(seg),
@@ -284,7 +284,7 @@ async fn segment_times(
         let mut logs: Vec<u64> =
             t.segments.iter().filter(|s| **s >= from && **s <= newest).map(|s| s.0 / per_log).collect();
         logs.dedup();
-        dirs.extend(logs.into_iter().map(|log| ObjectPath::from(format!("wal/{:08X}{:08X}", link.tli.0, log))));
+        dirs.extend(logs.into_iter().map(|log| keys::log_dir_named(&keys::log_dir_name(link.tli, log))));
     }
     let listings: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
         .map(|d| async move { repo.list_objects(&d).await })

@@ -25,18 +25,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::ops::coverage::{needed_runs, TimelineTree};
 use crate::ops::restore::select::{newest_segment, BackupInfo};
+use crate::pg::timeline::TimelineTree;
 use crate::pg::validate::validate_segment_head;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, pack_key, BackupId, Manifest};
+use crate::repo::catalog::WalInventory;
+use crate::repo::coverage::needed_runs;
 use crate::repo::frame;
-use crate::repo::wal_index::WalInventory;
 use crate::repo::{keys, ClusterIdentity, Repository};
 
 /// What `verify` is asked to check.
@@ -215,7 +215,7 @@ async fn manifests(repo: &Repository, only: Option<&BackupId>, report: &mut Repo
                         "backup '{id}' has no manifest: it is running or was interrupted ('pgwal expire' removes it)"
                     ),
                 );
-                p.object = Some(format!("backup/{id}/"));
+                p.object = Some(format!("{}/", keys::backup_dir(id.as_str())));
                 p.backup = Some(id.to_string());
             }
             Err(Error::Corrupt { reason, .. }) => {
@@ -263,7 +263,7 @@ async fn check_packs(repo: &Repository, m: &Manifest, opts: &VerifyOptions, repo
         }
     }
     if opts.quick {
-        let listed = repo.list_objects(&Path::from(format!("backup/{id}/pack"))).await?;
+        let listed = repo.list_objects(&keys::packs_prefix(&m.id)).await?;
         let sizes: BTreeMap<String, u64> = listed.into_iter().map(|o| (o.location.to_string(), o.size)).collect();
         for pack in &m.packs {
             let key = pack_key(&m.id, pack.number).to_string();
@@ -491,7 +491,7 @@ fn check_chains(
     let mut needed: BTreeSet<(TimelineId, SegmentNo)> = BTreeSet::new();
     for m in backups {
         let b = backup_info(m);
-        for chain in tree.descendants(&b) {
+        for chain in tree.descendants(&b.span()) {
             let newest = newest_segment(inv, &chain, size).map(|(_, s)| s);
             for (tli, lo, hi) in needed_runs(&b, &chain, newest, size) {
                 missing_in(inv, tli, lo, hi, &b.id, &mut missing);

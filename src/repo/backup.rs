@@ -13,7 +13,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use object_store::path::Path;
+pub use super::keys::{backup_lock_key, backups_prefix, manifest_key, pack_key};
 use serde::{Deserialize, Serialize};
 
 use crate::pg::{Lsn, TimelineId};
@@ -246,47 +246,7 @@ pub struct Manifest {
 /// The manifest format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
 
-/// Prefix under which every backup lives.
-pub fn backups_prefix() -> Path {
-    Path::from("backup")
-}
-
-/// The manifest of backup `id`.
-pub fn manifest_key(id: &BackupId) -> Path {
-    Path::from(format!("backup/{id}/manifest"))
-}
-
-/// Pack `number` of backup `id`.
-pub fn pack_key(id: &BackupId, number: u32) -> Path {
-    Path::from(format!("backup/{id}/pack/{number:06}"))
-}
-
-/// Reads the manifest of backup `only`, or of every backup directory, 8 at
-/// a time: each with its own outcome (`Ok(None)`: no manifest, a backup that
-/// is running or was interrupted), so callers decide what one bad manifest means.
-pub async fn load_manifests(
-    repo: &super::Repository,
-    only: Option<&BackupId>,
-) -> crate::error::Result<Vec<(BackupId, crate::error::Result<Option<Manifest>>)>> {
-    use futures::StreamExt;
-    let ids: Vec<BackupId> = match only {
-        Some(id) => vec![id.clone()],
-        None => repo.list_dirs(&backups_prefix()).await?.iter().filter_map(|d| d.parse().ok()).collect(),
-    };
-    Ok(futures::stream::iter(ids)
-        .map(|id| async move {
-            let m = repo.load_json::<Manifest>(&manifest_key(&id)).await;
-            (id, m)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await)
-}
-
-/// The lock object that keeps two backups of one repository from running at once.
-pub fn backup_lock_key() -> Path {
-    Path::from("lock/backup")
-}
+pub use super::catalog::load_manifests;
 
 /// Accumulates file content into packs of about [`PACK_TARGET`] bytes.
 #[derive(Debug, Default)]

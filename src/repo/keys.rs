@@ -7,6 +7,9 @@
 //! wal/0000000100000000/000000010000000000000001           segments
 //! wal/0000000100000000/000000010000000000000001.partial   partial segments
 //! wal/0000000100000000/000000010000000000000002.00000028.backup
+//! backup/20261123T074000F/manifest            a backup's manifest (written last)
+//! backup/20261123T074000F/pack/000000         its packs
+//! lock/backup                                 the backup lock
 //! ```
 //!
 //! WAL is grouped by timeline and log file (the first 16 hex digits of a
@@ -16,7 +19,8 @@
 
 use object_store::path::Path;
 
-use crate::pg::WalFileName;
+use super::backup::BackupId;
+use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 
 /// The format version object.
 pub fn format() -> Path {
@@ -36,6 +40,75 @@ pub fn wal(name: &WalFileName) -> Path {
     }
 }
 
+/// Where the WAL lives: history files directly below, segments in one
+/// directory per timeline and log file.
+pub fn wal_root() -> Path {
+    Path::from("wal")
+}
+
+/// The name of the log file directory of timeline `tli` and log file `log`
+/// (`TTTTTTTTLLLLLLLL`, the first 16 hex digits of its segments' names).
+pub fn log_dir_name(tli: TimelineId, log: u64) -> String {
+    format!("{:08X}{:08X}", tli.0, log)
+}
+
+/// The log file directory holding segment `seg` of timeline `tli`.
+pub fn log_dir(tli: TimelineId, seg: SegmentNo, size: WalSegmentSize) -> Path {
+    log_dir_named(&log_dir_name(tli, seg.0 / size.segments_per_log_file()))
+}
+
+/// The log file directory of that name (as a listing of [`wal_root`] yields it).
+pub fn log_dir_named(name: &str) -> Path {
+    Path::from(format!("wal/{name}"))
+}
+
+/// The key of the WAL file `name` listed in log file directory `dir`.
+pub fn in_log_dir(dir: &str, name: &str) -> Path {
+    Path::from(format!("wal/{dir}/{name}"))
+}
+
+/// The timeline and log number of a log file directory name
+/// (`TTTTTTTTLLLLLLLL`); `None` for anything else.
+pub fn parse_log_dir(dir: &str) -> Option<(TimelineId, u64)> {
+    if dir.len() != 16 || !dir.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let tli = u32::from_str_radix(&dir[..8], 16).ok().filter(|t| *t > 0)?;
+    let log = u64::from_str_radix(&dir[8..], 16).ok()?;
+    Some((TimelineId(tli), log))
+}
+
+/// Prefix under which every backup lives.
+pub fn backups_prefix() -> Path {
+    Path::from("backup")
+}
+
+/// Everything of backup `id` (a listed directory name, which may be one of
+/// an interrupted backup).
+pub fn backup_dir(id: &str) -> Path {
+    Path::from(format!("backup/{id}"))
+}
+
+/// The packs of backup `id`.
+pub fn packs_prefix(id: &BackupId) -> Path {
+    Path::from(format!("backup/{id}/pack"))
+}
+
+/// The manifest of backup `id`.
+pub fn manifest_key(id: &BackupId) -> Path {
+    Path::from(format!("backup/{id}/manifest"))
+}
+
+/// Pack `number` of backup `id`.
+pub fn pack_key(id: &BackupId, number: u32) -> Path {
+    Path::from(format!("backup/{id}/pack/{number:06}"))
+}
+
+/// The lock object that keeps two backups of one repository from running at once.
+pub fn backup_lock_key() -> Path {
+    Path::from("lock/backup")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +123,65 @@ mod tests {
             "wal/0000000100000000/000000010000000000000002.00000028.backup"
         );
         assert_eq!(key("00000002.history"), "wal/00000002.history");
+        let size = WalSegmentSize::DEFAULT;
+        assert_eq!(log_dir(TimelineId(2), SegmentNo(0x103), size).as_ref(), "wal/0000000200000001");
+        assert_eq!(parse_log_dir("0000000200000001"), Some((TimelineId(2), 1)));
+        assert_eq!(parse_log_dir("00000000000000001"), None);
+        assert_eq!(parse_log_dir("0000000000000001"), None, "timeline 0 does not exist");
+        assert_eq!(parse_log_dir("000000010000000G"), None);
+    }
+
+    #[test]
+    fn backup_keys() {
+        let id: BackupId = "20261123T074000F".parse().expect("id");
+        assert_eq!(manifest_key(&id).as_ref(), "backup/20261123T074000F/manifest");
+        assert_eq!(pack_key(&id, 7).as_ref(), "backup/20261123T074000F/pack/000007");
+        assert_eq!(packs_prefix(&id).as_ref(), "backup/20261123T074000F/pack");
+        assert_eq!(backup_dir(id.as_str()).as_ref(), "backup/20261123T074000F");
+        assert_eq!(backup_lock_key().as_ref(), "lock/backup");
+    }
+
+    /// Object keys are spelled here only: no other library file (outside
+    /// its tests) has a string literal that starts a repository key.
+    #[test]
+    fn no_key_spelled_outside_keys_rs() {
+        let spellings = [
+            "\"wal/",
+            "\"backup/",
+            "\"lock/",
+            "(\"wal\")",
+            "(\"backup\")",
+            "(\"lock\")",
+            "(\"format\")",
+            "(\"cluster\")",
+        ];
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut dirs = vec![root.clone()];
+        let mut found = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src is readable") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if !name.ends_with(".rs") || name == "tests.rs" || path.ends_with("repo/keys.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("readable");
+                let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+                for (i, line) in code.lines().enumerate() {
+                    let line = line.trim_start();
+                    if line.starts_with("//") {
+                        continue;
+                    }
+                    if let Some(s) = spellings.iter().find(|s| line.contains(*s)) {
+                        found.push(format!("{}:{}: {s}", path.strip_prefix(&root).unwrap_or(&path).display(), i + 1));
+                    }
+                }
+            }
+        }
+        assert!(found.is_empty(), "object keys spelled outside repo/keys.rs:\n{}", found.join("\n"));
     }
 }

@@ -2,10 +2,12 @@
 //! objects stored create-only (an existing object is compared, never replaced).
 
 pub mod backup;
+pub mod catalog;
+pub mod coverage;
 pub mod frame;
 pub mod keys;
+pub mod lock;
 pub mod synthetic;
-pub mod wal_index;
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -113,7 +115,7 @@ impl Repository {
 
     /// An empty repository in memory, for tests and benchmarks.
     pub fn in_memory() -> Repository {
-        let store = Store { objects: std::sync::Arc::new(object_store::memory::InMemory::new()), local_root: None };
+        let store = Store::in_memory();
         let url = RepoUrl::S3 { bucket: "memory".into(), prefix: String::new() };
         Repository::new(store, url, RetryPolicy::with_deadline(std::time::Duration::from_secs(1)))
     }
@@ -126,18 +128,8 @@ impl Repository {
     /// Reads a whole object; `None` if there is none. A local object is
     /// mapped rather than copied: objects are never modified once created.
     pub async fn get(&self, key: &Path) -> Result<Option<Bytes>> {
-        if let Some(root) = &self.store.local_root {
-            let path = root.join(key.as_ref());
-            return match std::fs::File::open(&path) {
-                Ok(file) => {
-                    let len = file.metadata().map_err(Error::io("cannot stat", &path))?.len();
-                    let mapped = crate::storage::mapped::MappedFile::map(&file, len as usize)
-                        .map_err(Error::io("cannot read", &path))?;
-                    Ok(Some(Bytes::from_owner(mapped)))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::io("cannot read", &path)(e)),
-            };
+        if let Some(mapped) = self.store.read_mapped(key) {
+            return mapped;
         }
         self.retry
             .run(&format!("reading '{key}'"), || async {
@@ -188,7 +180,7 @@ impl Repository {
                 }
             })
             .await?;
-        self.sweep_local_staging(key);
+        self.store.sweep_staging(key);
         if outcome == PutOutcome::AlreadyIdentical {
             let stored = self.read_header(key).await?;
             let same = stored.is_some_and(|s| s.sha256 == header.sha256 && s.original_size == header.original_size);
@@ -203,25 +195,44 @@ impl Repository {
         Ok(outcome)
     }
 
-    /// A local store writes `<key>#N` staging files and hard-links them into
-    /// place; a process killed in between leaves them behind, invisible to
-    /// listings but taking space. Remove those of this key.
-    fn sweep_local_staging(&self, key: &Path) {
-        let Some(root) = &self.store.local_root else { return };
-        let base = root.join(key.as_ref());
-        for n in 1..=64 {
-            let mut staging = base.clone().into_os_string();
-            staging.push(format!("#{n}"));
-            if std::fs::remove_file(&staging).is_err() {
-                break;
-            }
+    /// Creates an object (the lock) in one attempt, without
+    /// retries: a retried create could find its own first attempt and could
+    /// not tell it from another process's. `Ok(false)` if the key is taken.
+    pub async fn create_once(&self, key: &Path, object: Bytes) -> Result<bool> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.objects.put_opts(key, PutPayload::from(object), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(storage_err("put", key)(e)),
         }
     }
 
-    /// The raw store, for what the rules above do not cover (the lock object,
-    /// `expire`'s deletes). Data objects go through [`Repository::put_create`].
-    pub fn objects(&self) -> &std::sync::Arc<dyn object_store::ObjectStore> {
-        &self.store.objects
+    /// Reads an object and its modification time in one attempt; `None` if
+    /// there is none (the lock: its reader decides what a failure means).
+    pub async fn get_once(&self, key: &Path) -> Result<Option<(Bytes, chrono::DateTime<chrono::Utc>)>> {
+        let result = match self.store.objects.get(key).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(storage_err("get", key)(e)),
+        };
+        let modified = result.meta.last_modified;
+        let bytes = result.bytes().await.map_err(storage_err("get", key))?;
+        Ok(Some((bytes, modified)))
+    }
+
+    /// Deletes one object in one attempt (the lock); one already gone counts as deleted.
+    pub async fn delete_once(&self, key: &Path) -> Result<()> {
+        match self.store.objects.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage_err("delete", key)(e)),
+        }
+    }
+
+    /// When an object was stored, in one attempt; `None` if that cannot be
+    /// told (gone or unreadable): for reports, which leave it out then.
+    pub async fn modified_once(&self, key: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
+        use object_store::ObjectStoreExt;
+        self.store.objects.head(key).await.ok().map(|m| m.last_modified)
     }
 
     /// Deletes objects in the order given, at most [`DELETES_IN_FLIGHT`] at
@@ -246,19 +257,7 @@ impl Repository {
             .buffered(DELETES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;
-        if let Some(root) = &self.store.local_root {
-            let mut dirs: Vec<std::path::PathBuf> =
-                keys.iter().filter_map(|k| root.join(k.as_ref()).parent().map(std::path::Path::to_path_buf)).collect();
-            dirs.sort();
-            dirs.dedup();
-            for dir in dirs.iter().rev() {
-                // Fails harmlessly while the directory holds anything.
-                let _ = std::fs::remove_dir(dir);
-                if let Some(parent) = dir.parent().filter(|p| p.starts_with(root) && *p != root.as_path()) {
-                    let _ = std::fs::remove_dir(parent);
-                }
-            }
-        }
+        self.store.prune_empty_dirs(keys);
         Ok(())
     }
 
@@ -370,14 +369,7 @@ impl Repository {
     /// bucket or container is missing or refuses a listing. Costs one
     /// listing, only when there is no repository (or before its first object).
     async fn probe_store(&self) -> Result<()> {
-        if self.store.local_root.is_some() {
-            return Ok(());
-        }
-        match self.store.objects.list_with_delimiter(None).await {
-            Ok(_) => Ok(()),
-            Err(e) if crate::error::is_missing_object(&e) => Ok(()),
-            Err(source) => Err(Error::Storage { op: "list", key: self.url.to_string(), source }),
-        }
+        self.store.probe(&self.url).await
     }
 
     /// The recorded cluster identity, checking the format on the way. Both

@@ -147,7 +147,7 @@ pub fn write_local_tiny_wal(
                     let Some(&log) = logs.get(i) else { return Ok(()) };
                     let lo = (log * per).max(segs.start);
                     let hi = ((log + 1) * per).min(segs.end);
-                    let dir = root.join("wal").join(format!("{:08X}{:08X}", tli.0, log));
+                    let dir = root.join(super::keys::log_dir_named(&super::keys::log_dir_name(tli, log)).as_ref());
                     std::fs::create_dir_all(&dir)?;
                     for seg in lo..hi {
                         let name = WalFileName::segment(tli, SegmentNo(seg), size);

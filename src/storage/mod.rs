@@ -80,6 +80,74 @@ pub struct Store {
     pub local_root: Option<PathBuf>,
 }
 
+impl Store {
+    /// An empty store in memory, for tests and benchmarks.
+    pub fn in_memory() -> Store {
+        Store { objects: Arc::new(object_store::memory::InMemory::new()), local_root: None }
+    }
+
+    /// Reads a whole local object mapped rather than copied (objects are
+    /// never modified once created); `None` if the store is not local.
+    pub fn read_mapped(&self, key: &object_store::path::Path) -> Option<Result<Option<bytes::Bytes>>> {
+        let root = self.local_root.as_ref()?;
+        let path = root.join(key.as_ref());
+        Some(match std::fs::File::open(&path) {
+            Ok(file) => file
+                .metadata()
+                .map_err(Error::io("cannot stat", &path))
+                .and_then(|m| mapped::MappedFile::map(&file, m.len() as usize).map_err(Error::io("cannot read", &path)))
+                .map(|mapped| Some(bytes::Bytes::from_owner(mapped))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", &path)(e)),
+        })
+    }
+
+    /// A local store writes `<key>#N` staging files and hard-links them into
+    /// place; a process killed in between leaves them behind, invisible to
+    /// listings but taking space. Removes those of this key (local only).
+    pub fn sweep_staging(&self, key: &object_store::path::Path) {
+        let Some(root) = &self.local_root else { return };
+        let base = root.join(key.as_ref());
+        for n in 1..=64 {
+            let mut staging = base.clone().into_os_string();
+            staging.push(format!("#{n}"));
+            if std::fs::remove_file(&staging).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// After deleting `keys`: removes the local directories (and their
+    /// parents below the root) they leave empty; nothing elsewhere.
+    pub fn prune_empty_dirs(&self, keys: &[object_store::path::Path]) {
+        let Some(root) = &self.local_root else { return };
+        let mut dirs: Vec<PathBuf> =
+            keys.iter().filter_map(|k| root.join(k.as_ref()).parent().map(Path::to_path_buf)).collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs.iter().rev() {
+            // Fails harmlessly while the directory holds anything.
+            let _ = std::fs::remove_dir(dir);
+            if let Some(parent) = dir.parent().filter(|p| p.starts_with(root) && *p != root.as_path()) {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+
+    /// With no format object found: fails with the store's own error if the
+    /// bucket or container is missing or refuses a listing (never for a local store).
+    pub async fn probe(&self, url: &RepoUrl) -> Result<()> {
+        if self.local_root.is_some() {
+            return Ok(());
+        }
+        match self.objects.list_with_delimiter(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if crate::error::is_missing_object(&e) => Ok(()),
+            Err(source) => Err(Error::Storage { op: "list", key: url.to_string(), source }),
+        }
+    }
+}
+
 /// Whether opening may create the repository, and whether the command writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 use crate::config::{BackupOptions, CheckpointMode};
 use crate::db::{label_timeline, ConnTarget, Session};
 use crate::error::{Error, Result};
-use crate::ops::lock::BackupLock;
 use crate::ops::progress::Progress;
 use crate::pg::control::ControlFile;
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST_FORMAT};
+use crate::repo::lock::BackupLock;
 use crate::repo::{keys, ClusterIdentity, Repository};
 
 /// What to back up and how.
@@ -226,7 +226,7 @@ async fn fresh_id(repo: &Repository) -> Result<(BackupId, chrono::DateTime<chron
     loop {
         let now = chrono::Utc::now();
         let id = BackupId::new(now, BackupType::Full);
-        let leftovers = repo.list_objects(&object_store::path::Path::from(format!("backup/{id}"))).await?;
+        let leftovers = repo.list_objects(&crate::repo::keys::backup_dir(id.as_str())).await?;
         if leftovers.is_empty() {
             return Ok((id, now));
         }
@@ -413,7 +413,7 @@ fn summary(m: &Manifest, took: Duration, first: &WalFileName, last: &WalFileName
 /// names: not a backup), naming it. A failure to remove is only a warning:
 /// `expire` sweeps such leftovers later.
 async fn remove_own_packs(repo: &Repository, id: &BackupId) {
-    let prefix = object_store::path::Path::from(format!("backup/{id}"));
+    let prefix = crate::repo::keys::backup_dir(id.as_str());
     let keys: Vec<object_store::path::Path> = match repo.list_objects(&prefix).await {
         Ok(objects) => objects.into_iter().map(|o| o.location).collect(),
         Err(e) => {

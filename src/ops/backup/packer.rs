@@ -277,7 +277,6 @@ fn flush(shared: &Shared, tx: &mpsc::Sender<Encoded>, open: &mut Option<OpenPack
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::ObjectStoreExt;
 
     fn memory_repo() -> Repository {
         Repository::in_memory()
@@ -309,8 +308,7 @@ mod tests {
             assert_eq!(packed.files.len(), sizes.len(), "the vanished file is left out");
             let mut packs = std::collections::HashMap::new();
             for p in &packed.packs {
-                let object = rt.block_on(repo.objects().get(&pack_key(&id, p.number))).expect("get");
-                let bytes = rt.block_on(object.bytes()).expect("bytes");
+                let bytes = rt.block_on(repo.get(&pack_key(&id, p.number))).expect("get").expect("stored");
                 let data = frame::decode(&bytes).expect("decode");
                 assert_eq!(data.len() as u64, p.original_size);
                 assert!(data.len() <= crate::repo::backup::PACK_TARGET);

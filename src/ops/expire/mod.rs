@@ -35,12 +35,13 @@ use object_store::path::Path;
 
 use self::plan::{Model, Plan, PlanBackup, Policy, PolicyError, WalKeep};
 use crate::error::{Error, Result};
-use crate::ops::coverage::TimelineTree;
 use crate::ops::list::load_manifests;
-use crate::ops::lock::live_holder;
 use crate::ops::restore::select::BackupInfo;
+use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, Manifest};
+use crate::repo::keys::{self, parse_log_dir};
+use crate::repo::lock::live_holder;
 use crate::repo::Repository;
 
 /// What `expire` is asked to do.
@@ -251,16 +252,6 @@ fn policy_error(e: PolicyError) -> Error {
     Error::BadRequest { message: e.to_string(), hint: Some(hint.into()) }
 }
 
-/// The timeline of a log file directory name (`TTTTTTTTLLLLLLLL`) and its log number.
-fn parse_log_dir(dir: &str) -> Option<(TimelineId, u64)> {
-    if dir.len() != 16 || !dir.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let tli = u32::from_str_radix(&dir[..8], 16).ok().filter(|t| *t > 0)?;
-    let log = u64::from_str_radix(&dir[8..], 16).ok()?;
-    Some((TimelineId(tli), log))
-}
-
 /// Reads what the plan needs: the backups, the lock, the timeline tree.
 async fn model(repo: &Repository, stale_after: Duration) -> Result<(Model, Vec<String>, Vec<String>, Vec<String>)> {
     let (format, identity) = repo.identity().await?;
@@ -272,23 +263,21 @@ async fn model(repo: &Repository, stale_after: Duration) -> Result<(Model, Vec<S
     let (manifests, incomplete) = load_manifests(repo).await?;
     let holder = live_holder(repo, stale_after).await?;
     let size = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size)).unwrap_or(WalSegmentSize::DEFAULT);
-    let top = repo.list_entries(&Path::from("wal")).await?;
+    let top = repo.wal_top().await?;
     let mut tree = TimelineTree::default();
     let mut notes = Vec::new();
-    for name in &top.objects {
-        if let Ok(WalFileName::History { tli }) = name.parse::<WalFileName>() {
-            tree.timelines.insert(tli);
-            match repo.timeline_history(tli).await {
-                Ok(Some(h)) => {
-                    tree.histories.insert(tli, h);
-                }
-                Ok(None) => {}
-                Err(e) => notes.push(format!("cannot read the history of timeline {tli}: {}", e.one_line())),
+    for &tli in &top.histories {
+        tree.timelines.insert(tli);
+        match repo.timeline_history(tli).await {
+            Ok(Some(h)) => {
+                tree.histories.insert(tli, h);
             }
+            Ok(None) => {}
+            Err(e) => notes.push(format!("cannot read the history of timeline {tli}: {}", e.one_line())),
         }
     }
     let mut dirs = Vec::new();
-    for d in top.dirs {
+    for d in top.log_dirs {
         if let Some((tli, _)) = parse_log_dir(&d) {
             tree.timelines.insert(tli);
             dirs.push(d);
@@ -308,7 +297,7 @@ async fn model(repo: &Repository, stale_after: Duration) -> Result<(Model, Vec<S
 
 /// Every object below `backup/<id>/`, manifest first.
 async fn backup_objects(repo: &Repository, id: &str, with_manifest: bool) -> Result<BackupObjects> {
-    let listed = repo.list_objects(&Path::from(format!("backup/{id}"))).await?;
+    let listed = repo.list_objects(&keys::backup_dir(id)).await?;
     let manifest = id.parse::<BackupId>().ok().map(|i| manifest_key(&i));
     let mut rest: Vec<Path> = listed.into_iter().map(|o| o.location).filter(|l| Some(l) != manifest.as_ref()).collect();
     rest.sort();
@@ -326,7 +315,7 @@ fn wal_runs(files: Vec<(String, String)>, size: WalSegmentSize) -> Vec<WalRun> {
         if parsed.log_file_prefix().as_deref() != Some(dir.as_str()) {
             continue;
         }
-        by_seg.entry((parsed.timeline(), seg)).or_default().push((format!("wal/{dir}/{name}"), parsed));
+        by_seg.entry((parsed.timeline(), seg)).or_default().push((keys::in_log_dir(&dir, &name).to_string(), parsed));
     }
     let per = size.segments_per_log_file();
     let mut runs: Vec<WalRun> = Vec::new();
@@ -377,7 +366,7 @@ async fn wal_to_delete(repo: &Repository, dirs: &[String], plan: &Plan, size: Wa
     use futures::{StreamExt, TryStreamExt};
     let listings: Vec<(String, Vec<String>)> = futures::stream::iter(wanted)
         .map(|d| async move {
-            let l = repo.list_entries(&Path::from(format!("wal/{d}"))).await?;
+            let l = repo.list_entries(&keys::log_dir_named(&d)).await?;
             Ok::<_, Error>((d, l.objects))
         })
         .buffer_unordered(16)
@@ -468,8 +457,8 @@ pub async fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::lock::BackupLock;
     use crate::pg::Lsn;
+    use crate::repo::lock::BackupLock;
     use crate::repo::synthetic;
 
     fn rt() -> tokio::runtime::Runtime {

@@ -11,7 +11,7 @@
 //!   recoverable. With both, a backup either rule keeps is kept. The newest
 //!   backup is always kept, and so is every parent of a kept incremental one.
 //! - WAL: on each timeline, everything from the first segment any retained
-//!   backup reads from it on (see [`crate::ops::coverage::needed_from`]) is
+//!   backup reads from it on (see [`crate::repo::coverage::needed_from`]) is
 //!   kept; what lies before goes, oldest first. WAL of a timeline no
 //!   retained backup reaches goes, unless a backup is being taken (its
 //!   timeline may be that one) or the timeline's history is unknown.
@@ -24,10 +24,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::ops::coverage::{needed_from, TimelineTree};
 use crate::ops::restore::select::BackupInfo;
+use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalSegmentSize};
 use crate::repo::backup::{BackupId, BackupType};
+use crate::repo::coverage::needed_from;
 
 /// A complete backup as the plan sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

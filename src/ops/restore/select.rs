@@ -1,196 +1,25 @@
 //! Which backup a restore uses, and the proof that it plus the archived WAL
 //! reaches the recovery target. Pure: works on manifests' summaries, the WAL
-//! inventory and the timeline histories; the caller does the listing.
-//!
-//! Recovery follows one chain of timelines: the target timeline and its
-//! ancestors from its `.history` file, each left at its switch point. For a
-//! segment number, the WAL file PostgreSQL reads is the one of the newest
-//! timeline on the chain that had begun by that segment (a child timeline's
-//! first segment holds the parent's WAL up to the switch point).
-
-use std::collections::BTreeMap;
+//! inventory and the timeline chains ([`crate::pg::timeline`]); the caller
+//! does the listing.
 
 use chrono::{DateTime, Utc};
 
 use crate::error::Error;
-use crate::pg::history::HistoryEntry;
 use crate::pg::recovery::{RecoveryTarget, TargetTimeline};
-use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::backup::{BackupId, Manifest};
-use crate::repo::wal_index::WalInventory;
+use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
+use crate::pg::{SegmentNo, TimelineId, WalSegmentSize};
+use crate::repo::backup::BackupId;
+use crate::repo::catalog::WalInventory;
+pub use crate::repo::catalog::{first_missing, latest_timeline, newest_segment, BackupInfo};
 
-/// What selection needs to know about a complete backup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupInfo {
-    /// The backup.
-    pub id: BackupId,
-    /// When it stopped: the earliest time it recovers to.
-    pub stop_time: DateTime<Utc>,
-    /// Where its WAL starts.
-    pub start_lsn: Lsn,
-    /// Where it is consistent.
-    pub stop_lsn: Lsn,
-    /// Timeline at start.
-    pub timeline: TimelineId,
-    /// Timeline at stop.
-    pub stop_timeline: TimelineId,
-}
-
-impl BackupInfo {
-    /// What a complete backup's manifest says about it; a manifest whose
-    /// stop time does not parse is corrupt.
-    pub fn from_manifest(m: &Manifest) -> crate::error::Result<BackupInfo> {
-        let stop_time = DateTime::parse_from_rfc3339(&m.stop_time)
-            .map_err(|e| Error::Corrupt {
-                key: crate::repo::backup::manifest_key(&m.id).to_string(),
-                reason: format!("invalid stop_time '{}': {e}", m.stop_time),
-            })?
-            .with_timezone(&Utc);
-        Ok(BackupInfo {
-            id: m.id.clone(),
-            stop_time,
-            start_lsn: m.start_lsn,
-            stop_lsn: m.stop_lsn,
-            timeline: m.timeline,
-            stop_timeline: m.stop_timeline,
-        })
-    }
-}
-
-/// One timeline of a chain: in effect from `begin` until `end` (its switch point).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Link {
-    /// The timeline.
-    pub tli: TimelineId,
-    /// Where it branched off its parent (0 for the first).
-    pub begin: Lsn,
-    /// Where it was left for its child; `None` for the target timeline.
-    pub end: Option<Lsn>,
-}
-
-/// The timelines recovery follows, oldest first, ending with the target timeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chain(pub Vec<Link>);
-
-impl Chain {
-    /// The chain of `tli` from its history (`history` lists its ancestors, oldest first).
-    pub fn new(tli: TimelineId, history: &[HistoryEntry]) -> Chain {
-        let mut links = Vec::with_capacity(history.len() + 1);
-        let mut begin = Lsn(0);
-        for e in history {
-            links.push(Link { tli: e.parent, begin, end: Some(e.switch_point) });
-            begin = e.switch_point;
-        }
-        links.push(Link { tli, begin, end: None });
-        Chain(links)
-    }
-
-    /// The target timeline.
-    pub fn target(&self) -> TimelineId {
-        self.0.last().map_or(TimelineId(1), |l| l.tli)
-    }
-
-    fn link(&self, tli: TimelineId) -> Option<&Link> {
-        self.0.iter().find(|l| l.tli == tli)
-    }
-
-    /// Whether recovery along this chain can start from `b`: the backup's
-    /// timelines are on it and it stopped before its timeline was left.
-    pub fn admits(&self, b: &BackupInfo) -> bool {
-        let start_ok = self.link(b.timeline).is_some_and(|l| l.begin <= b.start_lsn);
-        let stop_ok = self.link(b.stop_timeline).is_some_and(|l| l.end.is_none_or(|end| b.stop_lsn <= end));
-        start_ok && stop_ok
-    }
-
-    /// The first segment each link's WAL files cover.
-    fn begin_segments(&self, size: WalSegmentSize) -> Vec<SegmentNo> {
-        self.0.iter().map(|l| segment_of(l.begin, size)).collect()
-    }
-
-    /// The timeline whose file PostgreSQL reads for segment `seg`.
-    pub fn timeline_at(&self, seg: SegmentNo, size: WalSegmentSize) -> TimelineId {
-        let begins = self.begin_segments(size);
-        let i = begins.iter().rposition(|b| *b <= seg).unwrap_or(0);
-        self.0[i].tli
-    }
-
-    /// For each link, the range of segments read from its timeline, clipped to `from..=to`.
-    pub fn ranges(
-        &self,
-        from: SegmentNo,
-        to: SegmentNo,
-        size: WalSegmentSize,
-    ) -> Vec<(TimelineId, SegmentNo, SegmentNo)> {
-        let begins = self.begin_segments(size);
-        let mut out = Vec::new();
-        for (i, link) in self.0.iter().enumerate() {
-            let lo = begins[i].max(from);
-            let hi = match begins.get(i + 1) {
-                Some(next) if next.0 == 0 => continue,
-                Some(next) => SegmentNo(next.0 - 1).min(to),
-                None => to,
-            };
-            if lo <= hi {
-                out.push((link.tli, lo, hi));
-            }
-        }
-        out
-    }
-}
-
-/// The segment holding `lsn`.
-pub fn segment_of(lsn: Lsn, size: WalSegmentSize) -> SegmentNo {
-    SegmentNo(lsn.0 / size.bytes())
-}
-
-/// The segment holding the byte just before `lsn`: where WAL ending at `lsn` ends.
-pub fn segment_before(lsn: Lsn, size: WalSegmentSize) -> SegmentNo {
-    SegmentNo(lsn.0.saturating_sub(1) / size.bytes())
-}
-
-/// The first segment from `from` to `to` (inclusive) that recovery along
-/// `chain` needs and the archive lacks, as a file name.
-pub fn first_missing(
-    inv: &WalInventory,
-    chain: &Chain,
-    from: SegmentNo,
-    to: SegmentNo,
-    size: WalSegmentSize,
-) -> Option<WalFileName> {
-    chain
-        .ranges(from, to, size)
-        .into_iter()
-        .find_map(|(tli, lo, hi)| inv.missing(tli, lo, hi).next().map(|seg| WalFileName::segment(tli, seg, size)))
-}
-
-/// The newest archived segment on the chain, with its timeline.
-pub fn newest_segment(inv: &WalInventory, chain: &Chain, size: WalSegmentSize) -> Option<(TimelineId, SegmentNo)> {
-    let ranges = chain.ranges(SegmentNo(0), SegmentNo(u64::MAX), size);
-    ranges.iter().rev().find_map(|(tli, lo, hi)| {
-        let segs = &inv.timelines.get(tli)?.segments;
-        segs.iter().rev().find(|s| *s >= lo && *s <= hi).map(|s| (*tli, *s))
+/// The chain of timeline `tli`, from the history files read so far; a
+/// timeline above 1 without one cannot be followed.
+pub fn chain_of(tli: TimelineId, tree: &TimelineTree) -> Result<Chain, Error> {
+    tree.chain(tli).ok_or_else(|| Error::Unreachable {
+        message: format!("timeline {tli} has no history file ({:08X}.history) in the repository", tli.0),
+        hint: Some("recovery cannot follow a timeline without its history; choose --target-timeline current or another timeline".into()),
     })
-}
-
-/// The timeline `latest` means: the newest one the archive knows of.
-pub fn latest_timeline(inv: &WalInventory) -> TimelineId {
-    let by_wal = inv.timelines.iter().filter(|(_, t)| !t.segments.is_empty()).map(|(t, _)| *t).max();
-    let by_history = inv.histories.iter().max().copied();
-    by_wal.max(by_history).unwrap_or(TimelineId(1))
-}
-
-/// The chain of timeline `tli`, from the history files read so far.
-pub fn chain_of(tli: TimelineId, histories: &BTreeMap<TimelineId, Vec<HistoryEntry>>) -> Result<Chain, Error> {
-    if tli.0 == 1 {
-        return Ok(Chain::new(tli, &[]));
-    }
-    match histories.get(&tli) {
-        Some(h) => Ok(Chain::new(tli, h)),
-        None => Err(Error::Unreachable {
-            message: format!("timeline {tli} has no history file ({:08X}.history) in the repository", tli.0),
-            hint: Some("recovery cannot follow a timeline without its history; choose --target-timeline current or another timeline".into()),
-        }),
-    }
 }
 
 /// What a restore asks for.
@@ -236,7 +65,7 @@ pub fn choose<'b>(
     let mut off_chain = None;
     for b in &sorted {
         let chain = chain_for(b)?;
-        if !chain.admits(b) {
+        if !chain.admits(&b.span()) {
             off_chain.get_or_insert((b.id.clone(), chain.target()));
             continue;
         }
@@ -278,7 +107,7 @@ pub fn choose<'b>(
 
 /// Whether `b` can reach the target along `chain`, judged by the backup alone.
 fn check_reaches(b: &BackupInfo, req: &Request<'_>, chain: &Chain) -> Result<(), Error> {
-    if !chain.admits(b) {
+    if !chain.admits(&b.span()) {
         return Err(Error::Unreachable {
             message: format!(
                 "backup '{}' (timeline {}) is not on the history of target timeline {}",
@@ -400,8 +229,10 @@ pub fn time_target_end(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::history::HistoryEntry;
     use crate::pg::recovery::TargetTime;
-    use crate::repo::wal_index::TimelineWal;
+    use crate::pg::Lsn;
+    use crate::repo::catalog::TimelineWal;
 
     const MB16: u64 = 16 << 20;
 
@@ -512,10 +343,10 @@ mod tests {
         assert_eq!(c.timeline_at(SegmentNo(5), size()), TimelineId(2), "the switch segment comes from the child");
         assert_eq!(c.timeline_at(SegmentNo(9), size()), TimelineId(2));
         // A backup on timeline 1 that stopped before the switch is on the chain; one after is not.
-        assert!(c.admits(&backup("20261123T100000F", "2026-11-23T10:05:00Z", 2, 3, 1)));
-        assert!(!c.admits(&backup("20261123T100000F", "2026-11-23T10:05:00Z", 6, 7, 1)));
-        assert!(c.admits(&backup("20261123T100000F", "2026-11-23T10:05:00Z", 6, 7, 2)));
-        assert!(!chain1().admits(&backup("20261123T100000F", "2026-11-23T10:05:00Z", 6, 7, 2)));
+        assert!(c.admits(&backup("20261123T100000F", "2026-11-23T10:05:00Z", 2, 3, 1).span()));
+        assert!(!c.admits(&backup("20261123T100000F", "2026-11-23T10:05:00Z", 6, 7, 1).span()));
+        assert!(c.admits(&backup("20261123T100000F", "2026-11-23T10:05:00Z", 6, 7, 2).span()));
+        assert!(!chain1().admits(&backup("20261123T100000F", "2026-11-23T10:05:00Z", 6, 7, 2).span()));
     }
 
     #[test]

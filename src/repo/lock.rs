@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -35,7 +34,13 @@ pub struct LockInfo {
 
 impl LockInfo {
     fn describe(&self) -> String {
-        format!("lock 'lock/backup' held by pgwal PID {} on host '{}' since {}", self.pid, self.host, self.started)
+        format!(
+            "lock '{}' held by pgwal PID {} on host '{}' since {}",
+            backup_lock_key(),
+            self.pid,
+            self.host,
+            self.started
+        )
     }
 }
 
@@ -75,10 +80,6 @@ fn token() -> String {
     frame::hex(&Sha256::digest(seed.as_bytes()).into())[..32].to_string()
 }
 
-fn storage_err(op: &'static str) -> impl FnOnce(object_store::Error) -> Error {
-    move |source| Error::Storage { op, key: backup_lock_key().to_string(), source }
-}
-
 /// Why a found lock may be taken over, or `None` if it is held.
 fn stale_reason(found: Option<&LockInfo>, age: Duration, stale_after: Duration, here: &str) -> Option<String> {
     match found {
@@ -111,28 +112,25 @@ impl BackupLock {
         let object = Bytes::from(object);
         let key = backup_lock_key();
         for _ in 0..3 {
-            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-            match repo.objects().put_opts(&key, PutPayload::from(object.clone()), opts).await {
-                Ok(_) => return Ok(BackupLock { info }),
-                Err(object_store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(storage_err("put")(e)),
+            if repo.create_once(&key, object.clone()).await? {
+                return Ok(BackupLock { info });
             }
             let Some((found, age)) = read_lock(repo).await? else { continue };
             match stale_reason(found.as_ref(), age, stale_after, &here) {
                 Some(why) => {
                     crate::log_notice!("taking over the stale backup lock: {why}");
-                    match repo.objects().delete(&key).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(storage_err("delete")(e)),
-                    }
+                    repo.delete_once(&key).await?;
                 }
                 None => {
-                    let holder = found.map_or_else(|| "lock 'lock/backup' of unknown content".into(), |l| l.describe());
+                    let holder = found
+                        .map_or_else(|| format!("lock '{}' of unknown content", backup_lock_key()), |l| l.describe());
                     return Err(Error::Locked { holder });
                 }
             }
         }
-        Err(Error::Locked { holder: "lock 'lock/backup' changed hands repeatedly while pgwal tried to take it".into() })
+        Err(Error::Locked {
+            holder: format!("lock '{}' changed hands repeatedly while pgwal tried to take it", backup_lock_key()),
+        })
     }
 
     /// The lock's content.
@@ -149,10 +147,7 @@ impl BackupLock {
                 return Ok(());
             }
         }
-        match repo.objects().delete(&backup_lock_key()).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(storage_err("delete")(e)),
-        }
+        repo.delete_once(&backup_lock_key()).await
     }
 }
 
@@ -163,20 +158,14 @@ pub async fn live_holder(repo: &Repository, stale_after: Duration) -> Result<Opt
     if stale_reason(found.as_ref(), age, stale_after, &host_name()).is_some() {
         return Ok(None);
     }
-    Ok(Some(found.map_or_else(|| "lock 'lock/backup' of unknown content".into(), |l| l.describe())))
+    Ok(Some(found.map_or_else(|| format!("lock '{}' of unknown content", backup_lock_key()), |l| l.describe())))
 }
 
 /// The current lock and its age; `Ok(None)` if there is none. Content that
 /// does not parse comes back as `Some((None, age))`.
 pub async fn read_lock(repo: &Repository) -> Result<Option<(Option<LockInfo>, Duration)>> {
     let key = backup_lock_key();
-    let result = match repo.objects().get(&key).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(storage_err("get")(e)),
-    };
-    let modified = result.meta.last_modified;
-    let bytes = result.bytes().await.map_err(storage_err("get"))?;
+    let Some((bytes, modified)) = repo.get_once(&key).await? else { return Ok(None) };
     let info: Option<LockInfo> = frame::decode(&bytes).ok().and_then(|json| serde_json::from_slice(&json).ok());
     let started = info
         .as_ref()
@@ -197,7 +186,8 @@ mod tests {
     async fn plant(repo: &Repository, info: &LockInfo) {
         let json = serde_json::to_vec(info).expect("json");
         let (object, _) = frame::encode(&json, Compression::None).expect("encode");
-        repo.objects().put(&backup_lock_key(), PutPayload::from(object)).await.expect("put");
+        repo.delete_once(&backup_lock_key()).await.expect("delete");
+        assert!(repo.create_once(&backup_lock_key(), Bytes::from(object)).await.expect("put"));
     }
 
     fn rt() -> tokio::runtime::Runtime {

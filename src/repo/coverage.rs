@@ -9,51 +9,19 @@
 //! timeline reads, for each segment number from the backup's start segment
 //! on, the file of the newest timeline on its history that had begun by then.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use crate::ops::restore::select::{newest_segment, segment_before, segment_of, BackupInfo, Chain};
-use crate::pg::history::HistoryEntry;
+use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
 use crate::pg::{SegmentNo, TimelineId, WalSegmentSize};
-use crate::repo::wal_index::WalInventory;
-
-/// The timeline tree as far as the repository records it: the ancestors of
-/// every timeline whose `.history` file was read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TimelineTree {
-    /// Ancestors of each timeline above 1 whose history is known, oldest first.
-    pub histories: BTreeMap<TimelineId, Vec<HistoryEntry>>,
-    /// Every timeline the repository mentions (WAL, history files, backups).
-    pub timelines: BTreeSet<TimelineId>,
-}
-
-impl TimelineTree {
-    /// The chain of `tli`, if its history is known (timeline 1 has none to know).
-    pub fn chain(&self, tli: TimelineId) -> Option<Chain> {
-        if tli.0 == 1 {
-            return Some(Chain::new(tli, &[]));
-        }
-        self.histories.get(&tli).map(|h| Chain::new(tli, h))
-    }
-
-    /// Timelines above 1 whose history is unknown: nothing can be said about them.
-    pub fn unknown(&self) -> Vec<TimelineId> {
-        self.timelines.iter().copied().filter(|t| t.0 > 1 && !self.histories.contains_key(t)).collect()
-    }
-
-    /// The chains of every known timeline that descends from `b`.
-    pub fn descendants(&self, b: &BackupInfo) -> Vec<Chain> {
-        let mut all: BTreeSet<TimelineId> = self.timelines.clone();
-        all.insert(b.stop_timeline);
-        all.iter().filter_map(|t| self.chain(*t)).filter(|c| c.admits(b)).collect()
-    }
-}
+use crate::repo::catalog::WalInventory;
+use crate::repo::catalog::{newest_segment, BackupInfo};
 
 /// For each timeline, the first segment a backup needs from it: everything
 /// from there on (on that timeline) is read by some recovery from the backup.
 pub fn needed_from(b: &BackupInfo, tree: &TimelineTree, size: WalSegmentSize) -> BTreeMap<TimelineId, SegmentNo> {
     let mut out: BTreeMap<TimelineId, SegmentNo> = BTreeMap::new();
     let start = segment_of(b.start_lsn, size);
-    for chain in tree.descendants(b) {
+    for chain in tree.descendants(&b.span()) {
         for (tli, lo, _) in chain.ranges(start, SegmentNo(u64::MAX), size) {
             let e = out.entry(tli).or_insert(lo);
             *e = (*e).min(lo);
@@ -108,7 +76,7 @@ pub fn recovery_windows(
 ) -> Vec<Window> {
     let newest = newest_segment(inv, chain, size).map(|(_, s)| s);
     let mut usable: Vec<(&BackupInfo, SegmentNo)> = Vec::new();
-    for b in backups.iter().filter(|b| chain.admits(b)) {
+    for b in backups.iter().filter(|b| chain.admits(&b.span())) {
         let start = segment_of(b.start_lsn, size);
         let stop = segment_before(b.stop_lsn, size).max(start);
         let runs = needed_runs(b, chain, newest, size);
@@ -141,6 +109,7 @@ pub fn recovery_windows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::history::HistoryEntry;
     use crate::pg::Lsn;
     use crate::repo::backup::{BackupId, BackupType};
 
@@ -168,7 +137,7 @@ mod tests {
     #[test]
     fn descendants_follow_the_branches_after_the_backup() {
         let t = tree();
-        let tlis = |b: &BackupInfo| t.descendants(b).iter().map(|c| c.target().0).collect::<Vec<_>>();
+        let tlis = |b: &BackupInfo| t.descendants(&b.span()).iter().map(|c| c.target().0).collect::<Vec<_>>();
         assert_eq!(tlis(&backup(5, 6, 1)), vec![1, 2, 3], "before both branch points");
         assert_eq!(tlis(&backup(12, 13, 1)), vec![1, 2], "after TL3 left TL1");
         assert_eq!(tlis(&backup(25, 26, 1)), vec![1]);
