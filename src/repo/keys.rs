@@ -10,6 +10,7 @@
 //! backup/20261123T074000F/manifest            a backup's manifest (written last)
 //! backup/20261123T074000F/pack/000000         its packs
 //! lock/backup                                 the backup lock
+//! drill/20261123T074000F/20261124T031500Z     one drill's result (framed JSON)
 //! ```
 //!
 //! WAL is grouped by timeline and log file (the first 16 hex digits of a
@@ -104,6 +105,22 @@ pub fn pack_key(id: &BackupId, number: u32) -> Path {
     Path::from(format!("backup/{id}/pack/{number:06}"))
 }
 
+/// Prefix under which every drill result lives.
+pub fn drills_prefix() -> Path {
+    Path::from("drill")
+}
+
+/// The drill results of backup `id`.
+pub fn drills_of(id: &BackupId) -> Path {
+    Path::from(format!("drill/{id}"))
+}
+
+/// The result of the drill of backup `id` that started at `started`
+/// (UTC, `YYYYMMDDTHHMMSSZ`, so names sort by time).
+pub fn drill_record_key(id: &BackupId, started: &str) -> Path {
+    Path::from(format!("drill/{id}/{started}"))
+}
+
 /// The lock object that keeps two backups of one repository from running at once.
 pub fn backup_lock_key() -> Path {
     Path::from("lock/backup")
@@ -139,6 +156,8 @@ mod tests {
         assert_eq!(packs_prefix(&id).as_ref(), "backup/20261123T074000F/pack");
         assert_eq!(backup_dir(id.as_str()).as_ref(), "backup/20261123T074000F");
         assert_eq!(backup_lock_key().as_ref(), "lock/backup");
+        assert_eq!(drill_record_key(&id, "20261124T031500Z").as_ref(), "drill/20261123T074000F/20261124T031500Z");
+        assert_eq!(drills_of(&id).as_ref(), "drill/20261123T074000F");
     }
 
     /// Object keys are spelled here only: no other library file (outside
@@ -149,6 +168,8 @@ mod tests {
             "\"wal/",
             "\"backup/",
             "\"lock/",
+            "\"drill/",
+            "(\"drill\")",
             "(\"wal\")",
             "(\"backup\")",
             "(\"lock\")",

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod coverage;
+pub mod drill;
 pub mod frame;
 pub mod keys;
 pub mod lock;
