@@ -108,6 +108,22 @@ fn storage_err(op: &'static str, key: &Path) -> impl FnOnce(object_store::Error)
     move |source| Error::Storage { op, key, source }
 }
 
+/// Whether a local put failed because its staging file vanished before it
+/// was linked into place (swept by a concurrent put of the same key, see
+/// [`Store::sweep_staging`]).
+fn staging_swept(e: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut rename = false;
+    while let Some(c) = cause {
+        rename |= c.to_string().contains("Unable to rename file");
+        if rename && c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 impl Repository {
     /// Wraps an opened store.
     pub fn new(store: Store, url: RepoUrl, retry: RetryPolicy) -> Repository {
@@ -172,11 +188,20 @@ impl Repository {
             .run(&format!("storing '{key}'"), || {
                 let payload = object.clone();
                 async move {
-                    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-                    match self.store.objects.put_opts(key, payload, opts).await {
-                        Ok(_) => Ok(PutOutcome::Stored),
-                        Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyIdentical),
-                        Err(e) => Err(storage_err("put", key)(e)),
+                    let mut swept = 0;
+                    loop {
+                        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+                        match self.store.objects.put_opts(key, payload.clone(), opts).await {
+                            Ok(_) => return Ok(PutOutcome::Stored),
+                            Err(object_store::Error::AlreadyExists { .. }) => return Ok(PutOutcome::AlreadyIdentical),
+                            // A concurrent put of the same key (PostgreSQL retrying
+                            // while a slow call still runs) swept this put's staging
+                            // file before it was linked: nothing was stored, write it
+                            // again (a few times at most: once the key exists every
+                            // put ends in AlreadyExists).
+                            Err(e) if self.store.local_root.is_some() && staging_swept(&e) && swept < 8 => swept += 1,
+                            Err(e) => return Err(storage_err("put", key)(e)),
+                        }
                     }
                 }
             })

@@ -104,7 +104,9 @@ impl Store {
 
     /// A local store writes `<key>#N` staging files and hard-links them into
     /// place; a process killed in between leaves them behind, invisible to
-    /// listings but taking space. Removes those of this key (local only).
+    /// listings but taking space. Removes those of this key (local only). A
+    /// concurrent put of the same key may lose its staging file to this;
+    /// `Repository::put_create` then writes it again.
     pub fn sweep_staging(&self, key: &object_store::path::Path) {
         let Some(root) = &self.local_root else { return };
         let base = root.join(key.as_ref());
