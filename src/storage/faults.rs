@@ -49,15 +49,19 @@ pub enum Fault {
     /// Fails as a throttled or overloaded server does (HTTP 503 SlowDown):
     /// worth retrying.
     Transient,
-    /// Fails as a timed-out request does (an I/O timeout below a generic
-    /// store error): worth retrying.
-    Timeout,
+    /// Fails with an I/O error of this kind below a generic store error, as
+    /// a timed-out request (`TimedOut`: worth retrying) or a local disk
+    /// refusing (`PermissionDenied`: never retried) does.
+    Io(std::io::ErrorKind),
     /// Fails as a refusal does (HTTP 403 AccessDenied): never retried.
     Denied,
     /// Answers "not found", whether or not the object is there.
     NotFound,
     /// Waits this long, then passes the call through.
     Delay(Duration),
+    /// Passes a PUT or DELETE through, then answers as a timed-out request
+    /// does: the change was made, the client cannot know (and retries).
+    LostReply,
     /// Passes a GET through but ends its body after this many bytes, as a
     /// connection closed mid-transfer without an error would.
     Truncate(usize),
@@ -212,7 +216,7 @@ impl FaultyStore {
                 tokio::time::sleep(d).await;
                 Ok(None)
             }
-            Some(Fault::Truncate(n)) => Ok(Some(Fault::Truncate(n))),
+            Some(after @ (Fault::Truncate(_) | Fault::LostReply)) => Ok(Some(after)),
             Some(fault) => Err(error(&fault, key)),
             None => Ok(None),
         }
@@ -227,13 +231,20 @@ fn error(fault: &Fault, key: &str) -> object_store::Error {
             store: "FaultyStore",
             source: injected("Server returned non-2xx status code: 503 Service Unavailable: SlowDown").into(),
         },
-        Fault::Timeout => object_store::Error::Generic {
+        Fault::Io(kind) => object_store::Error::Generic {
             store: "FaultyStore",
-            source: Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, injected("operation timed out"))),
+            source: Box::new(std::io::Error::new(*kind, injected(&std::io::Error::from(*kind).to_string()))),
         },
         Fault::Denied => object_store::Error::PermissionDenied {
             path: key.to_string(),
             source: injected("403 Forbidden: AccessDenied").into(),
+        },
+        Fault::LostReply => object_store::Error::Generic {
+            store: "FaultyStore",
+            source: Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                injected("reply lost, request timed out"),
+            )),
         },
         Fault::NotFound | Fault::Delay(_) | Fault::Truncate(_) => {
             object_store::Error::NotFound { path: key.to_string(), source: injected("404 Not Found: NoSuchKey").into() }
@@ -260,8 +271,12 @@ async fn truncated(result: GetResult, keep: usize) -> Result<GetResult> {
 #[async_trait]
 impl ObjectStore for FaultyStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        self.before(Op::Put, location.as_ref()).await?;
-        self.inner.put_opts(location, payload, opts).await
+        let after = self.before(Op::Put, location.as_ref()).await?;
+        let result = self.inner.put_opts(location, payload, opts).await?;
+        match after {
+            Some(lost @ Fault::LostReply) => Err(error(&lost, location.as_ref())),
+            _ => Ok(result),
+        }
     }
 
     async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
@@ -293,14 +308,19 @@ impl ObjectStore for FaultyStore {
                 let this = this.clone();
                 async move {
                     let location = location?;
-                    this.before(Op::Delete, location.as_ref()).await?;
+                    let after = this.before(Op::Delete, location.as_ref()).await?;
+                    let key = location.to_string();
                     let mut done = this.inner.delete_stream(stream::once(async { Ok(location) }).boxed());
-                    match done.next().await {
+                    let result = match done.next().await {
                         Some(result) => result,
                         None => Err(object_store::Error::Generic {
                             store: "FaultyStore",
                             source: "the wrapped store answered nothing to a delete".into(),
                         }),
+                    };
+                    match after {
+                        Some(lost @ Fault::LostReply) => result.and(Err(error(&lost, &key))),
+                        _ => result,
                     }
                 }
             })
@@ -346,8 +366,10 @@ mod tests {
     fn injected_errors_classify_as_real_ones_do() {
         let class = |f: Fault| classify_store_error(&error(&f, "wal/x"));
         assert_eq!(class(Fault::Transient), StoreFault::Transient);
-        assert_eq!(class(Fault::Timeout), StoreFault::Transient);
+        assert_eq!(class(Fault::Io(std::io::ErrorKind::TimedOut)), StoreFault::Transient);
+        assert_eq!(class(Fault::Io(std::io::ErrorKind::PermissionDenied)), StoreFault::Denied);
         assert_eq!(class(Fault::Denied), StoreFault::Denied);
+        assert_eq!(class(Fault::LostReply), StoreFault::Transient);
         assert!(crate::error::is_missing_object(&error(&Fault::NotFound, "wal/x")));
     }
 
@@ -383,6 +405,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lost_reply_fails_a_put_that_was_made() {
+        let store = FaultyStore::in_memory();
+        store.inject(Rule::on(Op::Put, Fault::LostReply).nth(1));
+        let result = store.put(&key("k"), PutPayload::from_static(b"data")).await;
+        assert!(result.is_err(), "{result:?}");
+        let stored = store.inner().get(&key("k")).await.expect("stored anyway").bytes().await.expect("body");
+        assert_eq!(&stored[..], b"data");
+    }
+
+    #[tokio::test]
     async fn a_truncated_get_returns_a_prefix_of_the_object() {
         let store = FaultyStore::in_memory();
         store.inner().put(&key("k"), PutPayload::from_static(b"0123456789")).await.expect("put");
@@ -401,7 +433,7 @@ mod tests {
             store.inner().put(&key(k), PutPayload::from_static(b"x")).await.expect("put");
         }
         store.inject(Rule::on(Op::Delete, Fault::Denied).matching("d/b"));
-        store.inject(Rule::on(Op::List, Fault::Timeout).nth(1));
+        store.inject(Rule::on(Op::List, Fault::Io(std::io::ErrorKind::TimedOut)).nth(1));
         assert!(store.delete(&key("d/a")).await.is_ok());
         assert!(store.delete(&key("d/b")).await.is_err());
         let first: Vec<_> = store.list(Some(&key("d"))).collect().await;
