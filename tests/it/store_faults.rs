@@ -8,7 +8,7 @@
 //! a read refused mid-restore leaves nothing that claims to be restored.
 //! Backup and restore run on real PostgreSQL 15.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;
