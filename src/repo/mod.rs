@@ -8,6 +8,7 @@ pub mod drill;
 pub mod frame;
 pub mod keys;
 pub mod lock;
+#[cfg(any(test, feature = "test-support"))]
 pub mod synthetic;
 
 use bytes::Bytes;

@@ -2,6 +2,8 @@
 //! where storage configuration enters), plus the retry policy every storage
 //! call goes through.
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod faults;
 pub mod mapped;
 pub mod owner;
 pub mod pgdata;
@@ -84,6 +86,12 @@ impl Store {
     /// An empty store in memory, for tests and benchmarks.
     pub fn in_memory() -> Store {
         Store { objects: Arc::new(object_store::memory::InMemory::new()), local_root: None }
+    }
+
+    /// A store that is not a local directory (a wrapper, e.g. the tests'
+    /// fault-injecting one, or any other `ObjectStore`).
+    pub fn from_objects(objects: Arc<dyn ObjectStore>) -> Store {
+        Store { objects, local_root: None }
     }
 
     /// Reads a whole local object mapped rather than copied (objects are

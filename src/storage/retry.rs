@@ -102,18 +102,10 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::faults::{Fault, FaultyStore, Op, Rule};
+    use object_store::path::Path;
+    use object_store::ObjectStoreExt;
     use std::cell::Cell;
-
-    fn transient() -> Error {
-        Error::Storage {
-            op: "put",
-            key: "k".into(),
-            source: object_store::Error::Generic {
-                store: "S3",
-                source: "Server returned non-2xx status code: 503 Service Unavailable: SlowDown".into(),
-            },
-        }
-    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -124,38 +116,45 @@ mod tests {
         }
     }
 
+    /// One attempt: a PUT or DELETE of `key` through `store`, its failure
+    /// wrapped as the repository wraps it.
+    async fn put(store: &FaultyStore, key: &Path) -> Result<()> {
+        let payload = object_store::PutPayload::from_static(b"segment");
+        store.put(key, payload).await.map(|_| ()).map_err(|source| Error::Storage {
+            op: "put",
+            key: key.to_string(),
+            source,
+        })
+    }
+
+    async fn delete(store: &FaultyStore, key: &Path) -> Result<()> {
+        store.delete(key).await.map_err(|source| Error::Storage { op: "delete", key: key.to_string(), source })
+    }
+
     #[tokio::test]
     async fn retries_transient_failures_until_success() {
-        let calls = Cell::new(0);
-        let result = policy()
-            .run("test", || {
-                calls.set(calls.get() + 1);
-                let n = calls.get();
-                async move {
-                    if n < 4 {
-                        Err(transient())
-                    } else {
-                        Ok(n)
-                    }
-                }
-            })
-            .await;
-        assert_eq!(result.ok(), Some(4));
+        let store = FaultyStore::in_memory();
+        store.inject(Rule::on(Op::Put, Fault::Transient).times(3));
+        let key = Path::from("wal/k");
+        let result = policy().run("test", || put(&store, &key)).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(store.calls(Op::Put), 4);
+        let stored = store.inner().get(&key).await.expect("stored").bytes().await.expect("body");
+        assert_eq!(&stored[..], b"segment");
     }
 
     #[tokio::test]
     async fn gives_up_at_the_deadline() {
-        let calls = Cell::new(0u32);
-        let result: Result<()> = policy()
-            .run("test", || {
-                calls.set(calls.get() + 1);
-                async { Err(transient()) }
-            })
-            .await;
+        let store = FaultyStore::in_memory();
+        store.inject(Rule::on(Op::Put, Fault::Io(std::io::ErrorKind::TimedOut)));
+        let key = Path::from("wal/k");
+        let result = policy().run("test", || put(&store, &key)).await;
         assert!(matches!(result, Err(Error::DeadlineExceeded { .. })), "{result:?}");
-        assert!(calls.get() > 3, "retried only {} times", calls.get());
+        assert!(store.calls(Op::Put) > 3, "retried only {} times", store.calls(Op::Put));
+        assert!(store.inner().head(&key).await.is_err(), "nothing stored");
     }
 
+    /// Not a store failure: checking what was read refused it.
     #[tokio::test]
     async fn does_not_retry_refusals() {
         let calls = Cell::new(0u32);
@@ -170,26 +169,19 @@ mod tests {
     }
 
     /// expire once retried "Permission denied" for two minutes: a refusal
-    /// from the store is tried once.
+    /// from the store is tried once, whether local disk (an I/O error) or
+    /// an object store (403) says it.
     #[tokio::test]
     async fn does_not_retry_permanent_store_errors() {
-        let calls = Cell::new(0u32);
-        let result: Result<()> = policy()
-            .run("test", || {
-                calls.set(calls.get() + 1);
-                async {
-                    Err(Error::Storage {
-                        op: "delete",
-                        key: "k".into(),
-                        source: object_store::Error::Generic {
-                            store: "LocalFileSystem",
-                            source: Box::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
-                        },
-                    })
-                }
-            })
-            .await;
-        assert!(matches!(result, Err(Error::Storage { .. })), "{result:?}");
-        assert_eq!(calls.get(), 1);
+        for fault in [Fault::Io(std::io::ErrorKind::PermissionDenied), Fault::Denied] {
+            let store = FaultyStore::in_memory();
+            let key = Path::from("backup/b/manifest");
+            store.inner().put(&key, object_store::PutPayload::from_static(b"m")).await.expect("put");
+            store.inject(Rule::on(Op::Delete, fault.clone()));
+            let result = policy().run("test", || delete(&store, &key)).await;
+            assert!(matches!(result, Err(Error::Storage { .. })), "{fault:?}: {result:?}");
+            assert_eq!(store.calls(Op::Delete), 1, "{fault:?}");
+            assert!(store.inner().head(&key).await.is_ok(), "{fault:?}: still there");
+        }
     }
 }

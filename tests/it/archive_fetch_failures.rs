@@ -9,7 +9,7 @@
 //! commands PostgreSQL runs.
 //! The segments come from real PostgreSQL 15 clusters.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

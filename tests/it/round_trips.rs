@@ -4,7 +4,7 @@
 //! proxy (503 SlowDown, connection resets, bodies cut short), which archive,
 //! fetch, backup and restore retry without losing or corrupting anything.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

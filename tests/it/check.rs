@@ -3,7 +3,7 @@
 //! repository that did not exist yet), and fails in plain words when
 //! archive_command does not call pgwal or PostgreSQL is unreachable.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

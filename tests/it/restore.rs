@@ -6,7 +6,7 @@
 //! (unreachable targets, WAL gaps, non-empty directories, unknown backups,
 //! corrupt packs) leaving no startable directory behind.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

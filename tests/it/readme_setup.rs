@@ -8,7 +8,7 @@
 //! real PostgreSQL 15 primary archiving into the repository. Every step must
 //! run, and the documented policy must really expire old backups.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

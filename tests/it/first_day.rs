@@ -6,8 +6,8 @@
 //! is announced; bad URLs, data directories and connection strings are
 //! refused naming their cause.
 
-mod common;
-mod synthetic;
+use crate::common;
+use crate::synthetic;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

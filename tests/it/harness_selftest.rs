@@ -1,10 +1,10 @@
-//! Checks the integration-test harness itself (tests/common): real
+//! Checks the integration-test harness itself (tests/it/common): real
 //! PostgreSQL clusters start, answer SQL, crash and recover, copy themselves
 //! with pg_basebackup and recover from an archive; the S3 server stops and
 //! starts again on its port; pgwal runs as the run-as user. The archive here
 //! is plain `cp`, so these tests hold whatever state pgwal itself is in.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::net::TcpListener;

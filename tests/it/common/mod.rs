@@ -1,7 +1,8 @@
 //! Shared harness for pgwal's integration tests: real PostgreSQL clusters, a
 //! real S3 server (s3s-fs) and a runner for the pgwal binary.
 //!
-//! Every integration test file that needs it says `mod common;`.
+//! The integration tests are modules of one binary (tests/it/main.rs);
+//! each uses it as `crate::common`.
 //!
 //! # Users and permissions
 //! PostgreSQL refuses to run as root, and CI and the dev shell run the tests

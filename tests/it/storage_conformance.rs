@@ -3,7 +3,7 @@
 //! repository rules (create-only, checksum comparison, format and identity,
 //! "missing" versus "empty") must hold the same on every backend.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

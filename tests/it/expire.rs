@@ -8,8 +8,8 @@
 //! output exactly what it removed (and `--dry-run` counting segments and
 //! `.backup` files apart).
 
-mod common;
-mod synthetic;
+use crate::common;
+use crate::synthetic;
 
 use std::path::Path;
 use std::time::Duration;

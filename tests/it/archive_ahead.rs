@@ -5,7 +5,7 @@
 //! the repository, and every stored object is byte for byte the segment
 //! PostgreSQL wrote (fetched back and compared).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

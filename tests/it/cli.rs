@@ -3,7 +3,7 @@
 //! environment values, and `--log-level` / `PGWAL_LOG_LEVEL` make pgwal
 //! quieter or chattier on stderr while stdout keeps the result.
 
-mod common;
+use crate::common;
 
 use anyhow::{ensure, Result};
 use common::*;

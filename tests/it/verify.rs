@@ -8,8 +8,8 @@
 //! `.history` file, warnings that do not fail (a gap no backup needs, a
 //! backup without manifest), `--backup`, and the documented JSON.
 
-mod common;
-mod synthetic;
+use crate::common;
+use crate::synthetic;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

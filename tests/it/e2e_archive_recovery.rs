@@ -4,7 +4,7 @@
 //! failure, and a copy made with `pg_basebackup -X none` recovers through
 //! `restore_command = 'pgwal fetch %f %p'` to exactly the primary's rows.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

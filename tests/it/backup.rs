@@ -9,7 +9,7 @@
 //! restores; checkpoints are immediate unless told spread; every backup leaves a
 //! summary line on stderr.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

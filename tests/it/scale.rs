@@ -10,8 +10,8 @@
 //! spread over the archive), then times `list`, `verify --quick` and
 //! `expire` on it and prints the numbers. Nothing is asserted about time.
 
-mod common;
-mod synthetic;
+use crate::common;
+use crate::synthetic;
 
 use std::path::Path;
 use std::time::Instant;

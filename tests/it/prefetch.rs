@@ -7,7 +7,7 @@
 //! outlives its server (a standby stopped in immediate mode, a recovery that
 //! fails), and a fetch by hand in a primary's data directory starts none.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,0 +1,25 @@
+//! pgwal's integration tests as one binary (ripgrep's layout): each file
+//! below was a test binary of its own, each compiling the shared harness
+//! again; as modules of one crate they compile it once. Run one file's
+//! tests with `cargo test --test it FILE::` (e.g. `cargo test --test it restore::`).
+
+mod common;
+mod synthetic;
+
+mod archive_ahead;
+mod archive_fetch_failures;
+mod backup;
+mod check;
+mod cli;
+mod e2e_archive_recovery;
+mod expire;
+mod first_day;
+mod harness_selftest;
+mod prefetch;
+mod readme_setup;
+mod restore;
+mod round_trips;
+mod scale;
+mod storage_conformance;
+mod store_faults;
+mod verify;
