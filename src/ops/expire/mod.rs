@@ -406,7 +406,7 @@ pub async fn expire(
         );
         return Ok(Outcome { no_policy: true, dry_run: opts.dry_run, ..Default::default() });
     }
-    opts.policy.validate().map_err(policy_error)?;
+    plan::validate(&opts.policy).map_err(policy_error)?;
     let (model, incomplete, dirs, mut notes) = model(repo, opts.lock_stale_after).await?;
     let plan = plan::plan(&model, &opts.policy, now).map_err(policy_error)?;
     notes.extend(plan.notes.iter().cloned());
