@@ -598,6 +598,63 @@ mod tests {
         assert_eq!(first_missing(&tl(&[]), 1, 1), Some(1));
     }
 
+    /// Each backup directory and history file keeps its own outcome; the
+    /// scope decides what is loaded at all.
+    #[test]
+    fn a_snapshot_records_each_outcome() {
+        use crate::pg::Lsn;
+        use crate::repo::synthetic;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let repo = Repository::in_memory();
+        let size = WalSegmentSize::new(1 << 20).expect("size");
+        let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s * 60, 0).expect("time");
+        let (good, other, missing, corrupt) = rt.block_on(async {
+            synthetic::init(&repo, 7, size).await.expect("init");
+            for seg in 1..=3 {
+                synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
+            }
+            let e = HistoryEntry { parent: TimelineId(1), switch_point: Lsn(3 << 20) };
+            synthetic::put_history(&repo, TimelineId(2), &[e]).await.expect("history");
+            let bad_history = keys::wal(&WalFileName::History { tli: TimelineId(3) });
+            synthetic::put(&repo, &bad_history, b"not a history\n").await.expect("put");
+            let good = synthetic::put_backup(&repo, 7, TimelineId(1), Lsn(0x10_0028), Lsn(0x10_0100), at(1))
+                .await
+                .expect("backup");
+            let m = |s| synthetic::put_backup(&repo, 7, TimelineId(1), Lsn(0x10_0028), Lsn(0x10_0100), at(s));
+            let other = m(2).await.expect("backup").id;
+            repo.delete(&[keys::manifest_key(&other)]).await.expect("delete");
+            repo.store_json(&keys::manifest_key(&other), &good).await.expect("put");
+            let missing = m(3).await.expect("backup").id;
+            repo.delete(&[keys::manifest_key(&missing)]).await.expect("delete");
+            let corrupt = m(4).await.expect("backup").id;
+            repo.delete(&[keys::manifest_key(&corrupt)]).await.expect("delete");
+            synthetic::put(&repo, &keys::manifest_key(&corrupt), b"{").await.expect("put");
+            (good, other, missing, corrupt)
+        });
+        let scope =
+            Scope { backups: Backups::All, wal: WalListing::Inventory(size), histories: true, ..Scope::default() };
+        let c = rt.block_on(Catalog::load(&repo, &scope)).expect("load");
+        let state = |id: &BackupId| &c.backups.iter().find(|b| &b.id == id).expect("listed").state;
+        assert_eq!(state(&good.id), &ManifestState::Complete(good.clone()));
+        assert!(matches!(state(&other), ManifestState::OtherBackup(m) if m.id == good.id), "{:?}", state(&other));
+        assert_eq!(state(&missing), &ManifestState::Missing);
+        assert!(matches!(state(&corrupt), ManifestState::Corrupt { .. }), "{:?}", state(&corrupt));
+        assert!(c.complete_backups().is_err(), "list and expire refuse a corrupt manifest");
+        assert!(matches!(c.histories.get(&TimelineId(2)), Some(HistoryState::Known(h)) if h.len() == 1));
+        assert!(matches!(c.histories.get(&TimelineId(3)), Some(HistoryState::Corrupt { .. })));
+        assert_eq!(c.known_histories().keys().copied().collect::<Vec<_>>(), vec![TimelineId(2)]);
+        assert!(c.readable_histories().is_err(), "restore and the prefetcher refuse a corrupt history");
+        assert_eq!(c.wal().timelines[&TimelineId(1)].segments, (1..=3).map(SegmentNo).collect::<Vec<_>>());
+        assert_eq!(c.latest_timeline(), TimelineId(3));
+        // A lean scope: one backup, the top of wal/ and nothing else.
+        let scope = Scope { backups: Backups::Only(good.id.clone()), wal: WalListing::Top, ..Scope::default() };
+        let c = rt.block_on(Catalog::load(&repo, &scope)).expect("load");
+        assert_eq!(c.backups.len(), 1);
+        assert!(c.inventory.is_none() && c.histories.is_empty());
+        assert_eq!(c.wal_top.as_ref().map(|t| t.histories.clone()), Some(vec![TimelineId(2), TimelineId(3)]));
+        assert_eq!(c.complete_backups().expect("complete").0, vec![&good]);
+    }
+
     proptest::proptest! {
         /// Bisection finds what walking the range finds.
         #[test]
