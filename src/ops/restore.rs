@@ -19,8 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use chrono::Utc;
 
 use self::files::{DirState, Layout, Written};
 use self::select::{BackupInfo, Request, WalNeed};
@@ -28,7 +27,7 @@ use crate::config::restore::{absolute, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::pg::recovery::{rewrite_auto_conf, RecoveryTarget, TargetTimeline, TARGET_KEYS};
 use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
-use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
+use crate::pg::WalSegmentSize;
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest};
 use crate::repo::catalog::{Backups, Catalog, ManifestState, Scope, Unreadable, WalInventory, WalListing};
 use crate::repo::{keys, Repository};
@@ -249,7 +248,7 @@ async fn check_wal(
         Some(RecoveryTarget::Lsn(l)) => WalNeed::Through(segment_of(*l, size)),
         Some(RecoveryTarget::Time(t)) => {
             let stop = segment_before(b.stop_lsn, size);
-            let times = segment_times(repo, chain, inv, stop, size).await?;
+            let times = repo.archive_times(inv, chain, stop, size).await?;
             match select::time_target_end(chain, inv, size, b, t.at, |tli, seg| times.get(&(tli, seg)).copied()) {
                 Some(seg) => WalNeed::Through(seg),
                 None => {
@@ -270,42 +269,6 @@ async fn check_wal(
         }
     }
     Ok(())
-}
-
-/// When each segment on the chain from `from` on was archived (its object's
-/// modification time), listing only the log-file directories involved.
-async fn segment_times(
-    repo: &Repository,
-    chain: &Chain,
-    inv: &WalInventory,
-    from: SegmentNo,
-    size: WalSegmentSize,
-) -> Result<BTreeMap<(TimelineId, SegmentNo), DateTime<Utc>>> {
-    let Some((_, newest)) = select::newest_segment(inv, chain, size) else { return Ok(BTreeMap::new()) };
-    let per_log = size.segments_per_log_file();
-    let mut dirs = Vec::new();
-    for link in &chain.0 {
-        let Some(t) = inv.timelines.get(&link.tli) else { continue };
-        let mut logs: Vec<u64> =
-            t.segments.iter().filter(|s| **s >= from && **s <= newest).map(|s| s.0 / per_log).collect();
-        logs.dedup();
-        dirs.extend(logs.into_iter().map(|log| keys::log_dir_named(&keys::log_dir_name(link.tli, log))));
-    }
-    let listings: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
-        .map(|d| async move { repo.list_objects(&d).await })
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
-    let mut times = BTreeMap::new();
-    for meta in listings.into_iter().flatten() {
-        let Some(name) = meta.location.filename() else { continue };
-        if let Ok(parsed @ WalFileName::Segment { .. }) = name.parse::<WalFileName>() {
-            if let Some(seg) = parsed.segment_no(size) {
-                times.insert((parsed.timeline(), seg), meta.last_modified);
-            }
-        }
-    }
-    Ok(times)
 }
 
 /// The complete full backups' manifests (only `only`, if given), of this cluster.

@@ -18,7 +18,9 @@
 //!
 //! It answers along a timeline chain: newest segment, first missing, latest
 //! timeline, the complete backups by stop time and the windows recovery
-//! reaches from them ([`crate::repo::coverage`] computes coverage and windows).
+//! reaches from them ([`crate::repo::coverage`] computes coverage and windows);
+//! [`Repository::archive_times`] adds when segments were archived, for
+//! restores to a target time, listing only the log file directories involved.
 
 use std::collections::BTreeMap;
 
@@ -551,6 +553,43 @@ impl Repository {
             tl.partials.sort();
         }
         Ok(inventory)
+    }
+
+    /// When each segment on the chain from `from` on was archived (its object's
+    /// modification time), listing only the log-file directories involved
+    /// (`restore` to a target time).
+    pub async fn archive_times(
+        &self,
+        inv: &WalInventory,
+        chain: &Chain,
+        from: SegmentNo,
+        size: WalSegmentSize,
+    ) -> Result<BTreeMap<(TimelineId, SegmentNo), DateTime<Utc>>> {
+        let Some((_, newest)) = newest_segment(inv, chain, size) else { return Ok(BTreeMap::new()) };
+        let per_log = size.segments_per_log_file();
+        let mut dirs = Vec::new();
+        for link in &chain.0 {
+            let Some(t) = inv.timelines.get(&link.tli) else { continue };
+            let mut logs: Vec<u64> =
+                t.segments.iter().filter(|s| **s >= from && **s <= newest).map(|s| s.0 / per_log).collect();
+            logs.dedup();
+            dirs.extend(logs.into_iter().map(|log| keys::log_dir_named(&keys::log_dir_name(link.tli, log))));
+        }
+        let listings: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
+            .map(|d| async move { self.list_objects(&d).await })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        let mut times = BTreeMap::new();
+        for meta in listings.into_iter().flatten() {
+            let Some(name) = meta.location.filename() else { continue };
+            if let Ok(parsed @ WalFileName::Segment { .. }) = name.parse::<WalFileName>() {
+                if let Some(seg) = parsed.segment_no(size) {
+                    times.insert((parsed.timeline(), seg), meta.last_modified);
+                }
+            }
+        }
+        Ok(times)
     }
 
     /// The ancestors of timeline `tli` from its `.history` file (empty for
