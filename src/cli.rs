@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{MAX_RETAIN_DAYS, MAX_RETAIN_FULL};
+
 /// Exit statuses and their meaning: the one table behind `--help` and the man page.
 pub const EXIT_CODES: &[(&str, &str)] = &[
     ("0", "success"),
@@ -381,17 +383,17 @@ pub struct ExpireArgs {
 
 fn parse_retain_full(s: &str) -> Result<u32, String> {
     match s.trim().parse::<i64>() {
-        Ok(n) if (1..=10_000).contains(&n) => Ok(n as u32),
+        Ok(n) if (1..=MAX_RETAIN_FULL).contains(&n) => Ok(n as u32),
         Ok(0) => Err("0 would delete every backup; give at least 1".into()),
-        _ => Err(format!("'{s}' is not a number of backups from 1 to 10000")),
+        _ => Err(format!("'{s}' is not a number of backups from 1 to {MAX_RETAIN_FULL}")),
     }
 }
 
 fn parse_retain_days(s: &str) -> Result<u32, String> {
     match s.trim().parse::<i64>() {
-        Ok(n) if (1..=36_500).contains(&n) => Ok(n as u32),
-        Ok(n) if n < 0 => Err(format!("{n} days is negative; give a number of days from 1 to 36500")),
-        _ => Err(format!("'{s}' is not a number of days from 1 to 36500")),
+        Ok(n) if (1..=MAX_RETAIN_DAYS).contains(&n) => Ok(n as u32),
+        Ok(n) if n < 0 => Err(format!("{n} days is negative; give a number of days from 1 to {MAX_RETAIN_DAYS}")),
+        _ => Err(format!("'{s}' is not a number of days from 1 to {MAX_RETAIN_DAYS}")),
     }
 }
 

@@ -125,10 +125,18 @@ impl CheckpointMode {
     }
 }
 
-/// The retention policy of `expire` from the `[expire]` section; `None`
-/// where the file says nothing.
+/// The most full backups a retention policy keeps by count.
+pub const MAX_RETAIN_FULL: i64 = 10_000;
+
+/// The most days a retention policy keeps (100 years).
+pub const MAX_RETAIN_DAYS: i64 = 36_500;
+
+/// The retention policy of `expire`: from the `[expire]` section (`None`
+/// where the file says nothing) or from expire's flags. Each rule is from 1
+/// to its maximum ([`MAX_RETAIN_FULL`], [`MAX_RETAIN_DAYS`]) where the
+/// config file and the flags are read; the expire planner checks it again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetentionOptions {
+pub struct RetentionPolicy {
     /// Keep this many newest full backups.
     pub retain_full: Option<u32>,
     /// Keep what recovers to every point of this many days.
@@ -153,7 +161,7 @@ pub struct Config {
     /// `backup` options.
     pub backup: BackupOptions,
     /// `expire`'s retention policy from the file.
-    pub expire: RetentionOptions,
+    pub expire: RetentionPolicy,
     /// Object store settings.
     pub store: StoreOptions,
 }
@@ -452,9 +460,9 @@ pub fn load(o: &Overrides) -> Result<Config> {
             )),
         }
     };
-    let expire = RetentionOptions {
-        retain_full: retain("retain_full", file.expire.retain_full, 10_000)?,
-        retain_days: retain("retain_days", file.expire.retain_days, 36_500)?,
+    let expire = RetentionPolicy {
+        retain_full: retain("retain_full", file.expire.retain_full, MAX_RETAIN_FULL)?,
+        retain_days: retain("retain_days", file.expire.retain_days, MAX_RETAIN_DAYS)?,
     };
     let store = StoreOptions {
         s3: S3Options {

@@ -11,11 +11,9 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ops::restore::select::BackupInfo;
-use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{BackupId, BackupType, Manifest};
-use crate::repo::coverage::recovery_windows;
+use crate::repo::catalog::{Backups, Catalog, Scope, Unreadable, WalListing};
 use crate::repo::Repository;
 
 /// One backup as `list` shows it.
@@ -148,8 +146,6 @@ fn summarize(m: &Manifest) -> BackupSummary {
     }
 }
 
-pub use crate::repo::catalog::complete_backups as load_manifests;
-
 /// Seconds from an RFC 3339 time to `now`.
 fn age_seconds(t: &str, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| (now - t.to_utc()).num_seconds())
@@ -185,16 +181,26 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
     if !format_exists {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }
-    let (manifests, incomplete) = load_manifests(repo).await?;
+    // Without a recorded cluster nothing was archived yet: no segment size, no WAL.
+    let size = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size));
+    let scope = Scope {
+        backups: Backups::All,
+        wal: size.map_or(WalListing::None, WalListing::Inventory),
+        histories: size.is_some(),
+        // One that cannot be read leaves its timeline without windows: 'pgwal verify' names it.
+        unreadable_histories: Unreadable::Record,
+        ..Scope::default()
+    };
+    let catalog = Catalog::load(repo, &scope).await?;
+    let (manifests, incomplete) = catalog.complete_backups()?;
     let mut out = Listing {
-        backups: manifests.iter().map(summarize).collect(),
+        backups: manifests.into_iter().map(summarize).collect(),
         wal: Vec::new(),
         incomplete,
         health: Health::default(),
     };
-    // Without a recorded cluster nothing was archived yet: no segment size, no WAL.
-    let Some(size) = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size)) else { return Ok(out) };
-    let inventory = repo.wal_inventory(size).await?;
+    let Some(size) = size else { return Ok(out) };
+    let inventory = catalog.wal();
     let name = |tli: TimelineId, s: SegmentNo| WalFileName::segment(tli, s, size).to_string();
     let mut timelines: Vec<TimelineId> = inventory.timelines.keys().copied().collect();
     for h in &inventory.histories {
@@ -203,18 +209,12 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         }
     }
     timelines.sort();
-    // The history files, for windows that cross timelines. One that cannot be
-    // read leaves its timeline without windows: 'pgwal verify' names it.
-    let mut tree = TimelineTree::default();
-    for &tli in &inventory.histories {
-        if let Ok(Some(h)) = repo.timeline_history(tli).await {
-            tree.histories.insert(tli, h);
-        }
-    }
-    let infos: Vec<BackupInfo> = manifests.iter().filter_map(|m| BackupInfo::from_manifest(m).ok()).collect();
+    // The history files, for windows that cross timelines.
+    let tree = catalog.timeline_tree();
     for tli in timelines {
         let windows = match tree.chain(tli) {
-            Some(chain) => recovery_windows(&infos, &chain, &inventory, size)
+            Some(chain) => catalog
+                .recovery_windows(&chain, size)
                 .into_iter()
                 .map(|w| RecoveryWindow {
                     backup: w.first().id.to_string(),

@@ -36,6 +36,7 @@ use crate::ops::walspool;
 use crate::pg::history::HistoryEntry;
 use crate::pg::timeline::chain_through;
 use crate::pg::{SegmentNo, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
+use crate::repo::catalog::{Catalog, Scope, WalListing};
 use crate::repo::{frame, keys, Repository};
 
 /// How long the prefetcher waits without a new request before it exits.
@@ -218,7 +219,8 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
 
 /// Every timeline history in the repository.
 async fn load_histories(repo: &Repository) -> Result<Histories> {
-    repo.timeline_histories().await
+    let scope = Scope { wal: WalListing::Top, histories: true, ..Scope::default() };
+    Catalog::load(repo, &scope).await?.readable_histories()
 }
 
 /// Fetches `name` into the spool: decoded into a temp file, checked against

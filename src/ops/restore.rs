@@ -19,8 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use chrono::Utc;
 
 use self::files::{DirState, Layout, Written};
 use self::select::{BackupInfo, Request, WalNeed};
@@ -28,9 +27,9 @@ use crate::config::restore::{absolute, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::pg::recovery::{rewrite_auto_conf, RecoveryTarget, TargetTimeline, TARGET_KEYS};
 use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
-use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
+use crate::pg::WalSegmentSize;
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest};
-use crate::repo::catalog::WalInventory;
+use crate::repo::catalog::{Backups, Catalog, ManifestState, Scope, Unreadable, WalInventory, WalListing};
 use crate::repo::{keys, Repository};
 use crate::storage::{pgdata, RepoUrl};
 
@@ -205,16 +204,21 @@ async fn choose_backup(
         key: keys::cluster().to_string(),
         reason: format!("invalid WAL segment size {}", identity.wal_segment_size),
     })?;
-    let manifests = load_manifests(repo, opts.backup.as_ref(), identity.system_identifier, notices).await?;
+    let only = opts.backup.as_ref();
+    let scope = Scope {
+        backups: only.cloned().map_or(Backups::All, Backups::Only),
+        wal: WalListing::Inventory(size),
+        histories: true,
+        // One damaged old backup must not keep every other from being restored.
+        unreadable_manifests: if only.is_some() { Unreadable::Fail } else { Unreadable::Record },
+        ..Scope::default()
+    };
+    let catalog = Catalog::load(repo, &scope).await?;
+    let manifests = candidates(&catalog, only, identity.system_identifier, notices)?;
     let infos: Vec<BackupInfo> = manifests.iter().map(BackupInfo::from_manifest).collect::<Result<_>>()?;
-    let inv = repo.wal_inventory(size).await?;
-    let mut histories = TimelineTree::default();
-    for tli in &inv.histories {
-        if let Some(h) = repo.timeline_history(*tli).await? {
-            histories.histories.insert(*tli, h);
-        }
-    }
-    let latest = select::latest_timeline(&inv);
+    let inv = catalog.wal();
+    let histories = TimelineTree { histories: catalog.readable_histories()?, ..TimelineTree::default() };
+    let latest = catalog.latest_timeline();
     let chain_for = |b: &BackupInfo| match opts.timeline {
         TargetTimeline::Latest => select::chain_of(latest.max(b.stop_timeline), &histories),
         TargetTimeline::Current => select::chain_of(b.stop_timeline, &histories),
@@ -222,7 +226,7 @@ async fn choose_backup(
     };
     let req = Request { target: opts.target.as_ref(), timeline: opts.timeline, backup: opts.backup.as_ref() };
     let (chosen, chain) = select::choose(&infos, &req, chain_for)?;
-    check_wal(repo, opts, chosen, &chain, &inv, size, notices).await?;
+    check_wal(repo, opts, chosen, &chain, inv, size, notices).await?;
     let index = infos.iter().position(|b| b.id == chosen.id).expect("invariant: chosen from these");
     let manifest = manifests.into_iter().nth(index).expect("invariant: one manifest per info");
     Ok((manifest, chain))
@@ -244,7 +248,7 @@ async fn check_wal(
         Some(RecoveryTarget::Lsn(l)) => WalNeed::Through(segment_of(*l, size)),
         Some(RecoveryTarget::Time(t)) => {
             let stop = segment_before(b.stop_lsn, size);
-            let times = segment_times(repo, chain, inv, stop, size).await?;
+            let times = repo.archive_times(inv, chain, stop, size).await?;
             match select::time_target_end(chain, inv, size, b, t.at, |tli, seg| times.get(&(tli, seg)).copied()) {
                 Some(seg) => WalNeed::Through(seg),
                 None => {
@@ -267,82 +271,55 @@ async fn check_wal(
     Ok(())
 }
 
-/// When each segment on the chain from `from` on was archived (its object's
-/// modification time), listing only the log-file directories involved.
-async fn segment_times(
-    repo: &Repository,
-    chain: &Chain,
-    inv: &WalInventory,
-    from: SegmentNo,
-    size: WalSegmentSize,
-) -> Result<BTreeMap<(TimelineId, SegmentNo), DateTime<Utc>>> {
-    let Some((_, newest)) = select::newest_segment(inv, chain, size) else { return Ok(BTreeMap::new()) };
-    let per_log = size.segments_per_log_file();
-    let mut dirs = Vec::new();
-    for link in &chain.0 {
-        let Some(t) = inv.timelines.get(&link.tli) else { continue };
-        let mut logs: Vec<u64> =
-            t.segments.iter().filter(|s| **s >= from && **s <= newest).map(|s| s.0 / per_log).collect();
-        logs.dedup();
-        dirs.extend(logs.into_iter().map(|log| keys::log_dir_named(&keys::log_dir_name(link.tli, log))));
-    }
-    let listings: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
-        .map(|d| async move { repo.list_objects(&d).await })
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
-    let mut times = BTreeMap::new();
-    for meta in listings.into_iter().flatten() {
-        let Some(name) = meta.location.filename() else { continue };
-        if let Ok(parsed @ WalFileName::Segment { .. }) = name.parse::<WalFileName>() {
-            if let Some(seg) = parsed.segment_no(size) {
-                times.insert((parsed.timeline(), seg), meta.last_modified);
-            }
-        }
-    }
-    Ok(times)
-}
-
 /// The complete full backups' manifests (only `only`, if given), of this cluster.
-async fn load_manifests(
-    repo: &Repository,
+fn candidates(
+    catalog: &Catalog,
     only: Option<&BackupId>,
     system_identifier: u64,
     notices: &mut Vec<String>,
 ) -> Result<Vec<Manifest>> {
-    let loaded = crate::repo::backup::load_manifests(repo, only).await?;
     let mut out = Vec::new();
-    for (id, m) in loaded {
-        match m {
-            Ok(Some(m)) => {
-                let sysid = m.system_identifier.parse::<u64>().unwrap_or(0);
-                if sysid != system_identifier {
-                    return Err(Error::WrongCluster {
-                        what: format!("backup '{id}'"),
-                        expected: system_identifier,
-                        found: sysid,
-                    });
-                }
-                if m.id != id {
-                    return Err(Error::Corrupt {
-                        key: manifest_key(&id).to_string(),
-                        reason: format!("the manifest is that of backup '{}'", m.id),
-                    });
-                }
-                if m.kind == BackupType::Full || only.is_some() {
-                    out.push(m);
-                }
-            }
-            Ok(None) if only.is_some() => {
+    for entry in &catalog.backups {
+        let id = &entry.id;
+        let m = match &entry.state {
+            ManifestState::Complete(m) | ManifestState::OtherBackup(m) => m,
+            ManifestState::Missing if only.is_some() => {
                 return Err(Error::BadRequest {
                     message: format!("there is no complete backup '{id}' in the repository"),
                     hint: Some("'pgwal list' shows the backups (one without a manifest was interrupted)".into()),
                 });
             }
-            Ok(None) => {}
-            Err(e) if only.is_some() => return Err(e),
-            // One damaged old backup must not keep every other from being restored.
-            Err(e) => notices.push(format!("skipping backup '{id}': {e}")),
+            ManifestState::Missing => continue,
+            ManifestState::Corrupt { key, reason } => {
+                let e = Error::Corrupt { key: key.clone(), reason: reason.clone() };
+                if only.is_some() {
+                    return Err(e);
+                }
+                notices.push(format!("skipping backup '{id}': {e}"));
+                continue;
+            }
+            // Recorded only when no backup was named.
+            ManifestState::Unreadable(e) => {
+                notices.push(format!("skipping backup '{id}': {e}"));
+                continue;
+            }
+        };
+        let sysid = m.system_identifier.parse::<u64>().unwrap_or(0);
+        if sysid != system_identifier {
+            return Err(Error::WrongCluster {
+                what: format!("backup '{id}'"),
+                expected: system_identifier,
+                found: sysid,
+            });
+        }
+        if &m.id != id {
+            return Err(Error::Corrupt {
+                key: manifest_key(id).to_string(),
+                reason: format!("the manifest is that of backup '{}'", m.id),
+            });
+        }
+        if m.kind == BackupType::Full || only.is_some() {
+            out.push(m.clone());
         }
     }
     Ok(out)

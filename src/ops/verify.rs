@@ -34,7 +34,7 @@ use crate::pg::timeline::TimelineTree;
 use crate::pg::validate::validate_segment_head;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, pack_key, BackupId, Manifest};
-use crate::repo::catalog::WalInventory;
+use crate::repo::catalog::{Backups, Catalog, HistoryState, ManifestState, Scope, WalInventory, WalListing};
 use crate::repo::coverage::needed_runs;
 use crate::repo::frame;
 use crate::repo::{keys, ClusterIdentity, Repository};
@@ -184,15 +184,15 @@ impl Report {
     }
 }
 
-/// Loads the manifests to check: good ones, and problems for the others.
-async fn manifests(repo: &Repository, only: Option<&BackupId>, report: &mut Report) -> Result<Vec<Manifest>> {
-    let loaded = crate::repo::backup::load_manifests(repo, only).await?;
+/// The manifests to check: good ones, and problems for the others.
+fn manifests(catalog: &Catalog, only: Option<&BackupId>, report: &mut Report) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
-    for (id, m) in loaded {
-        let key = manifest_key(&id).to_string();
-        match m {
-            Ok(Some(m)) if m.id == id => out.push(m),
-            Ok(Some(m)) => {
+    for entry in &catalog.backups {
+        let id = &entry.id;
+        let key = manifest_key(id).to_string();
+        match &entry.state {
+            ManifestState::Complete(m) => out.push(m.clone()),
+            ManifestState::OtherBackup(m) => {
                 let p = report.push(
                     Severity::Error,
                     "corrupt_object",
@@ -201,13 +201,13 @@ async fn manifests(repo: &Repository, only: Option<&BackupId>, report: &mut Repo
                 p.object = Some(key);
                 p.backup = Some(id.to_string());
             }
-            Ok(None) if only.is_some() => {
+            ManifestState::Missing if only.is_some() => {
                 return Err(Error::BadRequest {
                     message: format!("there is no complete backup '{id}' in the repository"),
                     hint: Some("'pgwal list' shows the backups; leave out --backup to verify them all".into()),
                 })
             }
-            Ok(None) => {
+            ManifestState::Missing => {
                 let p = report.push(
                     Severity::Warning,
                     "incomplete_backup",
@@ -218,7 +218,7 @@ async fn manifests(repo: &Repository, only: Option<&BackupId>, report: &mut Repo
                 p.object = Some(format!("{}/", keys::backup_dir(id.as_str())));
                 p.backup = Some(id.to_string());
             }
-            Err(Error::Corrupt { reason, .. }) => {
+            ManifestState::Corrupt { reason, .. } => {
                 let p = report.push(
                     Severity::Error,
                     "corrupt_object",
@@ -227,7 +227,8 @@ async fn manifests(repo: &Repository, only: Option<&BackupId>, report: &mut Repo
                 p.object = Some(key);
                 p.backup = Some(id.to_string());
             }
-            Err(e) => return Err(e),
+            // Not recorded: the catalog is loaded with `Unreadable::Fail`.
+            ManifestState::Unreadable(_) => {}
         }
     }
     out.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
@@ -393,13 +394,9 @@ fn backup_info(m: &Manifest) -> BackupInfo {
     }
 }
 
-/// Reads the history files into the tree, reporting missing and corrupt ones.
-async fn timeline_tree(
-    repo: &Repository,
-    inv: &WalInventory,
-    backups: &[Manifest],
-    report: &mut Report,
-) -> Result<TimelineTree> {
+/// The history files in the tree, reporting missing and corrupt ones.
+fn timeline_tree(catalog: &Catalog, backups: &[Manifest], report: &mut Report) -> TimelineTree {
+    let inv = catalog.wal();
     let mut tree = TimelineTree::default();
     tree.timelines.extend(inv.timelines.keys().copied());
     tree.timelines.extend(inv.histories.iter().copied());
@@ -407,22 +404,22 @@ async fn timeline_tree(
         tree.timelines.insert(m.timeline);
         tree.timelines.insert(m.stop_timeline);
     }
-    for &tli in &inv.histories {
+    for (&tli, state) in &catalog.histories {
         report.checked.histories += 1;
-        match repo.timeline_history(tli).await {
-            Ok(Some(h)) => {
-                tree.histories.insert(tli, h);
+        match state {
+            HistoryState::Known(h) => {
+                tree.histories.insert(tli, h.clone());
             }
-            Ok(None) => {}
-            Err(Error::Corrupt { key, reason }) => {
+            HistoryState::Corrupt { key, reason } => {
                 let p = report.push(
                     Severity::Error,
                     "corrupt_object",
                     format!("history file '{key}' is corrupt: {reason}"),
                 );
-                p.object = Some(key);
+                p.object = Some(key.clone());
             }
-            Err(e) => return Err(e),
+            // Unreadable ones are not recorded: the catalog is loaded with `Unreadable::Fail`.
+            HistoryState::Vanished | HistoryState::Unreadable(_) => {}
         }
     }
     // PostgreSQL looks for the newest timeline by probing history files in
@@ -440,7 +437,7 @@ async fn timeline_tree(
             p.object = Some(key);
         }
     }
-    Ok(tree)
+    tree
 }
 
 /// Records the missing segments of `tli` from `lo` to `hi` as needed by
@@ -640,7 +637,17 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<Report> {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }
     let mut report = Report { quick: opts.quick, ..Default::default() };
-    let backups = manifests(repo, opts.backup.as_ref(), &mut report).await?;
+    // The WAL and the histories only with a valid segment size; an invalid
+    // one is reported below, after the backups' checks.
+    let size = identity.as_ref().and_then(|i| WalSegmentSize::new(i.wal_segment_size));
+    let scope = Scope {
+        backups: opts.backup.clone().map_or(Backups::All, Backups::Only),
+        wal: size.map_or(WalListing::None, WalListing::Inventory),
+        histories: size.is_some(),
+        ..Scope::default()
+    };
+    let catalog = Catalog::load(repo, &scope).await?;
+    let backups = manifests(&catalog, opts.backup.as_ref(), &mut report)?;
     for m in &backups {
         report.checked.backups += 1;
         if let Some(i) = &identity {
@@ -682,9 +689,9 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<Report> {
         key: keys::cluster().to_string(),
         reason: format!("invalid WAL segment size {}", identity.wal_segment_size),
     })?;
-    let inv = repo.wal_inventory(size).await?;
-    let tree = timeline_tree(repo, &inv, &backups, &mut report).await?;
-    let needed = check_chains(&inv, &tree, &backups, opts.backup.is_some(), size, &mut report);
+    let inv = catalog.wal();
+    let tree = timeline_tree(&catalog, &backups, &mut report);
+    let needed = check_chains(inv, &tree, &backups, opts.backup.is_some(), size, &mut report);
     let mut names: Vec<WalFileName> = Vec::new();
     for (&tli, t) in &inv.timelines {
         let wanted = |s: &SegmentNo| opts.backup.is_none() || needed.contains(&(tli, *s));

@@ -246,8 +246,6 @@ pub struct Manifest {
 /// The manifest format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
 
-pub use super::catalog::load_manifests;
-
 /// Accumulates file content into packs of about [`PACK_TARGET`] bytes.
 #[derive(Debug, Default)]
 pub struct PackBuilder {

@@ -1,17 +1,26 @@
-//! The read side of a repository: what is stored, listed and loaded from
-//! the objects themselves every time (never an index object of its own).
+//! The read side of a repository: every command (list, verify, expire,
+//! restore, the prefetcher; soon drills and the daemon's metrics) reads what
+//! is stored through a [`Catalog`], a snapshot listed and loaded from the
+//! objects themselves for that one command. It is never the only record of
+//! what is there: there is no index object, and nothing writes through it.
 //!
-//! - the WAL inventory: per timeline, which segments (and `.partial`
-//!   segments) are stored and where the gaps are, plus the timelines with a
-//!   history file; built from delimiter listings of `wal/` and each log file
-//!   directory (16 at once), so it never reads a segment, and
-//!   [`TimelineWal::first_missing`] bisects;
-//! - the history files ([`Repository::timeline_history`]);
-//! - what a complete backup's manifest says for timeline arithmetic ([`BackupInfo`]);
-//! - answers along a timeline chain: newest segment, first missing, latest timeline.
+//! [`Catalog::load`] loads what a [`Scope`] asks for, so lean paths (the
+//! prefetcher, the restore of one named backup) list no more than they need:
+//! - the backups: each backup directory (or only a named one) with its
+//!   manifest's own outcome ([`ManifestState`]: complete, missing =
+//!   incomplete, corrupt, describing another backup, unreadable), so each
+//!   command keeps its own messages for them; this is the one manifest loader;
+//! - the WAL: a delimiter listing of `wal/` ([`WalTop`]) and, to the
+//!   [`WalInventory`], of each log file directory (16 at once); no segment is
+//!   read, and [`TimelineWal::first_missing`] bisects;
+//! - the history files `wal/` lists, each with its outcome ([`HistoryState`]:
+//!   a corrupt or unreadable one is recorded, not dropped).
 //!
-//! Manifests are loaded by [`crate::repo::backup::load_manifests`] (the one
-//! loader; it checks that each manifest names its own backup).
+//! It answers along a timeline chain: newest segment, first missing, latest
+//! timeline, the complete backups by stop time and the windows recovery
+//! reaches from them ([`crate::repo::coverage`] computes coverage and windows);
+//! [`Repository::archive_times`] adds when segments were archived, for
+//! restores to a target time, listing only the log file directories involved.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +32,7 @@ use super::backup::{BackupId, Manifest};
 use super::{keys, Repository};
 use crate::error::{Error, Result};
 use crate::pg::history::{parse_history, HistoryEntry};
-use crate::pg::timeline::{Chain, Span};
+use crate::pg::timeline::{Chain, Span, TimelineTree};
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 
 /// What is archived on one timeline.
@@ -197,64 +206,288 @@ pub fn latest_timeline(inv: &WalInventory) -> TimelineId {
     by_wal.max(by_history).unwrap_or(TimelineId(1))
 }
 
-/// Reads the manifest of backup `only`, or of every backup directory, 8 at
-/// a time: each with its own outcome (`Ok(None)`: no manifest, a backup that
-/// is running or was interrupted), so callers decide what one bad manifest means.
-pub async fn load_manifests(
-    repo: &Repository,
-    only: Option<&BackupId>,
-) -> Result<Vec<(BackupId, Result<Option<Manifest>>)>> {
-    use futures::StreamExt;
-    let ids: Vec<BackupId> = match only {
-        Some(id) => vec![id.clone()],
-        None => repo.list_dirs(&keys::backups_prefix()).await?.iter().filter_map(|d| d.parse().ok()).collect(),
-    };
-    Ok(futures::stream::iter(ids)
-        .map(|id| async move {
-            let m = repo.load_json::<Manifest>(&keys::manifest_key(&id)).await;
-            (id, m)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await)
+/// Which backups a [`Catalog`] loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backups {
+    /// None: `backup/` is not listed.
+    #[default]
+    None,
+    /// Every backup directory (one listing of `backup/`, then each manifest).
+    All,
+    /// Only this backup's manifest (nothing is listed).
+    Only(BackupId),
 }
 
-/// Every complete backup's manifest, oldest stop time first, and the IDs of
-/// incomplete ones; a corrupt manifest, or one describing another backup, is
-/// an error (`list`, `expire`).
-pub async fn complete_backups(repo: &Repository) -> Result<(Vec<Manifest>, Vec<String>)> {
-    let ids = repo.list_dirs(&keys::backups_prefix()).await?;
-    let loaded: Vec<(String, Option<Manifest>)> = futures::stream::iter(ids)
-        .map(|name| async move {
-            // A directory that is not a backup ID is not ours: ignore it.
-            let Ok(id) = name.parse::<BackupId>() else { return Ok((name, None)) };
-            let manifest: Option<Manifest> = repo.load_json(&keys::manifest_key(&id)).await?;
-            if let Some(m) = &manifest {
-                if m.id != id {
+/// How much of `wal/` a [`Catalog`] lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WalListing {
+    /// Nothing.
+    #[default]
+    None,
+    /// `wal/` itself: the history files and the log file directories.
+    Top,
+    /// `wal/` and every log file directory: the [`WalInventory`].
+    Inventory(WalSegmentSize),
+}
+
+/// What to do when an object cannot be read at all (the store failed after
+/// its retries; a corrupt object is always recorded, never an error here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Unreadable {
+    /// The load fails with the store's error.
+    #[default]
+    Fail,
+    /// The load goes on and records it with the object.
+    Record,
+}
+
+/// What a [`Catalog`] loads, so that lean paths (prefetch, the restore of
+/// one named backup) list no more than they need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Which manifests.
+    pub backups: Backups,
+    /// How much of `wal/`.
+    pub wal: WalListing,
+    /// Whether to read the history files `wal/` lists (needs `wal` listed).
+    pub histories: bool,
+    /// A manifest that cannot be read.
+    pub unreadable_manifests: Unreadable,
+    /// A history file that cannot be read.
+    pub unreadable_histories: Unreadable,
+}
+
+/// What the manifest of one backup directory says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManifestState {
+    /// The manifest is stored and describes this backup: it is complete.
+    Complete(Manifest),
+    /// No manifest: the backup is running or was interrupted.
+    Missing,
+    /// The manifest is stored but cannot be decoded.
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The manifest describes another backup.
+    OtherBackup(Manifest),
+    /// It could not be read (recorded with [`Unreadable::Record`] only): the error.
+    Unreadable(String),
+}
+
+/// One backup directory and its manifest's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupEntry {
+    /// The directory's backup ID.
+    pub id: BackupId,
+    /// What its manifest says.
+    pub state: ManifestState,
+}
+
+/// What a history file `wal/` lists says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryState {
+    /// The timeline's ancestors, oldest first.
+    Known(Vec<HistoryEntry>),
+    /// Listed, but gone when read.
+    Vanished,
+    /// Stored but not a history file.
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// It could not be read (recorded with [`Unreadable::Record`] only): the error.
+    Unreadable(String),
+}
+
+/// A snapshot of what a repository holds, listed and loaded once from the
+/// objects for one command (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    /// The backups loaded, by ID.
+    pub backups: Vec<BackupEntry>,
+    /// The listing of `wal/`, if listed.
+    pub wal_top: Option<WalTop>,
+    /// The WAL inventory, if listed.
+    pub inventory: Option<WalInventory>,
+    /// The history files `wal/` lists, if read.
+    pub histories: BTreeMap<TimelineId, HistoryState>,
+}
+
+impl Catalog {
+    /// Loads what `scope` asks for: the manifests (8 at a time), then
+    /// `wal/`, its log file directories and the history files, in that order.
+    pub async fn load(repo: &Repository, scope: &Scope) -> Result<Catalog> {
+        let mut catalog = Catalog::default();
+        catalog.add(repo, scope).await?;
+        Ok(catalog)
+    }
+
+    /// Loads what `scope` asks for and the snapshot does not hold yet (a
+    /// command that must list `backup/` before it looks at the lock and
+    /// `wal/` after, like `expire`, loads in two steps).
+    pub async fn add(&mut self, repo: &Repository, scope: &Scope) -> Result<()> {
+        if self.backups.is_empty() {
+            self.backups = load_backups(repo, &scope.backups, scope.unreadable_manifests).await?;
+        }
+        if self.wal_top.is_none() && scope.wal != WalListing::None {
+            self.wal_top = Some(repo.wal_top().await?);
+        }
+        if let (None, WalListing::Inventory(size), Some(top)) = (&self.inventory, scope.wal, &self.wal_top) {
+            self.inventory = Some(repo.inventory_below(top, size).await?);
+        }
+        if scope.histories && self.histories.is_empty() {
+            let listed = self.wal_top.as_ref().map_or(&[][..], |t| t.histories.as_slice());
+            for &tli in listed {
+                let state = match repo.timeline_history(tli).await {
+                    Ok(Some(h)) => HistoryState::Known(h),
+                    Ok(None) => HistoryState::Vanished,
+                    Err(Error::Corrupt { key, reason }) => HistoryState::Corrupt { key, reason },
+                    Err(e) if scope.unreadable_histories == Unreadable::Record => {
+                        HistoryState::Unreadable(e.one_line())
+                    }
+                    Err(e) => return Err(e),
+                };
+                self.histories.insert(tli, state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every complete backup's manifest, oldest stop time first, and the IDs
+    /// of those without one; a corrupt manifest, or one describing another
+    /// backup, is an error (`list`, `expire`).
+    pub fn complete_backups(&self) -> Result<(Vec<&Manifest>, Vec<String>)> {
+        let mut manifests = Vec::new();
+        let mut incomplete = Vec::new();
+        for b in &self.backups {
+            match &b.state {
+                ManifestState::Complete(m) => manifests.push(m),
+                ManifestState::Missing => incomplete.push(b.id.to_string()),
+                ManifestState::Corrupt { key, reason } => {
+                    return Err(Error::Corrupt { key: key.clone(), reason: reason.clone() })
+                }
+                ManifestState::OtherBackup(m) => {
                     return Err(Error::Corrupt {
-                        key: keys::manifest_key(&id).to_string(),
+                        key: keys::manifest_key(&b.id).to_string(),
                         reason: format!("it describes backup '{}'", m.id),
-                    });
+                    })
+                }
+                ManifestState::Unreadable(e) => {
+                    return Err(Error::Corrupt { key: keys::manifest_key(&b.id).to_string(), reason: e.clone() })
                 }
             }
-            Ok((name, manifest))
+        }
+        // RFC 3339 UTC with whole seconds sorts as text; the ID breaks ties.
+        manifests.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
+        incomplete.sort();
+        Ok((manifests, incomplete))
+    }
+
+    /// The histories that were read, by timeline (corrupt, vanished and
+    /// unreadable ones left out: commands that report them look at
+    /// [`Catalog::histories`]).
+    pub fn known_histories(&self) -> BTreeMap<TimelineId, Vec<HistoryEntry>> {
+        self.histories
+            .iter()
+            .filter_map(|(t, h)| match h {
+                HistoryState::Known(h) => Some((*t, h.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The histories that were read; `Err` for the first corrupt one
+    /// (`restore`, the prefetcher).
+    pub fn readable_histories(&self) -> Result<BTreeMap<TimelineId, Vec<HistoryEntry>>> {
+        if let Some((key, reason)) = self.histories.values().find_map(|h| match h {
+            HistoryState::Corrupt { key, reason } => Some((key, reason)),
+            _ => None,
+        }) {
+            return Err(Error::Corrupt { key: key.clone(), reason: reason.clone() });
+        }
+        Ok(self.known_histories())
+    }
+
+    /// The timeline tree of the histories that were read (its `timelines`
+    /// left for the command to fill with what it counts as mentioned).
+    pub fn timeline_tree(&self) -> TimelineTree {
+        TimelineTree { histories: self.known_histories(), ..Default::default() }
+    }
+
+    /// The WAL inventory (empty if `wal/` was not listed to that depth).
+    pub fn wal(&self) -> &WalInventory {
+        static EMPTY: std::sync::OnceLock<WalInventory> = std::sync::OnceLock::new();
+        self.inventory.as_ref().unwrap_or_else(|| EMPTY.get_or_init(WalInventory::default))
+    }
+
+    /// The newest archived segment on `chain`, with its timeline.
+    pub fn newest_segment(&self, chain: &Chain, size: WalSegmentSize) -> Option<(TimelineId, SegmentNo)> {
+        newest_segment(self.wal(), chain, size)
+    }
+
+    /// The first segment from `from` to `to` that recovery along `chain` lacks.
+    pub fn first_missing(
+        &self,
+        chain: &Chain,
+        from: SegmentNo,
+        to: SegmentNo,
+        size: WalSegmentSize,
+    ) -> Option<WalFileName> {
+        first_missing(self.wal(), chain, from, to, size)
+    }
+
+    /// The timeline `latest` means.
+    pub fn latest_timeline(&self) -> TimelineId {
+        latest_timeline(self.wal())
+    }
+
+    /// The windows recovery along `chain` reaches from the complete backups
+    /// (see [`super::coverage::recovery_windows`]); manifests whose stop time
+    /// does not parse are left out.
+    pub fn recovery_windows(&self, chain: &Chain, size: WalSegmentSize) -> Vec<super::coverage::Window> {
+        let infos: Vec<BackupInfo> = self
+            .backups
+            .iter()
+            .filter_map(|b| match &b.state {
+                ManifestState::Complete(m) => BackupInfo::from_manifest(m).ok(),
+                _ => None,
+            })
+            .collect();
+        super::coverage::recovery_windows(&infos, chain, self.wal(), size)
+    }
+}
+
+/// Reads the manifests `which` names, 8 at a time, each with its own
+/// outcome; backup directories whose name is not a backup ID are not ours.
+async fn load_backups(repo: &Repository, which: &Backups, unreadable: Unreadable) -> Result<Vec<BackupEntry>> {
+    let ids: Vec<BackupId> = match which {
+        Backups::None => return Ok(Vec::new()),
+        Backups::Only(id) => vec![id.clone()],
+        Backups::All => repo.list_dirs(&keys::backups_prefix()).await?.iter().filter_map(|d| d.parse().ok()).collect(),
+    };
+    let loaded: Vec<BackupEntry> = futures::stream::iter(ids)
+        .map(|id| async move {
+            let state = match repo.load_json::<Manifest>(&keys::manifest_key(&id)).await {
+                Ok(Some(m)) if m.id == id => ManifestState::Complete(m),
+                Ok(Some(m)) => ManifestState::OtherBackup(m),
+                Ok(None) => ManifestState::Missing,
+                Err(Error::Corrupt { key, reason }) => ManifestState::Corrupt { key, reason },
+                Err(e) if unreadable == Unreadable::Record => ManifestState::Unreadable(e.to_string()),
+                Err(e) => return Err(e),
+            };
+            Ok(BackupEntry { id, state })
         })
         .buffer_unordered(8)
         .try_collect()
         .await?;
-    let mut manifests = Vec::new();
-    let mut incomplete = Vec::new();
-    for (name, m) in loaded {
-        match m {
-            Some(m) => manifests.push(m),
-            None if name.parse::<BackupId>().is_ok() => incomplete.push(name),
-            None => {}
-        }
-    }
-    // RFC 3339 UTC with whole seconds sorts as text; the ID breaks ties.
-    manifests.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
-    incomplete.sort();
-    Ok((manifests, incomplete))
+    let mut loaded = loaded;
+    loaded.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(loaded)
 }
 
 /// What a delimiter listing of `wal/` shows: the timelines with a history
@@ -287,26 +520,20 @@ impl Repository {
         Ok(WalTop { histories, log_dirs })
     }
 
-    /// Every timeline history in the repository that is stored and readable
-    /// (`Err` for the first that cannot be read).
-    pub async fn timeline_histories(&self) -> Result<BTreeMap<TimelineId, Vec<HistoryEntry>>> {
-        let mut out = BTreeMap::new();
-        for tli in self.wal_top().await?.histories {
-            if let Some(h) = self.timeline_history(tli).await? {
-                out.insert(tli, h);
-            }
-        }
-        Ok(out)
-    }
-
     /// Lists the archived WAL. Log file directories are listed concurrently.
     pub async fn wal_inventory(&self, segment_size: WalSegmentSize) -> Result<WalInventory> {
         let top = self.wal_top().await?;
+        self.inventory_below(&top, segment_size).await
+    }
+
+    /// The WAL inventory from a listing of `wal/`: each log file directory
+    /// is listed (16 at once), no segment is read.
+    async fn inventory_below(&self, top: &WalTop, segment_size: WalSegmentSize) -> Result<WalInventory> {
         let mut inventory =
-            WalInventory { segment_size: Some(segment_size), histories: top.histories, ..Default::default() };
-        let dirs: Vec<String> = top.log_dirs.into_iter().filter(|d| d.len() == 16).collect();
+            WalInventory { segment_size: Some(segment_size), histories: top.histories.clone(), ..Default::default() };
+        let dirs: Vec<&String> = top.log_dirs.iter().filter(|d| d.len() == 16).collect();
         let listings: Vec<Vec<String>> = futures::stream::iter(dirs)
-            .map(|d| async move { self.list_entries(&keys::log_dir_named(&d)).await.map(|l| l.objects) })
+            .map(|d| async move { self.list_entries(&keys::log_dir_named(d)).await.map(|l| l.objects) })
             .buffer_unordered(16)
             .try_collect()
             .await?;
@@ -326,6 +553,43 @@ impl Repository {
             tl.partials.sort();
         }
         Ok(inventory)
+    }
+
+    /// When each segment on the chain from `from` on was archived (its object's
+    /// modification time), listing only the log-file directories involved
+    /// (`restore` to a target time).
+    pub async fn archive_times(
+        &self,
+        inv: &WalInventory,
+        chain: &Chain,
+        from: SegmentNo,
+        size: WalSegmentSize,
+    ) -> Result<BTreeMap<(TimelineId, SegmentNo), DateTime<Utc>>> {
+        let Some((_, newest)) = newest_segment(inv, chain, size) else { return Ok(BTreeMap::new()) };
+        let per_log = size.segments_per_log_file();
+        let mut dirs = Vec::new();
+        for link in &chain.0 {
+            let Some(t) = inv.timelines.get(&link.tli) else { continue };
+            let mut logs: Vec<u64> =
+                t.segments.iter().filter(|s| **s >= from && **s <= newest).map(|s| s.0 / per_log).collect();
+            logs.dedup();
+            dirs.extend(logs.into_iter().map(|log| keys::log_dir_named(&keys::log_dir_name(link.tli, log))));
+        }
+        let listings: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
+            .map(|d| async move { self.list_objects(&d).await })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        let mut times = BTreeMap::new();
+        for meta in listings.into_iter().flatten() {
+            let Some(name) = meta.location.filename() else { continue };
+            if let Ok(parsed @ WalFileName::Segment { .. }) = name.parse::<WalFileName>() {
+                if let Some(seg) = parsed.segment_no(size) {
+                    times.insert((parsed.timeline(), seg), meta.last_modified);
+                }
+            }
+        }
+        Ok(times)
     }
 
     /// The ancestors of timeline `tli` from its `.history` file (empty for
@@ -371,6 +635,63 @@ mod tests {
         assert_eq!(first_missing(&t, 2, 4), Some(2));
         assert_eq!(first_missing(&t, 6, 4), None, "an empty range misses nothing");
         assert_eq!(first_missing(&tl(&[]), 1, 1), Some(1));
+    }
+
+    /// Each backup directory and history file keeps its own outcome; the
+    /// scope decides what is loaded at all.
+    #[test]
+    fn a_snapshot_records_each_outcome() {
+        use crate::pg::Lsn;
+        use crate::repo::synthetic;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let repo = Repository::in_memory();
+        let size = WalSegmentSize::new(1 << 20).expect("size");
+        let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s * 60, 0).expect("time");
+        let (good, other, missing, corrupt) = rt.block_on(async {
+            synthetic::init(&repo, 7, size).await.expect("init");
+            for seg in 1..=3 {
+                synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
+            }
+            let e = HistoryEntry { parent: TimelineId(1), switch_point: Lsn(3 << 20) };
+            synthetic::put_history(&repo, TimelineId(2), &[e]).await.expect("history");
+            let bad_history = keys::wal(&WalFileName::History { tli: TimelineId(3) });
+            synthetic::put(&repo, &bad_history, b"not a history\n").await.expect("put");
+            let good = synthetic::put_backup(&repo, 7, TimelineId(1), Lsn(0x10_0028), Lsn(0x10_0100), at(1))
+                .await
+                .expect("backup");
+            let m = |s| synthetic::put_backup(&repo, 7, TimelineId(1), Lsn(0x10_0028), Lsn(0x10_0100), at(s));
+            let other = m(2).await.expect("backup").id;
+            repo.delete(&[keys::manifest_key(&other)]).await.expect("delete");
+            repo.store_json(&keys::manifest_key(&other), &good).await.expect("put");
+            let missing = m(3).await.expect("backup").id;
+            repo.delete(&[keys::manifest_key(&missing)]).await.expect("delete");
+            let corrupt = m(4).await.expect("backup").id;
+            repo.delete(&[keys::manifest_key(&corrupt)]).await.expect("delete");
+            synthetic::put(&repo, &keys::manifest_key(&corrupt), b"{").await.expect("put");
+            (good, other, missing, corrupt)
+        });
+        let scope =
+            Scope { backups: Backups::All, wal: WalListing::Inventory(size), histories: true, ..Scope::default() };
+        let c = rt.block_on(Catalog::load(&repo, &scope)).expect("load");
+        let state = |id: &BackupId| &c.backups.iter().find(|b| &b.id == id).expect("listed").state;
+        assert_eq!(state(&good.id), &ManifestState::Complete(good.clone()));
+        assert!(matches!(state(&other), ManifestState::OtherBackup(m) if m.id == good.id), "{:?}", state(&other));
+        assert_eq!(state(&missing), &ManifestState::Missing);
+        assert!(matches!(state(&corrupt), ManifestState::Corrupt { .. }), "{:?}", state(&corrupt));
+        assert!(c.complete_backups().is_err(), "list and expire refuse a corrupt manifest");
+        assert!(matches!(c.histories.get(&TimelineId(2)), Some(HistoryState::Known(h)) if h.len() == 1));
+        assert!(matches!(c.histories.get(&TimelineId(3)), Some(HistoryState::Corrupt { .. })));
+        assert_eq!(c.known_histories().keys().copied().collect::<Vec<_>>(), vec![TimelineId(2)]);
+        assert!(c.readable_histories().is_err(), "restore and the prefetcher refuse a corrupt history");
+        assert_eq!(c.wal().timelines[&TimelineId(1)].segments, (1..=3).map(SegmentNo).collect::<Vec<_>>());
+        assert_eq!(c.latest_timeline(), TimelineId(3));
+        // A lean scope: one backup, the top of wal/ and nothing else.
+        let scope = Scope { backups: Backups::Only(good.id.clone()), wal: WalListing::Top, ..Scope::default() };
+        let c = rt.block_on(Catalog::load(&repo, &scope)).expect("load");
+        assert_eq!(c.backups.len(), 1);
+        assert!(c.inventory.is_none() && c.histories.is_empty());
+        assert_eq!(c.wal_top.as_ref().map(|t| t.histories.clone()), Some(vec![TimelineId(2), TimelineId(3)]));
+        assert_eq!(c.complete_backups().expect("complete").0, vec![&good]);
     }
 
     proptest::proptest! {

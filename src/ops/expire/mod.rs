@@ -35,11 +35,10 @@ use object_store::path::Path;
 
 use self::plan::{Model, Plan, PlanBackup, Policy, PolicyError, WalKeep};
 use crate::error::{Error, Result};
-use crate::ops::list::load_manifests;
 use crate::ops::restore::select::BackupInfo;
-use crate::pg::timeline::TimelineTree;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, Manifest};
+use crate::repo::catalog::{Backups, Catalog, HistoryState, Scope, Unreadable, WalListing};
 use crate::repo::keys::{self, parse_log_dir};
 use crate::repo::lock::live_holder;
 use crate::repo::Repository;
@@ -260,21 +259,27 @@ async fn model(repo: &Repository, stale_after: Duration) -> Result<(Model, Vec<S
     }
     // Listing first, lock second: a backup directory without a manifest seen
     // here while no lock is held belongs to a backup that is gone.
-    let (manifests, incomplete) = load_manifests(repo).await?;
+    let mut catalog = Catalog::load(repo, &Scope { backups: Backups::All, ..Scope::default() }).await?;
+    catalog.complete_backups()?; // a corrupt manifest stops expire before anything else is read
     let holder = live_holder(repo, stale_after).await?;
     let size = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size)).unwrap_or(WalSegmentSize::DEFAULT);
-    let top = repo.wal_top().await?;
-    let mut tree = TimelineTree::default();
+    let wal_scope =
+        Scope { wal: WalListing::Top, histories: true, unreadable_histories: Unreadable::Record, ..Scope::default() };
+    catalog.add(repo, &wal_scope).await?;
+    let (manifests, incomplete) = catalog.complete_backups()?;
+    let top = catalog.wal_top.clone().unwrap_or_default();
+    let mut tree = catalog.timeline_tree();
     let mut notes = Vec::new();
-    for &tli in &top.histories {
+    for (&tli, state) in &catalog.histories {
         tree.timelines.insert(tli);
-        match repo.timeline_history(tli).await {
-            Ok(Some(h)) => {
-                tree.histories.insert(tli, h);
+        let reason = match state {
+            HistoryState::Known(_) | HistoryState::Vanished => continue,
+            HistoryState::Corrupt { key, reason } => {
+                Error::Corrupt { key: key.clone(), reason: reason.clone() }.one_line()
             }
-            Ok(None) => {}
-            Err(e) => notes.push(format!("cannot read the history of timeline {tli}: {}", e.one_line())),
-        }
+            HistoryState::Unreadable(e) => e.clone(),
+        };
+        notes.push(format!("cannot read the history of timeline {tli}: {reason}"));
     }
     let mut dirs = Vec::new();
     for d in top.log_dirs {
@@ -283,7 +288,7 @@ async fn model(repo: &Repository, stale_after: Duration) -> Result<(Model, Vec<S
             dirs.push(d);
         }
     }
-    let backups: Vec<PlanBackup> = manifests.iter().map(plan_backup).collect::<Result<_>>()?;
+    let backups: Vec<PlanBackup> = manifests.into_iter().map(plan_backup).collect::<Result<_>>()?;
     for b in &backups {
         tree.timelines.insert(b.info.timeline);
         tree.timelines.insert(b.info.stop_timeline);
@@ -401,7 +406,7 @@ pub async fn expire(
         );
         return Ok(Outcome { no_policy: true, dry_run: opts.dry_run, ..Default::default() });
     }
-    opts.policy.validate().map_err(policy_error)?;
+    plan::validate(&opts.policy).map_err(policy_error)?;
     let (model, incomplete, dirs, mut notes) = model(repo, opts.lock_stale_after).await?;
     let plan = plan::plan(&model, &opts.policy, now).map_err(policy_error)?;
     notes.extend(plan.notes.iter().cloned());
@@ -560,7 +565,9 @@ mod tests {
             let mut out = Vec::new();
             let none = expire(&repo, &opts, at(10), &mut out).await.expect("no policy is not an error");
             assert!(none.no_policy && out.is_empty() && none.render().is_empty());
-            assert_eq!(load_manifests(&repo).await.expect("list").0.len(), 3, "nothing deleted");
+            let scope = Scope { backups: Backups::All, ..Scope::default() };
+            let catalog = Catalog::load(&repo, &scope).await.expect("list");
+            assert_eq!(catalog.complete_backups().expect("complete").0.len(), 3, "nothing deleted");
 
             opts.policy.retain_full = Some(1);
             opts.dry_run = true;

@@ -41,14 +41,8 @@ pub struct PlanBackup {
     pub parent: Option<BackupId>,
 }
 
-/// The retention policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Policy {
-    /// Keep this many newest full backups (at least 1).
-    pub retain_full: Option<u32>,
-    /// Keep what recovers to every point of this many days (at least 1).
-    pub retain_days: Option<u32>,
-}
+/// The retention policy: the one type the config file and the flags fill.
+pub use crate::config::RetentionPolicy as Policy;
 
 /// What to keep of one timeline's WAL (segments, `.partial` segments and
 /// `.backup` files alike, by their segment number).
@@ -116,15 +110,13 @@ pub enum PolicyError {
     NoBackups,
 }
 
-impl Policy {
-    /// Refuses policies that make no sense.
-    pub fn validate(&self) -> Result<(), PolicyError> {
-        match (self.retain_full, self.retain_days) {
-            (None, None) => Err(PolicyError::Missing),
-            (Some(0), _) => Err(PolicyError::ZeroFull),
-            (_, Some(0)) => Err(PolicyError::ZeroDays),
-            _ => Ok(()),
-        }
+/// Refuses policies that make no sense.
+pub fn validate(policy: &Policy) -> Result<(), PolicyError> {
+    match (policy.retain_full, policy.retain_days) {
+        (None, None) => Err(PolicyError::Missing),
+        (Some(0), _) => Err(PolicyError::ZeroFull),
+        (_, Some(0)) => Err(PolicyError::ZeroDays),
+        _ => Ok(()),
     }
 }
 
@@ -161,7 +153,7 @@ fn chosen(backups: &[&PlanBackup], policy: &Policy, now: DateTime<Utc>) -> BTree
 
 /// Applies `policy` at time `now` to `model`.
 pub fn plan(model: &Model, policy: &Policy, now: DateTime<Utc>) -> Result<Plan, PolicyError> {
-    policy.validate()?;
+    validate(policy)?;
     if model.backups.is_empty() {
         return Err(PolicyError::NoBackups);
     }

@@ -14,7 +14,7 @@ use object_store::ObjectStoreExt;
 use super::*;
 use crate::config::restore::StandbySettings;
 use crate::pg::recovery::{parse_target_time, TargetAction};
-use crate::pg::Lsn;
+use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName};
 use crate::repo::backup::{pack_key, DirEntry, Extent, FileEntry, PackInfo, Tablespace, MANIFEST_FORMAT};
 use crate::repo::frame::{self, Compression};
 use crate::repo::ClusterIdentity;
