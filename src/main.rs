@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
-use pgwal::ops::{
-    archive_ahead, backlog, backup, check, expire, fetch, list, prefetch, restore, spool, standby, verify, walspool,
-};
+use pgwal::local::{backlog, data_dir as walspool, spool};
+use pgwal::ops::archive::ahead as archive_ahead;
+use pgwal::ops::{backup, check, expire, fetch, list, prefetch, restore, standby, verify};
 use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};

@@ -7,8 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ExitRules, Result};
+use crate::local::spool::Spool;
 use crate::ops::prefetch;
-use crate::ops::spool::Spool;
 use crate::pg::WalFileName;
 use crate::repo::frame::{self, FrameError, FrameHeader};
 use crate::repo::{keys, Repository};

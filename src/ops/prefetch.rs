@@ -30,9 +30,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::local::data_dir as walspool;
+use crate::local::spool::Spool;
 use crate::ops::fetch;
-use crate::ops::spool::Spool;
-use crate::ops::walspool;
 use crate::pg::history::HistoryEntry;
 use crate::pg::timeline::chain_through;
 use crate::pg::{SegmentNo, TimelineId, WalFileKind, WalFileName, WalSegmentSize};

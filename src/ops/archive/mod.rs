@@ -2,16 +2,18 @@
 //! compresses and hashes it on all cores while the repository's identity is
 //! read, and stores it create-only. Exit 0 means durably stored.
 //!
-//! The per-file work is split in two so that `archive_ahead` can run it for
+//! The per-file work is split in two so that `ahead` can run it for
 //! several files at once: [`encode_file`] (blocking: read, check, frame) and
 //! [`store_encoded`] (async: identity check and create-only put).
+
+pub mod ahead;
 
 use std::fs::File;
 use std::path::Path;
 
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
-use crate::ops::walspool::FileStamp;
+use crate::local::data_dir::FileStamp;
 use crate::pg::validate::{validate_segment_head, validate_wal_file, ValidatedWal};
 use crate::pg::{WalFileKind, WalFileName};
 use crate::repo::frame::{self, Compression, FrameHeader};

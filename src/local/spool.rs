@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ops::walspool::{self, FileStamp};
+use crate::local::data_dir::{self as walspool, FileStamp};
 use crate::pg::WalFileName;
 
 /// The sidecar of a spooled segment.

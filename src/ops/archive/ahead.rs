@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
+use crate::local::data_dir::{self as walspool, FileStamp};
 use crate::ops::archive::{self, Known};
-use crate::ops::walspool::{self, FileStamp};
 use crate::pg::{WalFileKind, WalFileName};
 use crate::repo::{frame, PutOutcome, Repository};
 use crate::storage::pgdata;
