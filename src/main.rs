@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
-use pgwal::local::{backlog, data_dir as walspool, spool};
+use pgwal::local::{backlog, data_dir, spool};
 use pgwal::ops::archive::ahead as archive_ahead;
 use pgwal::ops::{backup, check, expire, fetch, list, prefetch, restore, standby, verify};
 use pgwal::repo::backup::BackupType;
@@ -67,12 +67,12 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let store = storage::open_as_caller(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
             let retry = RetryPolicy::with_deadline(cfg.archive.retry_deadline).quiet();
             let repo = Repository::new(store, url.clone(), retry);
-            let data_dir = data_dir_of(&cfg);
+            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
             if let Some(d) = &data_dir {
                 spool::Spool::new(d).remove_if_recovery_ended();
             }
             let outcome = archive_ahead::archive(&rt, &repo, &args.path, &cfg.archive).inspect_err(|_| {
-                let wal_dir = archive_ahead::wal_dir_of(&args.path);
+                let wal_dir = pgwal::local::markers::wal_dir_of(&args.path);
                 if let Some(b) = backlog::scan(data_dir.as_deref().unwrap_or(&wal_dir), &wal_dir) {
                     pgwal::log_info!("{}", b.describe());
                 }
@@ -91,16 +91,16 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let retry = RetryPolicy::with_deadline(cfg.fetch.retry_deadline).quiet();
             let repo = Repository::new(store, url.clone(), retry);
-            let data_dir = data_dir_of(&cfg);
+            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
             // Outside archive recovery (a fetch by hand in a primary's data
             // directory) nothing is spooled or written into pg_wal/pgwal.
             let spool =
-                data_dir.filter(|d| cfg.fetch.prefetch > 0 && walspool::in_recovery(d)).map(|d| spool::Spool::new(&d));
+                data_dir.filter(|d| cfg.fetch.prefetch > 0 && data_dir::in_recovery(d)).map(|d| spool::Spool::new(&d));
             fetch::fetch_prefetching(&rt, &repo, &name, &args.dest, spool.as_ref(), cfg.file.as_deref())
         }
         Command::PrefetchWal => {
             let url = cfg.require_repo()?;
-            let data_dir = data_dir_of(&cfg).ok_or_else(|| {
+            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref()).ok_or_else(|| {
                 Error::config("no data directory", "run it inside the data directory or pass --pgdata")
             })?;
             let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
@@ -149,11 +149,11 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             Ok(())
         }
         Command::List(args) => {
-            require_data_dir_if_given(&cfg)?;
+            data_dir::require_if_given(cfg.pgdata.as_deref())?;
             let url = cfg.require_repo()?;
             let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
             let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
-            let data_dir = data_dir_of(&cfg);
+            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
             print!("{}", backlog::annotate_listing(list::list(&rt, &repo, args.json)?, args.json, data_dir.as_deref()));
             Ok(())
         }
@@ -242,35 +242,6 @@ fn finish_restore(outcome: &restore::Outcome) -> Result<()> {
     pgwal::log_info!("{}", outcome.summary());
     println!("{}", outcome.backup);
     Ok(())
-}
-
-/// The data directory `archive`, `fetch` and `list` look at: the working
-/// directory when PostgreSQL runs the command there, else `--pgdata` /
-/// `PGDATA` if that is a data directory. A `PGDATA` pointing elsewhere (or
-/// nowhere) is never written into by `archive` or `fetch`.
-fn data_dir_of(cfg: &config::Config) -> Option<std::path::PathBuf> {
-    let pgdata = cfg.pgdata.as_deref().filter(|d| is_data_dir(d));
-    walspool::data_dir(std::env::current_dir().ok().as_deref(), pgdata)
-}
-
-fn is_data_dir(d: &std::path::Path) -> bool {
-    d.join("PG_VERSION").is_file()
-}
-
-/// `list` with a `--pgdata` / `PGDATA` that is not a data directory: say so
-/// rather than leave out the backlog the user asked about.
-fn require_data_dir_if_given(cfg: &config::Config) -> Result<()> {
-    match cfg.pgdata.as_deref() {
-        Some(d) if !is_data_dir(d) => Err(Error::config(
-            format!(
-                "--pgdata / PGDATA '{}' is not a PostgreSQL data directory{}",
-                d.display(),
-                if d.exists() { " (no PG_VERSION in it)" } else { ": it does not exist" }
-            ),
-            "give the data directory of the cluster that archives into this repository, or leave --pgdata out",
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Who will read the error: PostgreSQL's log for archive and fetch.

@@ -5,4 +5,6 @@
 
 pub mod backlog;
 pub mod data_dir;
+pub mod markers;
 pub mod spool;
+pub mod stamp;

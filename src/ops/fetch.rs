@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ExitRules, Result};
+use crate::local::data_dir;
 use crate::local::spool::Spool;
 use crate::ops::prefetch;
 use crate::pg::WalFileName;
@@ -17,9 +18,8 @@ use crate::storage::pgdata;
 /// Which exit-status rules apply to a fetch run from `cwd` (PostgreSQL runs
 /// `restore_command` in the data directory) or for the configured `pgdata`.
 pub fn exit_rules(cwd: Option<&Path>, pgdata: Option<&Path>) -> ExitRules {
-    let data_dir = cwd.filter(|d| d.join("PG_VERSION").exists()).or(pgdata);
-    match data_dir {
-        Some(d) if d.join("standby.signal").exists() => ExitRules::FetchStandby,
+    match data_dir::of_command(cwd, pgdata) {
+        Some(d) if data_dir::in_standby_mode(&d) => ExitRules::FetchStandby,
         _ => ExitRules::FetchRecovery,
     }
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
-use crate::local::data_dir::FileStamp;
+use crate::local::stamp::FileStamp;
 use crate::pg::validate::{validate_segment_head, validate_wal_file, ValidatedWal};
 use crate::pg::{WalFileKind, WalFileName};
 use crate::repo::frame::{self, Compression, FrameHeader};
