@@ -8,3 +8,4 @@ pub mod data_dir;
 pub mod markers;
 pub mod spool;
 pub mod stamp;
+pub mod wal_file;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::local::data_dir as walspool;
 use crate::local::spool::Spool;
-use crate::ops::fetch;
+use crate::local::wal_file;
 use crate::pg::history::HistoryEntry;
 use crate::pg::timeline::chain_through;
 use crate::pg::{SegmentNo, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
@@ -228,7 +228,7 @@ async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName, url: &
     let Some(object) = repo.get(&key).await? else { return Ok(Attempt::Missing) };
     let tmp = spool.temp_file(name);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    let result = fetch::decode_into(&object, &file);
+    let result = wal_file::decode_into(&object, &file);
     drop(file);
     let outcome = match result {
         Ok(Ok(header)) => spool
