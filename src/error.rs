@@ -488,6 +488,19 @@ pub mod exit {
     pub const FETCH_USAGE: u8 = 202;
     /// `fetch` outside standby mode: any other failure (e.g. cannot write DEST).
     pub const FETCH_OTHER: u8 = 203;
+
+    /// Every exit status and its meaning: the one table behind `--help`'s
+    /// "Exit status" and the man pages' EXIT STATUS (tests/man_pages.rs).
+    pub const TABLE: &[(u8, &str)] = &[
+        (OK, "success"),
+        (FAILURE, "failure; for fetch exactly \"not in the archive\""),
+        (USAGE, "bad usage or configuration"),
+        (PROBLEMS, "verify: the repository has errors (each is listed)"),
+        (FETCH_CORRUPT, "fetch outside standby mode: a stored object is corrupt (checksum, size or format)"),
+        (FETCH_UNREACHABLE, "fetch outside standby mode: the repository is unreachable or missing"),
+        (FETCH_USAGE, "fetch outside standby mode: bad usage or configuration"),
+        (FETCH_OTHER, "fetch outside standby mode: any other failure (e.g. DEST cannot be written)"),
+    ];
 }
 
 /// Which exit-status rules apply.
@@ -573,6 +586,34 @@ mod tests {
             assert_eq!(exit_code(err, ExitRules::Plain), expected_plain[i], "plain: {err}");
             assert_eq!(exit_code(err, ExitRules::FetchStandby), 1, "standby: {err}");
         }
+    }
+
+    /// Every error of every kind, under every rule, exits with a status of
+    /// the table (and every failure status of the table is used), so that
+    /// `--help` and the man pages list exactly what pgwal can return.
+    #[test]
+    fn every_exit_code_is_in_the_table() {
+        let mut errors = all_kinds();
+        errors.extend([
+            Error::DbConnect { target: "t".into(), detail: "d".into() },
+            Error::Database { what: "w".into(), detail: "d".into() },
+            Error::Locked { holder: "h".into() },
+            Error::WalMissing { segment: "000000010000000000000002".into(), seconds: 1, archiver: None },
+            Error::ChecksFailed { failed: 1, total: 2 },
+            Error::BadRequest { message: "m".into(), hint: None },
+            Error::VerifyFailed { errors: 1 },
+            Error::Unreachable { message: "m".into(), hint: None },
+        ]);
+        let table: Vec<u8> = exit::TABLE.iter().map(|(code, _)| *code).collect();
+        let mut used = std::collections::BTreeSet::from([exit::OK]);
+        for err in &errors {
+            for rules in [ExitRules::Plain, ExitRules::FetchRecovery, ExitRules::FetchStandby] {
+                let code = exit_code(err, rules);
+                assert!(table.contains(&code), "{err} under {rules:?} exits {code}, which the table lacks");
+                used.insert(code);
+            }
+        }
+        assert_eq!(used.into_iter().collect::<Vec<_>>(), table, "every status of the table is returned by something");
     }
 
     /// PostgreSQL ends recovery early on any status from 1 to 125: only "not in
