@@ -635,7 +635,7 @@ fn check_wal_object(name: &WalFileName, object: &[u8], sysid: u64, size: WalSegm
 /// Runs the checks.
 pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<Report> {
     let started = Instant::now();
-    let (format, identity) = repo.identity().await?;
+    let crate::repo::RepoIdentity { format_exists: format, cluster: identity } = repo.identity().await?;
     if !format {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }

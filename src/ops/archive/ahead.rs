@@ -25,9 +25,9 @@ use futures::StreamExt;
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
 use crate::local::markers::{Layout, Marker};
-use crate::ops::archive::{self, Known};
+use crate::ops::archive;
 use crate::pg::WalFileName;
-use crate::repo::{frame, PutOutcome, Repository};
+use crate::repo::{frame, PutOutcome, RepoIdentity, Repository};
 use crate::storage::pgdata;
 
 /// Archives the file at `path` as `archive::archive` does, answering from a
@@ -89,7 +89,7 @@ async fn batch(
     };
     // A repository without its format object yet is created by this call's
     // own store; ahead work waits for the next call.
-    let Some(instance) = instance.ok().flatten().filter(|_| known.0) else { return push_own.await };
+    let Some(instance) = instance.ok().flatten().filter(|_| known.format_exists) else { return push_own.await };
     let known_now = known;
     let pushes = futures::stream::iter(ahead.iter().copied())
         .map(|name| push_ahead(repo, layout, name, known_now, &instance, level))
@@ -113,7 +113,7 @@ async fn push_ahead(
     repo: &Repository,
     layout: &Layout,
     name: WalFileName,
-    known: Known,
+    known: RepoIdentity,
     instance: &str,
     level: i32,
 ) -> (WalFileName, Result<()>) {
