@@ -721,18 +721,6 @@ fn finish(mut report: Report, started: Instant) -> Report {
     report
 }
 
-/// `pgwal verify`: the report to print, and whether the repository is sound.
-pub fn run(
-    rt: &tokio::runtime::Runtime,
-    repo: &Repository,
-    opts: &VerifyOptions,
-    json: bool,
-) -> Result<(String, bool)> {
-    let report = rt.block_on(verify(repo, opts))?;
-    let text = if json { report.render_json() } else { report.render_text() };
-    Ok((text, report.ok))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
