@@ -7,18 +7,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{MAX_RETAIN_DAYS, MAX_RETAIN_FULL};
 
-/// Exit statuses and their meaning: the one table behind `--help` and the man page.
-pub const EXIT_CODES: &[(&str, &str)] = &[
-    ("0", "success"),
-    ("1", "failure; for fetch exactly \"not in the archive\""),
-    ("2", "bad usage or configuration"),
-    ("3", "verify: the repository has errors (each is listed)"),
-    ("200", "fetch outside standby mode: a stored object is corrupt (checksum, size or format)"),
-    ("201", "fetch outside standby mode: the repository is unreachable or missing"),
-    ("202", "fetch outside standby mode: bad usage or configuration"),
-    ("203", "fetch outside standby mode: any other failure (e.g. DEST cannot be written)"),
-];
-
 /// Why fetch has its own codes, for `--help` and the man page.
 pub const FETCH_EXIT_NOTE: &str =
     "PostgreSQL takes any exit status from 1 to 125 of restore_command for \"no more WAL\" \
@@ -26,10 +14,10 @@ and ends recovery there. So fetch, outside standby mode (no standby.signal in th
 for every failure other than \"not in the archive\", which makes PostgreSQL stop recovery instead. In standby mode \
 fetch exits 1 for every failure: PostgreSQL then retries.";
 
-/// The exit-status text of `--help`.
+/// The exit-status text of `--help`, from the table in [`crate::error::exit`].
 pub fn exit_status_help() -> String {
     let mut text = String::from("Exit status:\n");
-    for (code, meaning) in EXIT_CODES {
+    for (code, meaning) in crate::error::exit::TABLE {
         text.push_str(&format!("  {code:<4} {meaning}\n"));
     }
     text.push('\n');

@@ -122,8 +122,12 @@ pub enum Error {
     Database {
         /// What pgwal was doing.
         what: String,
-        /// The server's message.
+        /// The server's message (the source's text as one line, or what
+        /// was wrong with the answer).
         detail: String,
+        /// The client's error, when the server or the connection failed.
+        #[source]
+        source: Option<tokio_postgres::Error>,
     },
     /// Another backup holds the repository's backup lock.
     #[error("another backup of this repository is running ({holder})")]
@@ -135,7 +139,7 @@ pub enum Error {
     #[error("WAL segment '{segment}' did not arrive in the repository within {seconds}s")]
     WalMissing {
         /// The segment waited for.
-        segment: String,
+        segment: WalFileName,
         /// How long pgwal waited.
         seconds: u64,
         /// What the server's archiver says, if known.
@@ -178,9 +182,13 @@ pub enum Error {
 
 /// Any error and its causes on one line: each cause that does not already
 /// appear in the text is appended after ": ".
-pub fn one_line(e: &dyn std::error::Error) -> String {
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = e.to_string();
     let mut source = e.source();
+    // A database error's detail already is its source, in one line.
+    if matches!(e.downcast_ref::<Error>(), Some(Error::Database { .. })) {
+        source = None;
+    }
     while let Some(s) = source {
         let text = s.to_string();
         if !line.contains(&text) {
@@ -488,6 +496,19 @@ pub mod exit {
     pub const FETCH_USAGE: u8 = 202;
     /// `fetch` outside standby mode: any other failure (e.g. cannot write DEST).
     pub const FETCH_OTHER: u8 = 203;
+
+    /// Every exit status and its meaning: the one table behind `--help`'s
+    /// "Exit status" and the man pages' EXIT STATUS (tests/man_pages.rs).
+    pub const TABLE: &[(u8, &str)] = &[
+        (OK, "success"),
+        (FAILURE, "failure; for fetch exactly \"not in the archive\""),
+        (USAGE, "bad usage or configuration"),
+        (PROBLEMS, "verify: the repository has errors (each is listed)"),
+        (FETCH_CORRUPT, "fetch outside standby mode: a stored object is corrupt (checksum, size or format)"),
+        (FETCH_UNREACHABLE, "fetch outside standby mode: the repository is unreachable or missing"),
+        (FETCH_USAGE, "fetch outside standby mode: bad usage or configuration"),
+        (FETCH_OTHER, "fetch outside standby mode: any other failure (e.g. DEST cannot be written)"),
+    ];
 }
 
 /// Which exit-status rules apply.
@@ -575,6 +596,38 @@ mod tests {
         }
     }
 
+    /// Every error of every kind, under every rule, exits with a status of
+    /// the table (and every failure status of the table is used), so that
+    /// `--help` and the man pages list exactly what pgwal can return.
+    #[test]
+    fn every_exit_code_is_in_the_table() {
+        let mut errors = all_kinds();
+        errors.extend([
+            Error::DbConnect { target: "t".into(), detail: "d".into() },
+            Error::Database { what: "w".into(), detail: "d".into(), source: None },
+            Error::Locked { holder: "h".into() },
+            Error::WalMissing {
+                segment: "000000010000000000000002".parse().expect("name"),
+                seconds: 1,
+                archiver: None,
+            },
+            Error::ChecksFailed { failed: 1, total: 2 },
+            Error::BadRequest { message: "m".into(), hint: None },
+            Error::VerifyFailed { errors: 1 },
+            Error::Unreachable { message: "m".into(), hint: None },
+        ]);
+        let table: Vec<u8> = exit::TABLE.iter().map(|(code, _)| *code).collect();
+        let mut used = std::collections::BTreeSet::from([exit::OK]);
+        for err in &errors {
+            for rules in [ExitRules::Plain, ExitRules::FetchRecovery, ExitRules::FetchStandby] {
+                let code = exit_code(err, rules);
+                assert!(table.contains(&code), "{err} under {rules:?} exits {code}, which the table lacks");
+                used.insert(code);
+            }
+        }
+        assert_eq!(used.into_iter().collect::<Vec<_>>(), table, "every status of the table is returned by something");
+    }
+
     /// PostgreSQL ends recovery early on any status from 1 to 125: only "not in
     /// the archive" may land there during targeted recovery.
     #[test]
@@ -610,9 +663,17 @@ mod tests {
     fn backup_and_check_failures() {
         let errors = [
             Error::DbConnect { target: "host=/s".into(), detail: "no such file".into() },
-            Error::Database { what: "cannot start the backup".into(), detail: "ERROR: permission denied".into() },
+            Error::Database {
+                what: "cannot start the backup".into(),
+                detail: "ERROR: permission denied".into(),
+                source: None,
+            },
             Error::Locked { holder: "PID 7".into() },
-            Error::WalMissing { segment: "000000010000000000000002".into(), seconds: 300, archiver: None },
+            Error::WalMissing {
+                segment: "000000010000000000000002".parse().expect("name"),
+                seconds: 300,
+                archiver: None,
+            },
             Error::ChecksFailed { failed: 1, total: 8 },
         ];
         for (i, e) in errors.iter().enumerate() {

@@ -8,9 +8,11 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod local;
 pub mod log;
 pub mod ops;
 pub mod pg;
+pub mod progress;
 pub mod repo;
 pub mod storage;
 

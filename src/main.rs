@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
-use pgwal::ops::{
-    archive_ahead, backlog, backup, check, expire, fetch, list, prefetch, restore, spool, standby, verify, walspool,
-};
+use pgwal::local::{backlog, data_dir, spool};
+use pgwal::ops::archive::ahead as archive_ahead;
+use pgwal::ops::{backup, check, expire, fetch, list, prefetch, restore, standby, verify};
 use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};
@@ -63,16 +63,13 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         .map_err(Error::io("cannot start the I/O runtime", "-"))?;
     match &cli.command {
         Command::Archive(args) => {
-            let url = cfg.require_repo()?;
-            let store = storage::open_as_caller(url, &cfg.store, Access::CreateIfMissing, cfg.archive.retry_deadline)?;
-            let retry = RetryPolicy::with_deadline(cfg.archive.retry_deadline).quiet();
-            let repo = Repository::new(store, url.clone(), retry);
-            let data_dir = data_dir_of(&cfg);
+            let repo = open_repo(&cfg, Access::CreateIfMissing, cfg.archive.retry_deadline, true)?;
+            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
             if let Some(d) = &data_dir {
                 spool::Spool::new(d).remove_if_recovery_ended();
             }
             let outcome = archive_ahead::archive(&rt, &repo, &args.path, &cfg.archive).inspect_err(|_| {
-                let wal_dir = archive_ahead::wal_dir_of(&args.path);
+                let wal_dir = pgwal::local::markers::wal_dir_of(&args.path);
                 if let Some(b) = backlog::scan(data_dir.as_deref().unwrap_or(&wal_dir), &wal_dir) {
                     pgwal::log_info!("{}", b.describe());
                 }
@@ -87,25 +84,20 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 *rules = fetch::exit_rules(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
             }
             let name = fetch::parse_name(&args.name)?;
-            let url = cfg.require_repo()?;
-            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
-            let retry = RetryPolicy::with_deadline(cfg.fetch.retry_deadline).quiet();
-            let repo = Repository::new(store, url.clone(), retry);
-            let data_dir = data_dir_of(&cfg);
+            let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, true)?;
+            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
             // Outside archive recovery (a fetch by hand in a primary's data
             // directory) nothing is spooled or written into pg_wal/pgwal.
             let spool =
-                data_dir.filter(|d| cfg.fetch.prefetch > 0 && walspool::in_recovery(d)).map(|d| spool::Spool::new(&d));
+                data_dir.filter(|d| cfg.fetch.prefetch > 0 && data_dir::in_recovery(d)).map(|d| spool::Spool::new(&d));
             fetch::fetch_prefetching(&rt, &repo, &name, &args.dest, spool.as_ref(), cfg.file.as_deref())
         }
         Command::PrefetchWal => {
-            let url = cfg.require_repo()?;
-            let data_dir = data_dir_of(&cfg).ok_or_else(|| {
+            cfg.require_repo()?;
+            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref()).ok_or_else(|| {
                 Error::config("no data directory", "run it inside the data directory or pass --pgdata")
             })?;
-            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
-            let retry = RetryPolicy::with_deadline(cfg.fetch.retry_deadline).quiet();
-            let repo = Repository::new(store, url.clone(), retry);
+            let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, true)?;
             prefetch::run(&rt, &repo, &data_dir, cfg.fetch.prefetch)
         }
         Command::Backup(args) => {
@@ -140,29 +132,21 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 opts,
             };
             request.validate()?;
-            let url = cfg.require_repo()?;
-            let deadline = cfg.backup.retry_deadline;
-            let store = storage::open_as_caller(url, &cfg.store, Access::CreateIfMissing, deadline)?;
-            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
+            let repo = open_repo(&cfg, Access::CreateIfMissing, cfg.backup.retry_deadline, false)?;
             let id = backup::backup(&rt, &repo, &request)?;
             println!("{id}");
             Ok(())
         }
         Command::List(args) => {
-            require_data_dir_if_given(&cfg)?;
-            let url = cfg.require_repo()?;
-            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
-            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
-            let data_dir = data_dir_of(&cfg);
+            data_dir::require_if_given(cfg.pgdata.as_deref())?;
+            let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, false)?;
+            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
             print!("{}", backlog::annotate_listing(list::list(&rt, &repo, args.json)?, args.json, data_dir.as_deref()));
             Ok(())
         }
         Command::Check(args) => {
             let url = cfg.require_repo()?;
-            let open_repo = || {
-                let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.archive.retry_deadline)?;
-                Ok(Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.archive.retry_deadline)))
-            };
+            let open_repo = || open_repo(&cfg, Access::MustExist, cfg.archive.retry_deadline, false);
             let request = check::CheckRequest {
                 config_file: cfg.file.clone(),
                 repo_url: url.to_string(),
@@ -184,9 +168,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 })
                 .transpose()?;
             let opts = verify::VerifyOptions { backup, quick: args.quick, jobs: args.jobs.map_or(4, |j| j as usize) };
-            let url = cfg.require_repo()?;
-            let store = storage::open_as_caller(url, &cfg.store, Access::MustExist, cfg.fetch.retry_deadline)?;
-            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(cfg.fetch.retry_deadline));
+            let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, false)?;
             let report = rt.block_on(verify::verify(&repo, &opts))?;
             print!("{}", if args.json { report.render_json() + "\n" } else { report.render_text() });
             let errors = report.problems.iter().filter(|p| p.severity == verify::Severity::Error).count();
@@ -204,10 +186,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             };
             let opts =
                 expire::ExpireOptions { policy, dry_run: args.dry_run, lock_stale_after: cfg.backup.lock_stale_after };
-            let url = cfg.require_repo()?;
-            let deadline = cfg.backup.retry_deadline;
-            let store = storage::open_as_caller(url, &cfg.store, Access::WriteExisting, deadline)?;
-            let repo = Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
+            let repo = open_repo(&cfg, Access::WriteExisting, cfg.backup.retry_deadline, false)?;
             let mut stdout = std::io::stdout().lock();
             let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now(), &mut stdout))?;
             print!("{}", outcome.render());
@@ -216,22 +195,26 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         Command::Restore(args) => {
             let opts = config::restore::restore_options(args, &cfg)?;
             storage::owner::refuse_root_restore(&opts.target_dir, "restore")?;
-            let repo = open_for_restore(&cfg, &opts)?;
+            let repo = open_repo(&cfg, Access::MustExist, opts.retry_deadline, false)?;
             finish_restore(&restore::restore(&rt, &repo, &opts)?)
         }
         Command::Standby(args) => {
             let opts = config::restore::standby_options(args, &cfg)?;
             storage::owner::refuse_root_restore(&opts.target_dir, "standby")?;
-            let repo = open_for_restore(&cfg, &opts)?;
+            let repo = open_repo(&cfg, Access::MustExist, opts.retry_deadline, false)?;
             finish_restore(&standby::standby(&rt, &repo, &opts)?)
         }
     }
 }
 
-/// The repository as `restore` and `standby` read it: never created.
-fn open_for_restore(cfg: &config::Config, opts: &config::restore::RestoreOptions) -> Result<Repository> {
-    let store = storage::open_as_caller(&opts.repo, &cfg.store, Access::MustExist, opts.retry_deadline)?;
-    Ok(Repository::new(store, opts.repo.clone(), RetryPolicy::with_deadline(opts.retry_deadline)))
+/// The configured repository, opened as the command's caller may
+/// ([`storage::open_as_caller`]), its calls retried within `deadline`;
+/// `quiet` for `archive` and `fetch`, whose stderr is PostgreSQL's log.
+fn open_repo(cfg: &config::Config, access: Access, deadline: std::time::Duration, quiet: bool) -> Result<Repository> {
+    let url = cfg.require_repo()?;
+    let store = storage::open_as_caller(url, &cfg.store, access, deadline)?;
+    let retry = RetryPolicy::with_deadline(deadline);
+    Ok(Repository::new(store, url.clone(), if quiet { retry.quiet() } else { retry }))
 }
 
 /// Notices and the summary on stderr, the backup ID alone on stdout.
@@ -242,35 +225,6 @@ fn finish_restore(outcome: &restore::Outcome) -> Result<()> {
     pgwal::log_info!("{}", outcome.summary());
     println!("{}", outcome.backup);
     Ok(())
-}
-
-/// The data directory `archive`, `fetch` and `list` look at: the working
-/// directory when PostgreSQL runs the command there, else `--pgdata` /
-/// `PGDATA` if that is a data directory. A `PGDATA` pointing elsewhere (or
-/// nowhere) is never written into by `archive` or `fetch`.
-fn data_dir_of(cfg: &config::Config) -> Option<std::path::PathBuf> {
-    let pgdata = cfg.pgdata.as_deref().filter(|d| is_data_dir(d));
-    walspool::data_dir(std::env::current_dir().ok().as_deref(), pgdata)
-}
-
-fn is_data_dir(d: &std::path::Path) -> bool {
-    d.join("PG_VERSION").is_file()
-}
-
-/// `list` with a `--pgdata` / `PGDATA` that is not a data directory: say so
-/// rather than leave out the backlog the user asked about.
-fn require_data_dir_if_given(cfg: &config::Config) -> Result<()> {
-    match cfg.pgdata.as_deref() {
-        Some(d) if !is_data_dir(d) => Err(Error::config(
-            format!(
-                "--pgdata / PGDATA '{}' is not a PostgreSQL data directory{}",
-                d.display(),
-                if d.exists() { " (no PG_VERSION in it)" } else { ": it does not exist" }
-            ),
-            "give the data directory of the cluster that archives into this repository, or leave --pgdata out",
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Who will read the error: PostgreSQL's log for archive and fetch.

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use clap::CommandFactory;
-use pgwal::cli::{Cli, EXIT_CODES, FETCH_EXIT_NOTE};
+use pgwal::cli::{Cli, FETCH_EXIT_NOTE};
+use pgwal::error::exit;
 
 /// Escapes text for roff: backslashes and dashes, and a leading dot or quote.
 fn roff(text: &str) -> String {
@@ -66,7 +67,7 @@ fn render(cmd: clap::Command) -> Vec<u8> {
         man.render_subcommands_section(&mut out).expect(io);
     }
     let mut extra = String::from(".SH \"EXIT STATUS\"\n");
-    for (code, meaning) in EXIT_CODES {
+    for (code, meaning) in exit::TABLE {
         extra.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", roff(meaning)));
     }
     extra.push_str(&format!(".PP\n{}\n", roff(FETCH_EXIT_NOTE)));

@@ -181,11 +181,11 @@ struct FileConfig {
     #[serde(default)]
     expire: ExpireSection,
     #[serde(default)]
-    s3: S3Section,
+    s3: S3Options,
     #[serde(default)]
-    gcs: GcsSection,
+    gcs: GcsOptions,
     #[serde(default)]
-    azure: AzureSection,
+    azure: AzureOptions,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,32 +221,6 @@ struct BackupSection {
 struct ExpireSection {
     retain_full: Option<i64>,
     retain_days: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct S3Section {
-    endpoint: Option<String>,
-    region: Option<String>,
-    access_key_id: Option<String>,
-    secret_access_key: Option<String>,
-    session_token: Option<String>,
-    allow_http: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GcsSection {
-    service_account_path: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AzureSection {
-    account: Option<String>,
-    access_key: Option<String>,
-    endpoint: Option<String>,
-    allow_http: Option<bool>,
 }
 
 impl FileConfig {
@@ -464,23 +438,8 @@ pub fn load(o: &Overrides) -> Result<Config> {
         retain_full: retain("retain_full", file.expire.retain_full, MAX_RETAIN_FULL)?,
         retain_days: retain("retain_days", file.expire.retain_days, MAX_RETAIN_DAYS)?,
     };
-    let store = StoreOptions {
-        s3: S3Options {
-            endpoint: file.s3.endpoint,
-            region: file.s3.region,
-            access_key_id: file.s3.access_key_id,
-            secret_access_key: file.s3.secret_access_key,
-            session_token: file.s3.session_token,
-            allow_http: file.s3.allow_http,
-        },
-        gcs: GcsOptions { service_account_path: file.gcs.service_account_path },
-        azure: AzureOptions {
-            account: file.azure.account,
-            access_key: file.azure.access_key,
-            endpoint: file.azure.endpoint,
-            allow_http: file.azure.allow_http,
-        },
-    };
+    // The [s3], [gcs] and [azure] sections are the storage options themselves.
+    let store = StoreOptions { s3: file.s3, gcs: file.gcs, azure: file.azure };
     Ok(Config {
         file: file_path,
         repo,

@@ -354,7 +354,7 @@ impl std::fmt::Debug for Session {
 
 fn db_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
     let what = what.into();
-    move |e| Error::Database { what, detail: pg_error_text(&e) }
+    move |e| Error::Database { what, detail: pg_error_text(&e), source: Some(e) }
 }
 
 impl Session {
@@ -364,9 +364,11 @@ impl Session {
     }
 
     async fn text_required(&self, what: &str, sql: &str) -> Result<String> {
-        self.text(what, sql)
-            .await?
-            .ok_or_else(|| Error::Database { what: what.to_string(), detail: "the server returned NULL".into() })
+        self.text(what, sql).await?.ok_or_else(|| Error::Database {
+            what: what.to_string(),
+            detail: "the server returned NULL".into(),
+            source: None,
+        })
     }
 
     /// `server_version_num` as queried at connection time, e.g. 150018.
@@ -575,12 +577,15 @@ impl Session {
 }
 
 fn not_a_number(what: &str, value: &str) -> Error {
-    Error::Database { what: what.to_string(), detail: format!("'{value}' is not a number") }
+    Error::Database { what: what.to_string(), detail: format!("'{value}' is not a number"), source: None }
 }
 
 fn parse_lsn(what: &str, text: &str) -> Result<Lsn> {
-    text.parse()
-        .map_err(|e: crate::pg::lsn::LsnParseError| Error::Database { what: what.to_string(), detail: e.to_string() })
+    text.parse().map_err(|e: crate::pg::lsn::LsnParseError| Error::Database {
+        what: what.to_string(),
+        detail: e.to_string(),
+        source: None,
+    })
 }
 
 /// The `START TIMELINE:` of a `backup_label`.

@@ -19,6 +19,7 @@ impl Session {
             Err(e) => Err(Error::Database {
                 what: format!("cannot create replication slot '{name}' on the primary"),
                 detail: pg_error_text(&e),
+                source: Some(e),
             }),
         }
     }
@@ -26,7 +27,11 @@ impl Session {
     /// Drops replication slot `name` (one this run created and no longer needs).
     pub async fn drop_slot(&self, name: &str) -> Result<()> {
         self.client.query_one("SELECT 1 FROM pg_drop_replication_slot($1)", &[&name]).await.map_err(|e| {
-            Error::Database { what: format!("cannot drop replication slot '{name}'"), detail: pg_error_text(&e) }
+            Error::Database {
+                what: format!("cannot drop replication slot '{name}'"),
+                detail: pg_error_text(&e),
+                source: Some(e),
+            }
         })?;
         Ok(())
     }

@@ -138,13 +138,13 @@ async fn run_checks(r: &mut Report, req: &CheckRequest<'_>) {
     let not_yet = || format!("repository '{url}' is not initialised yet; the first 'pgwal archive' will create it");
     match (req.open_repo)() {
         Ok(repo) => match repo.identity().await {
-            Ok((true, id)) => {
+            Ok(crate::repo::RepoIdentity { format_exists: true, cluster: id }) => {
                 identity = id;
                 let who =
                     id.map_or_else(|| "no cluster recorded yet".into(), |i| format!("cluster {}", i.system_identifier));
                 r.ok(format!("repository '{url}' is reachable ({who})"));
             }
-            Ok((false, _)) => r.ok(not_yet()),
+            Ok(crate::repo::RepoIdentity { format_exists: false, .. }) => r.ok(not_yet()),
             Err(e) => {
                 repo_ok = false;
                 r.fail_with(&e);

@@ -3,23 +3,21 @@
 //! archive" apart from everything else (see `error::exit_code`).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ExitRules, Result};
+use crate::local::data_dir;
+use crate::local::spool::Spool;
+use crate::local::wal_file;
 use crate::ops::prefetch;
-use crate::ops::spool::Spool;
 use crate::pg::WalFileName;
-use crate::repo::frame::{self, FrameError, FrameHeader};
 use crate::repo::{keys, Repository};
-use crate::storage::pgdata;
 
 /// Which exit-status rules apply to a fetch run from `cwd` (PostgreSQL runs
 /// `restore_command` in the data directory) or for the configured `pgdata`.
 pub fn exit_rules(cwd: Option<&Path>, pgdata: Option<&Path>) -> ExitRules {
-    let data_dir = cwd.filter(|d| d.join("PG_VERSION").exists()).or(pgdata);
-    match data_dir {
-        Some(d) if d.join("standby.signal").exists() => ExitRules::FetchStandby,
+    match data_dir::of_command(cwd, pgdata) {
+        Some(d) if data_dir::in_standby_mode(&d) => ExitRules::FetchStandby,
         _ => ExitRules::FetchRecovery,
     }
 }
@@ -74,7 +72,7 @@ pub fn fetch(rt: &tokio::runtime::Runtime, repo: &Repository, name: &WalFileName
 
     let tmp = temp_path(dest);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    let result = decode_into(&object, &file);
+    let result = wal_file::decode_into(&object, &file);
     drop(object);
     let outcome = match result {
         Ok(Ok(_)) => Ok(()),
@@ -91,23 +89,6 @@ pub fn fetch(rt: &tokio::runtime::Runtime, repo: &Repository, name: &WalFileName
     std::fs::rename(&tmp, dest).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io("cannot rename into place", dest)(e)
-    })
-}
-
-/// Decodes a stored WAL object into `file`, checking its SHA-256. Worker
-/// threads write each piece at its offset as soon as it is decompressed.
-///
-/// PostgreSQL fsyncs every file restore_command hands it (it keeps it in
-/// pg_wal), in its startup process, between replaying one segment and the
-/// next; writeback started as pieces land leaves that fsync less to wait
-/// for. No fsync here: the file is not acknowledged to anyone, and waiting
-/// for the disk kept the prefetcher from staying ahead (measured: no faster
-/// recovery).
-pub fn decode_into(object: &[u8], file: &File) -> std::result::Result<std::io::Result<FrameHeader>, FrameError> {
-    frame::decode_with(object, |offset, piece| {
-        file.write_all_at(piece, offset)?;
-        pgdata::start_writeback(file, offset, piece.len() as u64);
-        Ok(())
     })
 }
 

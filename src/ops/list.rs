@@ -177,7 +177,7 @@ pub async fn listing(repo: &Repository) -> Result<Listing> {
 
 /// Backups and WAL, without the ages.
 async fn listing_without_health(repo: &Repository) -> Result<Listing> {
-    let (format_exists, identity) = repo.identity().await?;
+    let crate::repo::RepoIdentity { format_exists, cluster: identity } = repo.identity().await?;
     if !format_exists {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }

@@ -2,17 +2,12 @@
 //! never global configuration, and returns errors to `main`.
 
 pub mod archive;
-pub mod archive_ahead;
-pub mod backlog;
 pub mod backup;
 pub mod check;
 pub mod expire;
 pub mod fetch;
 pub mod list;
 pub mod prefetch;
-pub mod progress;
 pub mod restore;
-pub mod spool;
 pub mod standby;
 pub mod verify;
-pub mod walspool;

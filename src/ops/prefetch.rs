@@ -30,9 +30,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::ops::fetch;
-use crate::ops::spool::Spool;
-use crate::ops::walspool;
+use crate::local::data_dir as walspool;
+use crate::local::spool::Spool;
+use crate::local::wal_file;
 use crate::pg::history::HistoryEntry;
 use crate::pg::timeline::chain_through;
 use crate::pg::{SegmentNo, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
@@ -134,7 +134,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
     }
     std::fs::create_dir_all(&spool.dir).map_err(Error::io("cannot create", &spool.dir))?;
     let url = repo.url().to_string();
-    let (_, identity) = rt.block_on(repo.identity())?;
+    let identity = rt.block_on(repo.identity())?.cluster;
     let Some(identity) = identity else { return Ok(()) };
     let size = WalSegmentSize::new(identity.wal_segment_size).ok_or_else(|| Error::Corrupt {
         key: keys::cluster().to_string(),
@@ -230,7 +230,7 @@ async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName, url: &
     let Some(object) = repo.get(&key).await? else { return Ok(Attempt::Missing) };
     let tmp = spool.temp_file(name);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    let result = fetch::decode_into(&object, &file);
+    let result = wal_file::decode_into(&object, &file);
     drop(file);
     let outcome = match result {
         Ok(Ok(header)) => spool

@@ -193,7 +193,7 @@ async fn choose_backup(
     notices: &mut Vec<String>,
 ) -> Result<(Manifest, Chain)> {
     repo.require_exists().await?;
-    let (_, identity) = repo.identity().await?;
+    let identity = repo.identity().await?.cluster;
     let Some(identity) = identity else {
         return Err(Error::Unreachable {
             message: format!("repository '{}' holds no cluster yet: nothing was archived or backed up", repo.url()),

@@ -632,7 +632,7 @@ fn check_wal_object(name: &WalFileName, object: &[u8], sysid: u64, size: WalSegm
 /// Runs the checks.
 pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<Report> {
     let started = Instant::now();
-    let (format, identity) = repo.identity().await?;
+    let crate::repo::RepoIdentity { format_exists: format, cluster: identity } = repo.identity().await?;
     if !format {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }
@@ -726,18 +726,6 @@ fn finish(mut report: Report, started: Instant) -> Report {
     report.ok = report.errors() == 0;
     report.seconds = started.elapsed().as_secs_f64();
     report
-}
-
-/// `pgwal verify`: the report to print, and whether the repository is sound.
-pub fn run(
-    rt: &tokio::runtime::Runtime,
-    repo: &Repository,
-    opts: &VerifyOptions,
-    json: bool,
-) -> Result<(String, bool)> {
-    let report = rt.block_on(verify(repo, opts))?;
-    let text = if json { report.render_json() } else { report.render_text() };
-    Ok((text, report.ok))
 }
 
 #[cfg(test)]

@@ -101,6 +101,12 @@ impl ControlFile {
     }
 }
 
+/// The system identifier in the head of a `pg_control` file: its first
+/// eight bytes, in native byte order; `None` if there are fewer.
+pub fn system_identifier(head: &[u8]) -> Option<u64> {
+    head.get(0..8).map(|b| u64::from_ne_bytes(b.try_into().expect("invariant: 8 bytes")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +135,8 @@ mod tests {
         let old = ControlFile::parse(&head(1002, 5, 0x100, 0x80, 1)).expect("parses");
         assert_eq!((old.state, old.redo, old.timeline), (DbState::InArchiveRecovery, Lsn(0x80), TimelineId(1)));
         assert_eq!(ControlFile::parse(&[0u8; 20]), None);
+        assert_eq!(system_identifier(&head(1300, 6, 0, 0, 1)), Some(c.system_identifier));
+        assert_eq!(system_identifier(&[0u8; 7]), None);
         assert_eq!(DbState::from_raw(9).describe(), "unknown state 9");
     }
 }

@@ -42,6 +42,16 @@ pub struct FormatInfo {
     pub instance: Option<String>,
 }
 
+/// What a repository says about itself: whether its format object exists
+/// (it has been created), and the cluster it records, if any yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepoIdentity {
+    /// The format object exists.
+    pub format_exists: bool,
+    /// The recorded cluster.
+    pub cluster: Option<ClusterIdentity>,
+}
+
 /// The one cluster a repository holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
@@ -401,14 +411,14 @@ impl Repository {
 
     /// The recorded cluster identity, checking the format on the way. Both
     /// objects are read concurrently: this runs once per archived segment.
-    pub async fn identity(&self) -> Result<(bool, Option<ClusterIdentity>)> {
+    pub async fn identity(&self) -> Result<RepoIdentity> {
         let cluster_key = keys::cluster();
         let (format, identity) = tokio::join!(self.check_format(), self.get_json::<ClusterIdentity>(&cluster_key));
         let format = format?;
         if !format {
             self.probe_store().await?;
         }
-        Ok((format, identity?))
+        Ok(RepoIdentity { format_exists: format, cluster: identity? })
     }
 
     /// A tag for this repository instance: the SHA-256 (hex, 32 digits) of its

@@ -25,8 +25,10 @@ pub use self::retry::{RetryNotes, RetryPolicy};
 pub use self::url::{RepoUrl, KNOWN_SCHEMES};
 use crate::error::{Error, Result};
 
-/// S3 settings from the config file; the `AWS_*` environment overrides them.
-#[derive(Debug, Clone, Default)]
+/// S3 settings: the config file's `[s3]` section as it is read; the `AWS_*`
+/// environment overrides them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct S3Options {
     /// Endpoint URL for self-hosted or non-AWS S3 (path-style requests).
     pub endpoint: Option<String>,
@@ -42,15 +44,19 @@ pub struct S3Options {
     pub allow_http: Option<bool>,
 }
 
-/// Google Cloud Storage settings; the `GOOGLE_*` environment overrides them.
-#[derive(Debug, Clone, Default)]
+/// Google Cloud Storage settings (the `[gcs]` section); the `GOOGLE_*`
+/// environment overrides them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GcsOptions {
     /// Path to a service account JSON key file.
     pub service_account_path: Option<String>,
 }
 
-/// Azure Blob Storage settings; the `AZURE_*` environment overrides them.
-#[derive(Debug, Clone, Default)]
+/// Azure Blob Storage settings (the `[azure]` section); the `AZURE_*`
+/// environment overrides them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AzureOptions {
     /// Storage account name.
     pub account: Option<String>,

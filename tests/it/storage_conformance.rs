@@ -14,7 +14,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use pgwal::error::Error;
 use pgwal::repo::frame::{self, Compression};
-use pgwal::repo::{keys, ClusterIdentity, PutOutcome, Repository};
+use pgwal::repo::{keys, ClusterIdentity, PutOutcome, RepoIdentity, Repository};
 use pgwal::storage::{self, Access, RepoUrl, RetryPolicy, S3Options, Store, StoreOptions};
 
 fn retry() -> RetryPolicy {
@@ -36,7 +36,7 @@ fn conformance(name: &str, fresh: impl Fn(&str) -> Repository) {
         // A location with nothing in it is "no repository", not an empty one.
         let repo = fresh("missing");
         assert!(matches!(repo.require_exists().await, Err(Error::RepositoryMissing { .. })), "{name}: missing");
-        assert_eq!(repo.identity().await.expect("identity of nothing").1, None, "{name}");
+        assert_eq!(repo.identity().await.expect("identity of nothing").cluster, None, "{name}");
         let key = keys::wal(&"000000010000000000000001".parse().expect("name"));
         assert!(repo.get(&key).await.expect("get of nothing").is_none(), "{name}: get missing");
         assert!(repo.read_header(&key).await.expect("header of nothing").is_none(), "{name}");
@@ -52,7 +52,11 @@ fn conformance(name: &str, fresh: impl Fn(&str) -> Repository) {
             identity(7),
             "{name}: identity must never be replaced"
         );
-        assert_eq!(repo.identity().await.expect("read identity"), (true, Some(identity(7))), "{name}");
+        assert_eq!(
+            repo.identity().await.expect("read identity"),
+            RepoIdentity { format_exists: true, cluster: Some(identity(7)) },
+            "{name}"
+        );
 
         // Create-only puts with checksum comparison.
         let original = vec![42u8; 100_000];

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 use crate::config::{BackupOptions, CheckpointMode};
 use crate::db::{label_timeline, ConnTarget, Session};
 use crate::error::{Error, Result};
-use crate::ops::progress::Progress;
 use crate::pg::control::ControlFile;
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
+use crate::progress::Progress;
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST_FORMAT};
 use crate::repo::lock::BackupLock;
 use crate::repo::{keys, ClusterIdentity, Repository};
@@ -74,7 +74,7 @@ impl BackupRequest {
 pub fn backup(rt: &tokio::runtime::Runtime, repo: &Repository, req: &BackupRequest) -> Result<BackupId> {
     req.validate()?;
     rt.block_on(async {
-        let (format_exists, identity) = repo.identity().await?;
+        let crate::repo::RepoIdentity { format_exists, cluster: identity } = repo.identity().await?;
         if !format_exists {
             repo.create_format().await?;
         }
@@ -126,6 +126,7 @@ async fn check_cluster(
     WalSegmentSize::new(offered.wal_segment_size).ok_or_else(|| Error::Database {
         what: "cannot read wal_segment_size".into(),
         detail: format!("{} is not a valid segment size", offered.wal_segment_size),
+        source: None,
     })
 }
 
@@ -496,7 +497,7 @@ async fn wait_for_wal(
                         s.last_failed_time.map(|t| format!(" at {t}")).unwrap_or_default()
                     )
                 });
-                return Err(Error::WalMissing { segment: names[0].to_string(), seconds: timeout.as_secs(), archiver });
+                return Err(Error::WalMissing { segment: names[0], seconds: timeout.as_secs(), archiver });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::walk::FileToCopy;
 use crate::error::{Error, Result};
-use crate::ops::progress::Progress;
+use crate::progress::Progress;
 use crate::repo::backup::{pack_key, BackupId, Extent, FileEntry, PackBuilder, PackInfo};
 use crate::repo::frame::{self, Compression, FrameHeader};
 use crate::repo::Repository;

@@ -253,7 +253,7 @@ fn policy_error(e: PolicyError) -> Error {
 
 /// Reads what the plan needs: the backups, the lock, the timeline tree.
 async fn model(repo: &Repository, stale_after: Duration) -> Result<(Model, Vec<String>, Vec<String>, Vec<String>)> {
-    let (format, identity) = repo.identity().await?;
+    let crate::repo::RepoIdentity { format_exists: format, cluster: identity } = repo.identity().await?;
     if !format {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }

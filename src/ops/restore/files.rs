@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::ops::progress::Progress;
+use crate::progress::Progress;
 use crate::repo::backup::{
     is_safe_relative_path, manifest_key, pack_key, BackupType, FileEntry, Manifest, MANIFEST_FORMAT,
 };

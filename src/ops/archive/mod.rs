@@ -2,25 +2,23 @@
 //! compresses and hashes it on all cores while the repository's identity is
 //! read, and stores it create-only. Exit 0 means durably stored.
 //!
-//! The per-file work is split in two so that `archive_ahead` can run it for
+//! The per-file work is split in two so that `ahead` can run it for
 //! several files at once: [`encode_file`] (blocking: read, check, frame) and
 //! [`store_encoded`] (async: identity check and create-only put).
+
+pub mod ahead;
 
 use std::fs::File;
 use std::path::Path;
 
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
-use crate::ops::walspool::FileStamp;
+use crate::local::stamp::FileStamp;
 use crate::pg::validate::{validate_segment_head, validate_wal_file, ValidatedWal};
 use crate::pg::{WalFileKind, WalFileName};
 use crate::repo::frame::{self, Compression, FrameHeader};
-use crate::repo::{keys, ClusterIdentity, PutOutcome, Repository};
+use crate::repo::{keys, ClusterIdentity, PutOutcome, RepoIdentity, Repository};
 use crate::storage::mapped::MappedFile;
-
-/// What the repository said about itself: whether its format object exists,
-/// and the cluster it records.
-pub type Known = (bool, Option<ClusterIdentity>);
 
 /// A WAL file read, checked and framed: ready to store.
 #[derive(Debug)]
@@ -108,8 +106,8 @@ fn read_head(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
 
 /// Checks the cluster identity (recording it, and the format, on first use)
 /// and stores the object create-only.
-pub async fn store_encoded(repo: &Repository, encoded: &Encoded, known: Known) -> Result<PutOutcome> {
-    let (format_exists, identity) = known;
+pub async fn store_encoded(repo: &Repository, encoded: &Encoded, known: RepoIdentity) -> Result<PutOutcome> {
+    let RepoIdentity { format_exists, cluster: identity } = known;
     if !format_exists {
         repo.create_format_for(encoded.offered().map(|o| o.system_identifier)).await?;
     }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::ops::archive_ahead::ready_names;
+use crate::local::markers::ready_names;
 
 /// The archive backlog of one data directory.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ops::walspool::{self, FileStamp};
+use crate::local::data_dir;
+use crate::local::stamp::{self, FileStamp};
 use crate::pg::WalFileName;
 
 /// The sidecar of a spooled segment.
@@ -50,7 +51,7 @@ pub struct Spool {
 impl Spool {
     /// The spool of `data_dir`.
     pub fn new(data_dir: &Path) -> Spool {
-        Spool { dir: walspool::pgwal_dir(&data_dir.join("pg_wal")).join("fetch"), data_dir: data_dir.to_path_buf() }
+        Spool { dir: data_dir::pgwal_dir(&data_dir.join("pg_wal")).join("fetch"), data_dir: data_dir.to_path_buf() }
     }
 
     /// The data directory.
@@ -98,7 +99,7 @@ impl Spool {
 
     /// The prefetcher's lock file (beside the spool, which it may remove).
     pub fn lock_path(&self) -> PathBuf {
-        walspool::pgwal_dir(&self.data_dir.join("pg_wal")).join("prefetch.lock")
+        data_dir::pgwal_dir(&self.data_dir.join("pg_wal")).join("prefetch.lock")
     }
 
     /// Moves the spooled `name` to `dest` if it may be trusted (see the
@@ -111,8 +112,8 @@ impl Spool {
         let trusted = serde_json::from_slice::<SpoolMeta>(&text).ok().is_some_and(|m| {
             m.name == name.to_string()
                 && m.repo == repo_url
-                && Some(m.system_identifier) == walspool::system_identifier(&self.data_dir)
-                && m.boot_id == walspool::boot_id()
+                && Some(m.system_identifier) == data_dir::system_identifier(&self.data_dir)
+                && m.boot_id == stamp::boot_id()
                 && FileStamp::read(&file).ok() == Some(m.stamp)
         });
         if trusted && std::fs::rename(&file, dest).is_ok() {
@@ -155,7 +156,7 @@ impl Spool {
             name: name.to_string(),
             repo: repo_url.to_string(),
             system_identifier,
-            boot_id: walspool::boot_id(),
+            boot_id: stamp::boot_id(),
             stamp: FileStamp::read(tmp)?,
             sha256,
         };
@@ -196,7 +197,7 @@ impl Spool {
     /// Removes the spool when recovery is over and no prefetcher runs (the
     /// prefetcher normally does it itself; this catches one that was killed).
     pub fn remove_if_recovery_ended(&self) {
-        if !self.dir.exists() || walspool::in_recovery(&self.data_dir) {
+        if !self.dir.exists() || data_dir::in_recovery(&self.data_dir) {
             return;
         }
         let Ok(lock) = self.open_lock() else { return };

@@ -1,17 +1,22 @@
-//! pgwal's own corner of a data directory, `pg_wal/pgwal/`: the archive
-//! markers (`archive/<repo-id>/NAME.ok`) and the fetch spool (`fetch/`).
-//! Inside `pg_wal` because every backup tool, pgwal's included, skips
-//! `pg_wal`'s contents, and PostgreSQL itself only touches names that look
-//! like WAL files there.
+//! A data directory as pgwal sees it from outside the server: whether a
+//! directory is one, which one a command run by PostgreSQL belongs to, its
+//! recovery state (the signal files), whether its postmaster runs, its
+//! cluster; and pgwal's own corner of it, `pg_wal/pgwal/`, which holds the
+//! archive markers (`archive/<repo-id>/NAME.ok`) and the fetch spool
+//! (`fetch/`). That corner is inside `pg_wal` because every backup tool,
+//! pgwal's included, skips `pg_wal`'s contents, and PostgreSQL itself only
+//! touches names that look like WAL files there.
 //!
-//! Both are caches whose entries say "this file is this content": an entry is
-//! trusted only while the file it describes still has the inode, size and
-//! modification time (nanoseconds) recorded for it, and, for the fetch spool,
-//! only within the boot that wrote it (files written without fsync may come
-//! back empty or torn after a power loss).
+//! Markers and spool are caches whose entries say "this file is this
+//! content": an entry is trusted only while the file it describes still has
+//! the inode, size and modification time (nanoseconds) recorded for it
+//! ([`crate::local::stamp`]), and, for the fetch spool, only within the boot
+//! that wrote it (files written without fsync may come back empty or torn
+//! after a power loss).
 
 use std::path::{Path, PathBuf};
 
+use crate::error::{Error, Result};
 use crate::repo::frame;
 use crate::storage::RepoUrl;
 
@@ -26,17 +31,52 @@ pub fn repo_id(url: &RepoUrl) -> String {
     frame::hex(&frame::sha256(url.to_string().as_bytes()))[..16].to_string()
 }
 
+/// Whether `dir` is a PostgreSQL data directory: it has a `PG_VERSION`.
+pub fn is_data_dir(dir: &Path) -> bool {
+    dir.join("PG_VERSION").is_file()
+}
+
 /// The data directory of a command run by PostgreSQL: the working directory
 /// when it is one (PostgreSQL runs archive_command and restore_command
-/// there), else the configured one.
-pub fn data_dir(cwd: Option<&Path>, pgdata: Option<&Path>) -> Option<PathBuf> {
-    cwd.filter(|d| d.join("PG_VERSION").exists()).or(pgdata).map(Path::to_path_buf)
+/// there), else `pgdata` as given.
+pub fn of_command(cwd: Option<&Path>, pgdata: Option<&Path>) -> Option<PathBuf> {
+    cwd.filter(|d| is_data_dir(d)).or(pgdata).map(Path::to_path_buf)
+}
+
+/// The data directory `archive`, `fetch` and `list` look at: the working
+/// directory when PostgreSQL runs the command there, else the configured
+/// `--pgdata` / `PGDATA` if that is a data directory. A `PGDATA` pointing
+/// elsewhere (or nowhere) is never written into by `archive` or `fetch`.
+pub fn of_this_process(configured: Option<&Path>) -> Option<PathBuf> {
+    of_command(std::env::current_dir().ok().as_deref(), configured.filter(|d| is_data_dir(d)))
+}
+
+/// A `--pgdata` / `PGDATA` that was given must be a data directory (for
+/// `list`: say so rather than leave out the backlog the user asked about).
+pub fn require_if_given(configured: Option<&Path>) -> Result<()> {
+    match configured {
+        Some(d) if !is_data_dir(d) => Err(Error::config(
+            format!(
+                "--pgdata / PGDATA '{}' is not a PostgreSQL data directory{}",
+                d.display(),
+                if d.exists() { " (no PG_VERSION in it)" } else { ": it does not exist" }
+            ),
+            "give the data directory of the cluster that archives into this repository, or leave --pgdata out",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the server in `data_dir` is (still) recovering: PostgreSQL removes
 /// both signal files when recovery ends.
 pub fn in_recovery(data_dir: &Path) -> bool {
-    data_dir.join("recovery.signal").exists() || data_dir.join("standby.signal").exists()
+    data_dir.join("recovery.signal").exists() || in_standby_mode(data_dir)
+}
+
+/// Whether the server in `data_dir` recovers in standby mode (it retries a
+/// failed `restore_command` rather than end recovery).
+pub fn in_standby_mode(data_dir: &Path) -> bool {
+    data_dir.join("standby.signal").exists()
 }
 
 /// The PID of the postmaster running in `data_dir`, if one runs: the first
@@ -53,47 +93,12 @@ pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
     alive.then_some(pid)
 }
 
-/// What identifies one version of a file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FileStamp {
-    /// Size in bytes.
-    pub size: u64,
-    /// Inode number.
-    pub inode: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i128,
-}
-
-impl FileStamp {
-    /// The stamp of a file's metadata.
-    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
-        use std::os::unix::fs::MetadataExt;
-        FileStamp {
-            size: meta.len(),
-            inode: meta.ino(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        }
-    }
-
-    /// The stamp of the file at `path` (following links, as opening it does).
-    pub fn read(path: &Path) -> std::io::Result<FileStamp> {
-        std::fs::metadata(path).map(|m| FileStamp::of(&m))
-    }
-}
-
-/// This boot's identity (Linux), so that files written without fsync before
-/// a crash are never trusted after it.
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
-/// The system identifier recorded in `data_dir`'s `global/pg_control` (its
-/// first eight bytes, little-endian on the platforms PostgreSQL runs on here).
+/// The system identifier recorded in `data_dir`'s `global/pg_control`.
 pub fn system_identifier(data_dir: &Path) -> Option<u64> {
     use std::io::Read;
     let mut head = [0u8; 8];
     std::fs::File::open(data_dir.join("global/pg_control")).ok()?.read_exact(&mut head).ok()?;
-    Some(u64::from_le_bytes(head))
+    crate::pg::control::system_identifier(&head)
 }
 
 #[cfg(test)]
@@ -123,17 +128,5 @@ mod tests {
         assert_ne!(repo_id(&a), repo_id(&b));
         assert_eq!(repo_id(&a), repo_id(&a.clone()));
         assert_eq!(repo_id(&a).len(), 16);
-    }
-
-    #[test]
-    fn stamps_change_when_the_file_is_rewritten() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let f = dir.path().join("f");
-        std::fs::write(&f, b"one").expect("write");
-        let first = FileStamp::read(&f).expect("stamp");
-        assert_eq!(first, FileStamp::read(&f).expect("stamp"));
-        std::fs::write(dir.path().join("g"), b"two").expect("write");
-        std::fs::rename(dir.path().join("g"), &f).expect("rename");
-        assert_ne!(first, FileStamp::read(&f).expect("stamp"), "another inode");
     }
 }
