@@ -7,7 +7,8 @@ use clap::Parser;
 use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
 use pgwal::ops::{
-    archive_ahead, backlog, backup, check, expire, fetch, list, prefetch, restore, spool, standby, verify, walspool,
+    archive_ahead, backlog, backup, check, drill, expire, fetch, list, prefetch, restore, spool, standby, verify,
+    walspool,
 };
 use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
@@ -218,6 +219,23 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             storage::owner::refuse_root_restore(&opts.target_dir, "restore")?;
             let repo = open_for_restore(&cfg, &opts)?;
             finish_restore(&restore::restore(&rt, &repo, &opts)?)
+        }
+        Command::Drill(args) => {
+            drill::refuse_root()?;
+            let req = config::drill::drill_request(args, &cfg)?;
+            let deadline = config::restore::RESTORE_RETRY_DEADLINE;
+            let store = storage::open_as_caller(&req.repo, &cfg.store, Access::MustExist, deadline)?;
+            let repo = Repository::new(store, req.repo.clone(), RetryPolicy::with_deadline(deadline));
+            let outcome = drill::drill(&rt, &repo, &req)?;
+            if let Some(kept) = &outcome.kept {
+                pgwal::log_notice!("kept the scratch directory '{}' (the server is stopped)", kept.display());
+            }
+            let r = &outcome.record;
+            print!("{}", if args.json { drill::report::render_json(r) } else { drill::report::render_text(r) });
+            if !r.passed {
+                return Err(Error::DrillFailed { backup: r.backup.to_string(), findings: r.findings().join("; ") });
+            }
+            Ok(())
         }
         Command::Standby(args) => {
             let opts = config::restore::standby_options(args, &cfg)?;

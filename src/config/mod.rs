@@ -2,6 +2,7 @@
 //! merged once (flag, then environment, then file) and validated into the
 //! typed options the commands take. The one place configuration is read.
 
+pub mod drill;
 pub mod restore;
 
 use std::path::{Path, PathBuf};
@@ -156,6 +157,8 @@ pub struct Config {
     pub expire: RetentionOptions,
     /// Object store settings.
     pub store: StoreOptions,
+    /// `drill`'s scratch directory and time bound (`[drill]`).
+    pub drill: drill::DrillOptions,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +181,8 @@ struct FileConfig {
     gcs: GcsSection,
     #[serde(default)]
     azure: AzureSection,
+    #[serde(default)]
+    drill: drill::DrillSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -456,6 +461,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         retain_full: retain("retain_full", file.expire.retain_full, 10_000)?,
         retain_days: retain("retain_days", file.expire.retain_days, 36_500)?,
     };
+    let drill = drill::drill_options(&file.drill, &shown)?;
     let store = StoreOptions {
         s3: S3Options {
             endpoint: file.s3.endpoint,
@@ -483,6 +489,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         backup,
         expire,
         store,
+        drill,
     })
 }
 

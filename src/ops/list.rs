@@ -128,6 +128,8 @@ pub struct Listing {
     pub incomplete: Vec<String>,
     /// Ages of the newest segment and backup, and the gap count.
     pub health: Health,
+    /// The newest drill of each listed backup that has one, in backup order.
+    pub drills: Vec<crate::ops::drill::report::DrillSummary>,
 }
 
 fn summarize(m: &Manifest) -> BackupSummary {
@@ -191,7 +193,11 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         wal: Vec::new(),
         incomplete,
         health: Health::default(),
+        drills: Vec::new(),
     };
+    let drills = repo.newest_drills().await?;
+    out.drills =
+        manifests.iter().filter_map(|m| drills.get(&m.id)).map(crate::ops::drill::report::DrillSummary::of).collect();
     // Without a recorded cluster nothing was archived yet: no segment size, no WAL.
     let Some(size) = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size)) else { return Ok(out) };
     let inventory = repo.wal_inventory(size).await?;
@@ -352,6 +358,9 @@ pub fn render_text(l: &Listing) -> String {
             out.push_str("  recoverable: nothing (no backup with all its WAL leads onto this timeline)\n");
         }
     }
+    for d in &l.drills {
+        out.push_str(&format!("{}\n", d.line()));
+    }
     let h = &l.health;
     match (&h.newest_segment, h.newest_segment_age_seconds) {
         (Some(s), Some(age)) => out.push_str(&format!("newest WAL segment {s}, archived {} ago", human_age(age))),
@@ -434,6 +443,7 @@ mod tests {
                 newest_backup_age_seconds: Some(7 * 3600 + 60),
                 gaps: 1,
             },
+            drills: Vec::new(),
         }
     }
 

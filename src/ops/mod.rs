@@ -6,6 +6,7 @@ pub mod archive_ahead;
 pub mod backlog;
 pub mod backup;
 pub mod check;
+pub mod drill;
 pub mod expire;
 pub mod fetch;
 pub mod list;
