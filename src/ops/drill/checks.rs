@@ -243,7 +243,9 @@ pub fn amcheck(
         Some(st) if st.success() => check(NAME, CheckOutcome::Passed, "no corruption found in any database"),
         Some(st) => {
             let lines: Vec<&str> = ran.output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            let first = lines.first().copied().unwrap_or("(no output)");
+            // The error or the corrupt relation, rather than a WARNING leading up to it.
+            let telling = |l: &str| l.contains("ERROR:") || l.starts_with("heap table") || l.starts_with("btree index");
+            let first = lines.iter().copied().find(|l| telling(l)).or(lines.first().copied()).unwrap_or("(no output)");
             let code = st.code().map_or_else(|| "a signal".to_string(), |c| format!("exit {c}"));
             check(NAME, CheckOutcome::Failed, format!("{code}, {} line(s) of findings; first: {first}", lines.len()))
         }
@@ -307,6 +309,8 @@ pub fn checksums(
         ),
         Some(_) => {
             let first = ran.output.lines().find(|l| l.contains("checksum verification failed")).unwrap_or("");
+            // Relative to the data directory: the scratch path is gone by the time anyone reads this.
+            let first = first.replace(&format!("{}/", s.data().display()), "");
             check(
                 NAME,
                 CheckOutcome::Failed,

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use self::checks::{check, Reached};
 use self::scratch::Scratch;
@@ -35,8 +35,12 @@ use crate::config::restore::{RestoreOptions, RESTORE_RETRY_DEADLINE};
 use crate::error::{Error, Result};
 use crate::ops::restore;
 use crate::pg::recovery::TargetAction;
+use crate::repo::backup::BackupId;
 use crate::repo::drill::{CheckOutcome, DrillCheck, DrillRecord, DRILL_FORMAT};
 use crate::repo::Repository;
+
+/// How a drill's start is spelled in its record's key and its scratch directory.
+const RECORD_TIME: &str = "%Y%m%dT%H%M%SZ";
 
 /// The checks of a drill, in the order they run.
 pub const CHECKS: [&str; 6] = ["restore", "recovery_target", "queries", "pg_amcheck", "shutdown", "pg_checksums"];
@@ -69,11 +73,11 @@ pub struct Outcome {
 /// Runs one drill as `req` says and stores its record.
 pub fn drill(rt: &tokio::runtime::Runtime, repo: &Repository, req: &DrillRequest) -> Result<Outcome> {
     signals::install();
-    let started = Utc::now();
     let clock = Instant::now();
     let deadline = clock + req.options.timeout;
     let plan = rt.block_on(plan::plan(repo, req))?;
     let m = &plan.manifest;
+    let started = unused_start(rt, repo, &m.id);
     let bin = binaries::find(binaries::major_of(m.server_version_num))?;
     crate::log_info!(
         "drilling backup {} ({}, {}) with {} from '{}'",
@@ -84,7 +88,7 @@ pub fn drill(rt: &tokio::runtime::Runtime, repo: &Repository, req: &DrillRequest
         bin.dir.display()
     );
     scratch::check_room(&req.options.dir, m.data_size, &m.id)?;
-    let s = scratch::create(&req.options.dir, &m.id, &started.format("%Y%m%dT%H%M%SZ").to_string())?;
+    let s = scratch::create(&req.options.dir, &m.id, &started.format(RECORD_TIME).to_string())?;
     let result = run(rt, repo, req, &plan, &bin, &s, deadline);
     let finish = |keep: bool| -> Option<PathBuf> {
         if keep {
@@ -124,6 +128,21 @@ pub fn drill(rt: &tokio::runtime::Runtime, repo: &Repository, req: &DrillRequest
     let kept = finish(req.keep);
     stored?;
     Ok(Outcome { record, kept })
+}
+
+/// Now, or the next second no record of this backup's drills starts in: a
+/// record's key is its start to the second, and a drill that fails at once
+/// can follow another within one.
+fn unused_start(rt: &tokio::runtime::Runtime, repo: &Repository, id: &BackupId) -> DateTime<Utc> {
+    loop {
+        let now = Utc::now();
+        let key = crate::repo::keys::drill_record_key(id, &now.format(RECORD_TIME).to_string());
+        if rt.block_on(repo.modified_once(&key)).is_none() {
+            return now;
+        }
+        let into_second = Duration::from_nanos(u64::from(now.timestamp_subsec_nanos()));
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(into_second) + Duration::from_millis(5));
+    }
 }
 
 /// Every step in the scratch directory; the server is stopped when this returns.
