@@ -227,7 +227,12 @@ replay up to here)}, ...] (oldest first; empty when no backup leads onto the tim
  \"incomplete\": [IDs of backups without a manifest],\n\
  \"health\": {\"newest_segment\": segment name or null, \"newest_segment_time\": RFC 3339 UTC or null, \
 \"newest_segment_age_seconds\": n or null, \"newest_backup\": ID or null, \"newest_backup_age_seconds\": n or \
-null, \"gaps\": number of gaps over all timelines}}\n\n\
+null, \"gaps\": number of gaps over all timelines},\n\
+ \"drills\": [{\"backup\": ID, \"started\": RFC 3339 UTC, \"finished\": RFC 3339 UTC, \"duration_seconds\": \
+whole seconds, \"target\": the recovery target in words, \"reached_lsn\": \"X/Y\" or null, \"reached_timeline\": n \
+or null, \"reached_time\": time of the last replayed transaction or null, \"passed\": bool, \"findings\": [one \
+line per failed check]}, ...] (the newest 'pgwal drill' of each listed backup that has one, in the order of \
+backups; the text output gives one line per drill, before the health line)}\n\n\
 backups are sorted by stop_time, wal by timeline; LSNs are PostgreSQL's X/Y hex form, sizes are bytes.\n\n\
 When the data directory is known (the working directory, --pgdata or PGDATA), list ends with the archive \
 backlog from pg_wal/archive_status/*.ready, and the JSON object has \"archive_backlog\": {\"pgdata\": DIR, \
