@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use common::proxy::{Fault, HttpProxy};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -28,15 +29,17 @@ struct Setup {
 impl Setup {
     fn new() -> Result<Setup> {
         let dir = TestDir::new()?;
+        let repo = format!("repo = \"file://{}\"\n", dir.join("repo").display());
+        Setup::with(dir, &repo)
+    }
+
+    /// A setup whose config starts with `repo_toml` (the repository and its store).
+    fn with(dir: TestDir, repo_toml: &str) -> Result<Setup> {
         let config = dir.join("pgwal.toml");
         let drill_dir = dir.join("drill");
         write_private_file(
             &config,
-            &format!(
-                "repo = \"file://{}\"\n\n[drill]\ndir = \"{}\"\ntimeout = \"10m\"\n",
-                dir.join("repo").display(),
-                drill_dir.display()
-            ),
+            &format!("{repo_toml}\n[drill]\ndir = \"{}\"\ntimeout = \"10m\"\n", drill_dir.display()),
         )?;
         Ok(Setup { dir, config, drill_dir })
     }
@@ -353,5 +356,76 @@ fn root_is_refused_before_anything_is_written() -> Result<()> {
     ensure!(out.stderr.contains("refusing to run a drill as root"), "{out}");
     ensure!(out.stderr.contains("sudo -u postgres pgwal drill"), "{out}");
     ensure!(!s.drill_dir.exists() && !s.repo().exists(), "nothing may be written");
+    Ok(())
+}
+
+/// Over S3 (through a proxy that can stall requests): a good drill passes;
+/// a recovery that cannot get its WAL is stopped at drill.timeout and
+/// recorded as failed; SIGTERM during a drill stops the server, removes the
+/// scratch directory and records nothing.
+#[test]
+fn over_s3_a_drill_passes_is_bounded_by_its_timeout_and_stops_on_sigterm() -> Result<()> {
+    let s3 = S3Server::start()?;
+    s3.create_bucket("pgwal")?;
+    let proxy = HttpProxy::start(s3.port())?;
+    let repo_toml = format!(
+        "repo = \"s3://pgwal/main\"\n\n[s3]\nendpoint = {}\nregion = \"us-east-1\"\naccess_key_id = {}\n\
+         secret_access_key = {}\nallow_http = true\n",
+        toml_quote(&proxy.endpoint()),
+        toml_quote(s3.access_key()),
+        toml_quote(s3.secret_key()),
+    );
+    let s = Setup::with(TestDir::new()?, &repo_toml)?;
+    let pg = s.primary()?;
+    pg.sql("INSERT INTO t SELECT 1, md5(g::text) FROM generate_series(1, 1000) g")?;
+    let id = s.backup(&pg)?;
+    pg.sql("INSERT INTO t SELECT 2, md5(g::text) FROM generate_series(1, 1000) g")?;
+    let newest = archive_now(&pg)?;
+
+    let (out, record) = s.drill(&[])?;
+    ensure!(out.code() == Some(0), "over S3: {out}");
+    ensure!(parse_lsn(record["reached_lsn"].as_str().context("reached_lsn")?)? >= segment_start(&newest)?, "{record}");
+
+    // Every WAL download stalls: recovery cannot proceed, the deadline ends the drill.
+    proxy.inject("GET", "/wal/00000001", Fault::Stall(Duration::from_secs(60)), 1000);
+    let short = s.dir.join("short.toml");
+    write_private_file(
+        &short,
+        &format!("{repo_toml}\n[drill]\ndir = \"{}\"\ntimeout = \"10s\"\n", s.drill_dir.display()),
+    )?;
+    let out = Pgwal::new(["--config", &short.to_string_lossy(), "drill", "--json"]).run()?;
+    ensure!(out.code() == Some(3), "timeout: exit 3 expected: {out}");
+    let timed_out: serde_json::Value = serde_json::from_str(&out.stdout).with_context(|| format!("{out}"))?;
+    let failed = timed_out["checks"].as_array().context("checks")?.iter().find(|c| c["outcome"] == "failed");
+    ensure!(
+        failed.is_some_and(|c| c["detail"].as_str().is_some_and(|d| d.contains("drill.timeout (10s)"))),
+        "timeout: {timed_out}"
+    );
+    ensure!(s.drill_dir_entries().is_empty(), "timeout: scratch left: {:?}", s.drill_dir_entries());
+    no_server_under(&s.drill_dir)?;
+    let list = s.list_json()?;
+    ensure!(list["drills"][0]["started"] == timed_out["started"] && list["drills"][0]["passed"] == false, "{list}");
+
+    // SIGTERM while the server waits for WAL: stopped, removed, nothing recorded.
+    let mut child = s
+        .pgwal(&["drill"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    wait_until(WAIT, "the throwaway server to start", || {
+        Ok(s.drill_dir_entries().iter().any(|e| s.drill_dir.join(e).join("postgresql.log").exists()))
+    })?;
+    let kill = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+    ensure!(kill.success(), "kill -TERM");
+    wait_until(Duration::from_secs(30), "pgwal drill to exit after SIGTERM", || Ok(child.try_wait()?.is_some()))?;
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1) && stderr.contains("interrupted by SIGTERM"), "{:?} {stderr}", out.status);
+    ensure!(s.drill_dir_entries().is_empty(), "SIGTERM: scratch left: {:?}", s.drill_dir_entries());
+    no_server_under(&s.drill_dir)?;
+    let after = s.list_json()?;
+    ensure!(after["drills"] == list["drills"], "nothing recorded: {after}");
+    ensure!(after["drills"][0]["backup"] == id.as_str(), "{after}");
     Ok(())
 }

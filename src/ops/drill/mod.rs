@@ -157,7 +157,7 @@ fn run(
 ) -> Result<(Vec<DrillCheck>, Reached)> {
     let mut checks = Vec::new();
     let mut reached = Reached::default();
-    match restore_in_background(repo, restore_options(req, plan, s), deadline)? {
+    match restore_in_background(rt, repo, restore_options(req, plan, s), deadline)? {
         Restored::Done(outcome) => {
             checks.push(check("restore", CheckOutcome::Passed, outcome.summary()));
         }
@@ -314,7 +314,12 @@ fn is_finding(e: &Error) -> bool {
 /// are noticed while it runs. A restore abandoned that way dies with the
 /// process; the scratch directory is renamed before it is removed, so that
 /// it cannot write there any more.
-fn restore_in_background(repo: &Repository, opts: RestoreOptions, deadline: Instant) -> Result<Restored> {
+fn restore_in_background(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    opts: RestoreOptions,
+    deadline: Instant,
+) -> Result<Restored> {
     let repo = repo.clone();
     let handle: JoinHandle<Result<restore::Outcome>> = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -333,7 +338,10 @@ fn restore_in_background(repo: &Repository, opts: RestoreOptions, deadline: Inst
         if Instant::now() >= deadline {
             return Ok(Restored::TimedOut);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Drive the caller's runtime meanwhile: the object store client is
+        // shared, and connections it opened there (listing the backups)
+        // are served by tasks of that runtime.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
     }
     match handle.join() {
         Ok(Ok(outcome)) => {
