@@ -223,6 +223,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         Command::Drill(args) => {
             drill::refuse_root()?;
             let req = config::drill::drill_request(args, &cfg)?;
+            drill::catch_signals();
             let deadline = config::restore::RESTORE_RETRY_DEADLINE;
             let store = storage::open_as_caller(&req.repo, &cfg.store, Access::MustExist, deadline)?;
             let repo = Repository::new(store, req.repo.clone(), RetryPolicy::with_deadline(deadline));

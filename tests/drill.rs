@@ -166,12 +166,19 @@ fn a_good_backup_passes_is_recorded_and_recovers_every_committed_row() -> Result
     let pg = s.primary()?;
     pg.pgbench_init(1)?;
     pg.sql("INSERT INTO t SELECT 1, md5(g::text) FROM generate_series(1, 1000) g")?;
+    // A tablespace in use by the live cluster: the drill must put its copy elsewhere.
+    let ts = s.dir.subdir("ts_live")?;
+    pg.sql(&format!("CREATE TABLESPACE space1 LOCATION {}", conf_quote(&ts.to_string_lossy())))?;
+    pg.sql("CREATE TABLE in_space (n int) TABLESPACE space1")?;
+    pg.sql("INSERT INTO in_space SELECT generate_series(1, 500)")?;
+    let ts_before = fs::read_dir(&ts)?.count();
     let id = s.backup(&pg)?;
+    pg.sql("INSERT INTO in_space SELECT generate_series(501, 700)")?;
     pg.pgbench(&["--client=2", "--transactions=300", "--no-vacuum"])?;
     pg.sql("INSERT INTO t SELECT 2, md5(g::text) FROM generate_series(1, 1000) g")?;
     let expected = pg.sql(
         "SELECT (SELECT count(*) FROM t) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts) || ' ' || \
-         (SELECT count(*) FROM pgbench_history)",
+         (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT sum(n) FROM in_space)",
     )?;
     let newest = archive_now(&pg)?;
     let system_id = pg.system_identifier()?;
@@ -196,11 +203,16 @@ fn a_good_backup_passes_is_recorded_and_recovers_every_committed_row() -> Result
     let rows = query_kept(
         &kept,
         "SELECT (SELECT count(*) FROM t) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts) || ' ' || \
-         (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT system_identifier FROM pg_control_system())",
+         (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT sum(n) FROM in_space) || ' ' || \
+         (SELECT system_identifier FROM pg_control_system())",
     )?;
+    ensure!(fs::read_dir(&ts)?.count() == ts_before, "the live tablespace directory changed");
+    let link = fs::read_dir(kept.join("data/pg_tblspc"))?.next().context("a tablespace link")??;
+    ensure!(fs::read_link(link.path())?.starts_with(&kept), "the tablespace copy is in the scratch directory");
     ensure!(rows == format!("{expected} {system_id}"), "kept copy has {rows}, expected {expected} {system_id}");
     let pgbench_history: u64 = expected.split(' ').nth(2).context("3 numbers")?.parse()?;
     ensure!(pgbench_history == 600, "pgbench committed {pgbench_history} transactions");
+    ensure!(expected.ends_with(&format!(" {}", 700 * 701 / 2)), "rows in the tablespace: {expected}");
     fs::remove_dir_all(&kept)?;
 
     // Without --keep nothing stays; list shows the newest drill of the backup.

@@ -113,6 +113,16 @@ pub fn drill_request(args: &DrillArgs, cfg: &Config) -> Result<DrillRequest> {
     } else {
         None
     };
+    // The scratch copy must never land in the live cluster's data directory.
+    if let Some(pgdata) = cfg.pgdata.as_deref().map(super::restore::absolute).transpose()? {
+        let dir = &cfg.drill.dir;
+        if dir.starts_with(&pgdata) {
+            return Err(Error::config(
+                format!("drill.dir '{}' overlaps the data directory '{}'", dir.display(), pgdata.display()),
+                format!("set drill.dir to a directory of its own, e.g. \"{DEFAULT_DRILL_DIR}\""),
+            ));
+        }
+    }
     Ok(DrillRequest {
         backup,
         target,
@@ -142,5 +152,28 @@ mod tests {
         {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_scratch_copy_never_goes_into_the_data_directory() {
+        use clap::Parser;
+        let file = std::env::temp_dir().join(format!("pgwal-drill-config-{}.toml", std::process::id()));
+        std::fs::write(&file, "repo = \"file:///r\"\n[drill]\ndir = \"/srv/pg/data/drill\"\n").expect("write");
+        let cli = crate::cli::Cli::try_parse_from(["pgwal", "drill", "--target-immediate", "--keep"]).expect("parse");
+        let crate::cli::Command::Drill(args) = &cli.command else { panic!("drill") };
+        let load = |pgdata: &str| {
+            super::super::load(&super::super::Overrides {
+                config: Some(file.clone()),
+                pgdata: Some(pgdata.into()),
+                ..Default::default()
+            })
+            .expect("config")
+        };
+        let e = drill_request(args, &load("/srv/pg/data")).expect_err("inside PGDATA");
+        assert!(e.to_string().contains("overlaps the data directory"), "{e}");
+        let req = drill_request(args, &load("/srv/pg/other")).expect("elsewhere");
+        assert_eq!((req.target, req.keep), (Some(RecoveryTarget::Immediate), true));
+        assert_eq!(req.options.dir, PathBuf::from("/srv/pg/data/drill"));
+        std::fs::remove_file(&file).expect("cleanup");
     }
 }

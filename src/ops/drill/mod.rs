@@ -70,9 +70,16 @@ pub struct Outcome {
     pub kept: Option<PathBuf>,
 }
 
+/// Routes SIGINT and SIGTERM to the drill, which then stops its server,
+/// removes its scratch directory and returns [`Error::Interrupted`]. For
+/// the `pgwal drill` process only: it replaces the process's handlers (a
+/// long-running caller runs the command as a child process instead).
+pub fn catch_signals() {
+    signals::install();
+}
+
 /// Runs one drill as `req` says and stores its record.
 pub fn drill(rt: &tokio::runtime::Runtime, repo: &Repository, req: &DrillRequest) -> Result<Outcome> {
-    signals::install();
     let clock = Instant::now();
     let deadline = clock + req.options.timeout;
     let plan = rt.block_on(plan::plan(repo, req))?;
