@@ -164,8 +164,10 @@ fn run(
 ) -> Result<(Vec<DrillCheck>, Reached)> {
     let mut checks = Vec::new();
     let mut reached = Reached::default();
+    let phase = Instant::now();
     match restore_in_background(rt, repo, restore_options(req, plan, s), deadline)? {
         Restored::Done(outcome) => {
+            crate::log_info!("{} in {:.1}s", outcome.summary(), phase.elapsed().as_secs_f64());
             checks.push(check("restore", CheckOutcome::Passed, outcome.summary()));
         }
         Restored::Finding(e) => {
@@ -178,10 +180,11 @@ fn run(
         }
     }
     server::write_config(s)?;
+    let phase = Instant::now();
     let mut pg = Server::start(bin, s)?;
     crate::log_info!("started the throwaway server (PID {}) on '{}'", pg.pid(), s.data().display());
     match pg.wait_recovery(s, deadline, || rt.block_on(checks::out_of_recovery(s)))? {
-        Recovery::Ended => {}
+        Recovery::Ended => crate::log_info!("recovery ended after {:.1}s", phase.elapsed().as_secs_f64()),
         Recovery::Exited(status) => {
             let log = server::read_log(s);
             let why = server::last_fatal(&log).unwrap_or_else(|| "no FATAL line in its log".into());
@@ -219,10 +222,12 @@ fn run(
     if let Some(sig) = signals::pending() {
         return Err(server::interrupted(sig));
     }
+    let phase = Instant::now();
     checks.push(match &amcheck_as {
         Some((user, db)) => checks::amcheck(bin, s, user, db, deadline)?,
         None => check("pg_amcheck", CheckOutcome::Skipped, "not run: no connection"),
     });
+    crate::log_info!("pg_amcheck took {:.1}s", phase.elapsed().as_secs_f64());
     let shutdown_by = deadline.max(Instant::now() + SHUTDOWN_GRACE);
     let control = match pg.stop_fast(shutdown_by) {
         Some(status) => {
