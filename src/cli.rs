@@ -217,7 +217,12 @@ replay up to here)}, ...] (oldest first; empty when no backup leads onto the tim
  \"incomplete\": [IDs of backups without a manifest],\n\
  \"health\": {\"newest_segment\": segment name or null, \"newest_segment_time\": RFC 3339 UTC or null, \
 \"newest_segment_age_seconds\": n or null, \"newest_backup\": ID or null, \"newest_backup_age_seconds\": n or \
-null, \"gaps\": number of gaps over all timelines}}\n\n\
+null, \"gaps\": number of gaps over all timelines},\n\
+ \"drills\": [{\"backup\": ID, \"started\": RFC 3339 UTC, \"finished\": RFC 3339 UTC, \"duration_seconds\": \
+whole seconds, \"target\": the recovery target in words, \"reached_lsn\": \"X/Y\" or null, \"reached_timeline\": n \
+or null, \"reached_time\": time of the last replayed transaction or null, \"passed\": bool, \"findings\": [one \
+line per failed check]}, ...] (the newest 'pgwal drill' of each listed backup that has one, in the order of \
+backups; the text output gives one line per drill, before the health line)}\n\n\
 backups are sorted by stop_time, wal by timeline; LSNs are PostgreSQL's X/Y hex form, sizes are bytes.\n\n\
 When the data directory is known (the working directory, --pgdata or PGDATA), list ends with the archive \
 backlog from pg_wal/archive_status/*.ready, and the JSON object has \"archive_backlog\": {\"pgdata\": DIR, \
@@ -273,6 +278,54 @@ on the primary first (an existing slot of that name is used as it is), connectin
 A gap in the archived WAL after the backup is reported as a warning: streaming may bridge it while the \
 primary still has that WAL. Like restore, refuses to run as root.")]
     Standby(StandbyArgs),
+    /// Prove that a backup restores: recover it in a throwaway PostgreSQL and check it
+    #[command(long_about = "Restores a backup into a scratch directory, starts a throwaway PostgreSQL on \
+it, lets it recover through the archived WAL, checks the result, records it in the repository and removes \
+the scratch directory. Never connects to the live cluster nor writes into its data directory.\n\n\
+The backup is --backup ID, else the newest complete backup (by stop time). The scratch directory is \
+DRILL_DIR/ID-TIME, DRILL_DIR being drill.dir of the config file (default /var/tmp/pgwal-drill, created \
+with mode 0700); drill refuses to start when the file system there has less free space than the \
+backup's data size plus 256 MiB. The backup is restored as 'pgwal restore' would (every file checked \
+against its SHA-256), its tablespaces moved into the scratch directory. The server binaries are those of \
+the backup's major version (server_version_num in its manifest): PG_BINDIR, else 'pg_config --bindir', \
+else /usr/lib/postgresql/N/bin, the first whose postgres has that major version.\n\n\
+The throwaway server runs on its own configuration (the cluster's postgresql.conf is not read; settings in \
+its postgresql.auto.conf that could reach outside the scratch directory are overridden on the command \
+line): listen_addresses = '' (no TCP), its Unix socket in the scratch directory, archive_mode = off, no \
+external PID file, hot_standby = off, logging to DIR/postgresql.log. restore_command is this pgwal binary \
+fetching from this repository, exactly as 'pgwal restore' writes it, so the drill exercises the same \
+path as a real recovery; nothing the throwaway server does writes into the repository. Recovery goes to \
+the target given (--target-time, --target-lsn, --target-xid, --target-name, --target-immediate, as for \
+restore), with recovery_target_action = promote so that the copy becomes queryable, else to the newest \
+archived WAL on the backup's timeline (or the newest timeline descending from it). If pgwal dies, the \
+kernel stops the throwaway server (immediate shutdown).\n\n\
+Checks, in order, each passed, failed or skipped with a reason: restore (the backup restored and its \
+WAL is there); recovery_target (the server ended recovery and reached the target: for the default \
+target, the LSN reached is in the newest archived segment of the expected timeline or after its start; \
+for a named target PostgreSQL logged where it stopped; LSN, timeline and the time of the last replayed \
+transaction are recorded); queries (the server answers SELECT on pg_database); pg_amcheck (pg_amcheck \
+--all --install-missing over every database, heap and B-tree checks; skipped when pg_amcheck is not \
+installed); shutdown (a fast shutdown ends with exit 0 and pg_controldata says 'shut down'); \
+pg_checksums (pg_checksums --check after the shutdown, when the cluster has data checksums, else \
+skipped). The checks connect over the scratch socket as the OS user, else as 'postgres'; libpq's \
+PG* environment variables are not passed to the server or the clients.\n\n\
+The result is stored in the repository as drill/ID/TIME (create-only, never rewritten); 'pgwal list' \
+shows the newest drill of each backup. On stdout: one line per check and a summary, or with --json the \
+record: {\"format\": 1, \"backup\": ID, \"started\": RFC 3339, \"finished\": RFC 3339, \
+\"duration_seconds\": seconds, \"target\": the target in words, \"reached_lsn\": \"X/Y\" or null, \
+\"reached_timeline\": n or null, \"reached_time\": RFC 3339 or null, \"passed\": bool, \"checks\": \
+[{\"name\": check, \"outcome\": \"passed\", \"failed\" or \"skipped\", \"detail\": one line (omitted \
+when empty)}, ...]}.\n\n\
+The scratch directory is removed at the end, unless --keep (its path is then printed on stderr; the \
+server is stopped either way). The whole drill is bounded by drill.timeout (default 1h): when recovery \
+or a check is still running then, the server is stopped by its PID and the drill is recorded as failed \
+with the reason. SIGINT or SIGTERM stops the server, removes the scratch directory and records nothing \
+(an interrupted drill proves nothing either way); pgwal then exits 1.\n\n\
+Exits 0 when every check passed (or was skipped), 3 when the drill found a problem (recorded, listed on \
+stdout), 2 for bad usage (an unknown --backup ID, too little free space) and when run as root, which \
+PostgreSQL refuses (run it as the postgres user, e.g. sudo -u postgres pgwal drill), 1 when it could not \
+run (the repository unreachable, no server binaries of the backup's version).")]
+    Drill(DrillArgs),
     /// Check that every backup can be recovered to every point after it
     #[command(long_about = "Checks the repository and lists every problem with its object, WAL segment or \
 backup. Reads back every backup's manifest and every pack it names, decompresses them and recomputes their \
@@ -336,6 +389,38 @@ ID, ...'; 'nothing to expire' first when nothing goes). Refuses (exit 2, nothing
     /// Internal: the background prefetcher that `fetch` starts during recovery
     #[command(name = "prefetch-wal", hide = true)]
     PrefetchWal,
+}
+
+/// Arguments of `drill`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").multiple(false).args([
+    "target_time", "target_lsn", "target_xid", "target_name", "target_immediate"
+])))]
+pub struct DrillArgs {
+    /// Backup to drill [default: the newest complete backup]
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Recover to this time (as for restore) [default: the newest archived WAL]
+    #[arg(long, value_name = "TS")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL position
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// Recover until this transaction has committed
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Recover only until the backup is consistent
+    #[arg(long)]
+    pub target_immediate: bool,
+    /// Print the drill's record as JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the scratch directory (the server is stopped all the same)
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Arguments of `verify`.

@@ -169,6 +169,22 @@ pub enum Error {
         /// How many errors.
         errors: usize,
     },
+    /// `drill` found problems (each was printed and recorded): exit status 3.
+    #[error("the drill of backup '{backup}' failed: {findings}")]
+    DrillFailed {
+        /// The backup drilled.
+        backup: String,
+        /// The failed checks, joined.
+        findings: String,
+    },
+    /// A long-running command was stopped by SIGINT or SIGTERM after cleaning up.
+    #[error("interrupted by {signal}; {what}")]
+    Interrupted {
+        /// The signal's name.
+        signal: &'static str,
+        /// What was undone or left.
+        what: String,
+    },
     /// A recovery target that no backup plus the archived WAL can reach (a
     /// target before the oldest backup, a gap in the WAL): exit status 1.
     #[error("{message}")]
@@ -280,6 +296,11 @@ impl Error {
                 archiver.as_deref().unwrap_or("see pg_stat_archiver and the PostgreSQL log")
             )),
             Error::BadRequest { hint, .. } | Error::Unreachable { hint, .. } => hint.clone(),
+            Error::DrillFailed { .. } => Some(
+                "the checks above say what failed (also in 'pgwal list'); run 'pgwal verify', and 'pgwal drill --keep' \
+                 to look at the copy and its postgresql.log"
+                    .into(),
+            ),
             Error::VerifyFailed { .. } => Some(
                 "each error above names the object, segment or backup; restore missing WAL or objects from another copy, or take a new backup"
                     .into(),
@@ -503,7 +524,7 @@ pub mod exit {
         (OK, "success"),
         (FAILURE, "failure; for fetch exactly \"not in the archive\""),
         (USAGE, "bad usage or configuration"),
-        (PROBLEMS, "verify: the repository has errors (each is listed)"),
+        (PROBLEMS, "verify: the repository has errors (each is listed); drill: a check failed (recorded and listed)"),
         (FETCH_CORRUPT, "fetch outside standby mode: a stored object is corrupt (checksum, size or format)"),
         (FETCH_UNREACHABLE, "fetch outside standby mode: the repository is unreachable or missing"),
         (FETCH_USAGE, "fetch outside standby mode: bad usage or configuration"),
@@ -528,7 +549,7 @@ pub fn exit_code(err: &Error, rules: ExitRules) -> u8 {
     match rules {
         ExitRules::Plain => match err {
             Error::Usage(_) | Error::Config { .. } | Error::BadRequest { .. } => exit::USAGE,
-            Error::VerifyFailed { .. } => exit::PROBLEMS,
+            Error::VerifyFailed { .. } | Error::DrillFailed { .. } => exit::PROBLEMS,
             _ => exit::FAILURE,
         },
         ExitRules::FetchStandby => exit::FAILURE,
@@ -649,12 +670,17 @@ mod tests {
         assert!(!bad.is_transient() && !unreachable.is_transient());
     }
 
-    /// verify's finding has its own status, so scripts tell it from "could not run".
+    /// verify's and drill's findings have their own status, so scripts tell them from "could not run".
     #[test]
     fn verify_problems_exit_3() {
         let e = Error::VerifyFailed { errors: 2 };
         assert_eq!(exit_code(&e, ExitRules::Plain), 3);
         assert!(e.hint().is_some() && !e.is_transient());
+        let d = Error::DrillFailed { backup: "20261123T074000F".into(), findings: "pg_amcheck: 1 corrupt page".into() };
+        assert_eq!(exit_code(&d, ExitRules::Plain), 3);
+        assert!(d.hint().is_some() && !d.to_string().contains('\n'));
+        let i = Error::Interrupted { signal: "SIGTERM", what: "the throwaway server was stopped".into() };
+        assert_eq!(exit_code(&i, ExitRules::Plain), 1);
     }
 
     /// Backup and check failures are plain failures (exit 1), never retried,

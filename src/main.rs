@@ -8,7 +8,7 @@ use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
 use pgwal::local::{backlog, data_dir, spool};
 use pgwal::ops::archive::ahead as archive_ahead;
-use pgwal::ops::{backup, check, expire, fetch, list, prefetch, restore, standby, verify};
+use pgwal::ops::{backup, check, drill, expire, fetch, list, prefetch, restore, standby, verify};
 use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};
@@ -197,6 +197,24 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             storage::owner::refuse_root_restore(&opts.target_dir, "restore")?;
             let repo = open_repo(&cfg, Access::MustExist, opts.retry_deadline, false)?;
             finish_restore(&restore::restore(&rt, &repo, &opts)?)
+        }
+        Command::Drill(args) => {
+            drill::refuse_root()?;
+            let req = config::drill::drill_request(args, &cfg)?;
+            drill::catch_signals();
+            let deadline = config::restore::RESTORE_RETRY_DEADLINE;
+            let store = storage::open_as_caller(&req.repo, &cfg.store, Access::MustExist, deadline)?;
+            let repo = Repository::new(store, req.repo.clone(), RetryPolicy::with_deadline(deadline));
+            let outcome = drill::drill(&rt, &repo, &req)?;
+            if let Some(kept) = &outcome.kept {
+                pgwal::log_notice!("kept the scratch directory '{}' (the server is stopped)", kept.display());
+            }
+            let r = &outcome.record;
+            print!("{}", if args.json { drill::report::render_json(r) } else { drill::report::render_text(r) });
+            if !r.passed {
+                return Err(Error::DrillFailed { backup: r.backup.to_string(), findings: r.findings().join("; ") });
+            }
+            Ok(())
         }
         Command::Standby(args) => {
             let opts = config::restore::standby_options(args, &cfg)?;

@@ -2,6 +2,7 @@
 //! merged once (flag, then environment, then file) and validated into the
 //! typed options the commands take. The one place configuration is read.
 
+pub mod drill;
 pub mod restore;
 
 use std::path::{Path, PathBuf};
@@ -164,6 +165,8 @@ pub struct Config {
     pub expire: RetentionPolicy,
     /// Object store settings.
     pub store: StoreOptions,
+    /// `drill`'s scratch directory and time bound (`[drill]`).
+    pub drill: drill::DrillOptions,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +189,8 @@ struct FileConfig {
     gcs: GcsOptions,
     #[serde(default)]
     azure: AzureOptions,
+    #[serde(default)]
+    drill: drill::DrillSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -438,6 +443,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         retain_full: retain("retain_full", file.expire.retain_full, MAX_RETAIN_FULL)?,
         retain_days: retain("retain_days", file.expire.retain_days, MAX_RETAIN_DAYS)?,
     };
+    let drill = drill::drill_options(&file.drill, &shown)?;
     // The [s3], [gcs] and [azure] sections are the storage options themselves.
     let store = StoreOptions { s3: file.s3, gcs: file.gcs, azure: file.azure };
     Ok(Config {
@@ -450,6 +456,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         backup,
         expire,
         store,
+        drill,
     })
 }
 

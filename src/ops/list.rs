@@ -126,6 +126,8 @@ pub struct Listing {
     pub incomplete: Vec<String>,
     /// Ages of the newest segment and backup, and the gap count.
     pub health: Health,
+    /// The newest drill of each listed backup that has one, in backup order.
+    pub drills: Vec<crate::ops::drill::report::DrillSummary>,
 }
 
 fn summarize(m: &Manifest) -> BackupSummary {
@@ -198,7 +200,15 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         wal: Vec::new(),
         incomplete,
         health: Health::default(),
+        drills: Vec::new(),
     };
+    // The newest drill of each complete backup (drill/ is not part of the catalog's scope yet).
+    let drills = repo.newest_drills().await?;
+    out.drills = drills
+        .values()
+        .filter(|r| out.backups.iter().any(|b| b.id == r.backup.as_str()))
+        .map(crate::ops::drill::report::DrillSummary::of)
+        .collect();
     let Some(size) = size else { return Ok(out) };
     let inventory = catalog.wal();
     let name = |tli: TimelineId, s: SegmentNo| WalFileName::segment(tli, s, size).to_string();
@@ -352,6 +362,9 @@ pub fn render_text(l: &Listing) -> String {
             out.push_str("  recoverable: nothing (no backup with all its WAL leads onto this timeline)\n");
         }
     }
+    for d in &l.drills {
+        out.push_str(&format!("{}\n", d.line()));
+    }
     let h = &l.health;
     match (&h.newest_segment, h.newest_segment_age_seconds) {
         (Some(s), Some(age)) => out.push_str(&format!("newest WAL segment {s}, archived {} ago", human_age(age))),
@@ -434,6 +447,7 @@ mod tests {
                 newest_backup_age_seconds: Some(7 * 3600 + 60),
                 gaps: 1,
             },
+            drills: Vec::new(),
         }
     }
 

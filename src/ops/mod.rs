@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod backup;
 pub mod check;
+pub mod drill;
 pub mod expire;
 pub mod fetch;
 pub mod list;
