@@ -165,6 +165,13 @@ pub enum Error {
         /// How many errors.
         errors: usize,
     },
+    /// Stopped by SIGTERM or SIGINT after cleaning up (a backup removed its
+    /// packs and released its lock): exit status 1.
+    #[error("interrupted by {signal}")]
+    Interrupted {
+        /// `SIGTERM` or `SIGINT`.
+        signal: &'static str,
+    },
     /// A recovery target that no backup plus the archived WAL can reach (a
     /// target before the oldest backup, a gap in the WAL): exit status 1.
     #[error("{message}")]

@@ -7,7 +7,8 @@ use clap::Parser;
 use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
 use pgwal::ops::{
-    archive_ahead, backlog, backup, check, expire, fetch, list, prefetch, restore, spool, standby, verify, walspool,
+    archive_ahead, backlog, backup, check, daemon, expire, fetch, list, prefetch, restore, spool, standby, verify,
+    walspool,
 };
 use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
@@ -213,6 +214,15 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             print!("{}", outcome.render());
             Ok(())
         }
+        Command::Daemon => {
+            let opts = config::daemon::daemon_options(&cfg)?;
+            let reload = || {
+                let cfg = config::load(&overrides)?;
+                let opts = config::daemon::daemon_options(&cfg)?;
+                Ok((cfg, opts))
+            };
+            daemon::run(&rt, cfg.clone(), opts, daemon_launcher(cli, &cfg)?, &reload)
+        }
         Command::Restore(args) => {
             let opts = config::restore::restore_options(args, &cfg)?;
             storage::owner::refuse_root_restore(&opts.target_dir, "restore")?;
@@ -226,6 +236,30 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             finish_restore(&standby::standby(&rt, &repo, &opts)?)
         }
     }
+}
+
+/// How the daemon starts its jobs: this executable, with the configuration
+/// the daemon was given passed on in the environment.
+fn daemon_launcher(cli: &Cli, cfg: &config::Config) -> Result<daemon::jobs::Launcher> {
+    let exe = std::env::current_exe().map_err(Error::io("cannot find the pgwal executable", "/proc/self/exe"))?;
+    let g = &cli.global;
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = Vec::new();
+    if let Some(file) = &cfg.file {
+        env.push(("PGWAL_CONFIG".into(), file.into()));
+    }
+    if let Some(repo) = &g.repo {
+        env.push(("PGWAL_REPO".into(), repo.into()));
+    }
+    if let Some(pgdata) = &g.pgdata {
+        env.push(("PGDATA".into(), pgdata.into()));
+    }
+    if let Some(conninfo) = &g.conninfo {
+        env.push(("PGWAL_CONNINFO".into(), conninfo.into()));
+    }
+    if let Some(level) = g.log_level {
+        env.push(("PGWAL_LOG_LEVEL".into(), format!("{level:?}").to_lowercase().into()));
+    }
+    Ok(daemon::jobs::Launcher { exe, env })
 }
 
 /// The repository as `restore` and `standby` read it: never created.

@@ -2,6 +2,7 @@
 //! merged once (flag, then environment, then file) and validated into the
 //! typed options the commands take. The one place configuration is read.
 
+pub mod daemon;
 pub mod restore;
 
 use std::path::{Path, PathBuf};
@@ -156,6 +157,8 @@ pub struct Config {
     pub expire: RetentionOptions,
     /// Object store settings.
     pub store: StoreOptions,
+    /// `[schedule]`, `[metrics]` and `[health]`, checked by `daemon` alone.
+    pub daemon: daemon::DaemonSections,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +181,12 @@ struct FileConfig {
     gcs: GcsSection,
     #[serde(default)]
     azure: AzureSection,
+    #[serde(default)]
+    schedule: daemon::ScheduleSection,
+    #[serde(default)]
+    metrics: daemon::MetricsSection,
+    #[serde(default)]
+    health: daemon::HealthSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -483,6 +492,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         backup,
         expire,
         store,
+        daemon: daemon::DaemonSections { schedule: file.schedule, metrics: file.metrics, health: file.health },
     })
 }
 
