@@ -333,3 +333,50 @@ fn bad_configuration_is_refused_at_start() -> Result<()> {
     ensure!(out.code() == Some(2) && out.stderr.contains("fulll"), "a mistyped key is refused: {out}");
     Ok(())
 }
+
+#[test]
+fn the_alert_rules_pass_promtool() -> Result<()> {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgwal-alerts.yml");
+    let mut cmd = std::process::Command::new("promtool");
+    cmd.args(["check", "rules"]).arg(&rules);
+    let out =
+        run(&mut cmd, None, COMMAND_TIMEOUT).context("promtool (apt-get install prometheus) must be installed")?;
+    ensure!(out.success() && out.stdout.contains("SUCCESS"), "promtool rejects {}: {out}", rules.display());
+    // Every metric the rules name is one the daemon serves (see man pgwal-daemon).
+    let text = std::fs::read_to_string(&rules)?;
+    let help = Pgwal::new(["daemon", "--help"]).run()?.ensure_success()?.stdout;
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("pgwal_")) {
+        ensure!(help.contains(word), "{word} of the alert rules is not documented by pgwal daemon --help");
+    }
+    Ok(())
+}
+
+#[test]
+fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_bad() -> Result<()> {
+    let dir = TestDir::new()?;
+    let port = free_port()?;
+    let base = format!("[schedule]\nfull = \"0 0 1 1 *\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = write_config(&dir, &base)?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[])?;
+    pg.start()?;
+    let daemon = Daemon::start(&config, &pg, &[])?;
+    let health = || -> Result<Option<(u16, String)>> { http_get(port, "/health") };
+    wait_until(WAIT, "/health to answer", || Ok(health()?.is_some())).with_context(|| daemon.log())?;
+    let (status, body) = health()?.unwrap_or_default();
+    ensure!(status == 200 && body.contains("no [health] ages configured"), "{status} {body:?}");
+
+    write_config(&dir, &format!("{base}[health]\nmax_backup_age = \"1h\"\n"))?;
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_line("reloaded the configuration", WAIT)?;
+    wait_until(WAIT, "/health to apply the new age", || Ok(health()?.is_some_and(|(s, _)| s == 503)))?;
+
+    write_config(&dir, &format!("{base}[health]\nmax_backup_age = \"soon\"\n"))?;
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_line("cannot reload the configuration", WAIT)?;
+    ensure!(line.contains("invalid health.max_backup_age 'soon'"), "{line}");
+    ensure!(health()?.is_some_and(|(s, _)| s == 503), "the configuration in use stays");
+    let mut daemon = daemon;
+    let (status, _) = daemon.terminate(Duration::from_secs(30))?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}

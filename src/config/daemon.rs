@@ -298,6 +298,19 @@ mod tests {
         ScheduleSection { full: Some(full.into()), ..Default::default() }
     }
 
+    /// The example config's daemon sections start a daemon.
+    #[test]
+    fn the_example_config_schedules_and_serves() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgwal.toml");
+        let cfg = super::super::load(&super::super::Overrides { config: Some(path), ..Default::default() })
+            .expect("example config loads");
+        let opts = daemon_options(&cfg).expect("example daemon sections validate");
+        let jobs: Vec<Job> = opts.schedule.iter().map(|(j, _)| *j).collect();
+        assert_eq!(jobs, vec![Job::Full, Job::Expire, Job::Verify]);
+        assert_eq!(opts.metrics.expect("metrics").listen, "127.0.0.1:9187".parse().expect("addr"));
+        assert_eq!(opts.health.max_backup_age, Some(Duration::from_secs(26 * 3600)));
+    }
+
     #[test]
     fn five_field_cron_only() {
         assert!(parse_cron("0 1 * * *").is_ok());
