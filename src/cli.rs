@@ -195,8 +195,11 @@ Without --primary-conninfo a backup from a standby is refused at once (exit 2): 
 that a quiet primary may not finish for hours. --primary-conninfo is ignored when the server is a primary.\n\n\
 Two backups of one repository never run at once: the lock object lock/backup names its holder, and the \
 second backup fails with an error naming it. A lock left by a killed backup on the same host is taken over \
-at once; one from another host after backup.lock_stale_after (default 6h). A killed backup leaves packs \
-without a manifest, which nothing reads and expire removes; run the backup again.")]
+at once; one from another host after backup.lock_stale_after (default 6h). A backup stopped by SIGTERM or \
+SIGINT (systemctl stop, the daemon stopping, Ctrl-C) ends its session (PostgreSQL aborts the backup), \
+removes the packs it stored, releases the lock and exits 1 ('interrupted by SIGTERM'). A backup killed \
+otherwise (SIGKILL, a crash) leaves packs without a manifest, which nothing reads and expire removes; run \
+the backup again.")]
     Backup(BackupArgs),
     /// List backups and archived WAL
     #[command(long_about = "Lists the complete backups (those whose manifest is stored; a backup that is \
