@@ -380,3 +380,84 @@ fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_bad() -> Result<()
     ensure!(status.success(), "{status}");
     Ok(())
 }
+
+#[test]
+fn a_failed_job_is_logged_and_the_next_run_succeeds() -> Result<()> {
+    let dir = TestDir::new()?;
+    let port = free_port()?;
+    let config = write_config(
+        &dir,
+        &format!("[schedule]\nverify = \"* * * * *\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nrefresh = \"2s\"\n"),
+    )?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[])?;
+    pg.start()?;
+    // No repository yet: the first verify fails, and the daemon goes on.
+    let daemon = Daemon::start(&config, &pg, &[("PGWAL_TEST_RUN_AT_START", "verify")])?;
+    let failed = daemon.wait_line("job verify failed: exit status 1", WAIT)?;
+    ensure!(failed.contains(" after "), "{failed}");
+    let log = daemon.log();
+    ensure!(log.contains("pgwal: error: no pgwal repository"), "the job's own error line is in the log: {log}");
+    let metric = |name: &str| -> Result<Option<f64>> {
+        Ok(http_get(port, "/metrics")?.and_then(|(_, page)| sample(&page, name)))
+    };
+    wait_until(WAIT, "verify's failure in /metrics", || Ok(metric("pgwal_verify_last_success")? == Some(0.0)))?;
+
+    // The repository appears (the cluster archives into it); the next scheduled run succeeds.
+    pg.set_conf(&[archive_command_setting(&config)])?;
+    pg.restart()?;
+    let segment = pg.switch_wal()?;
+    pg.wait_archived(&segment, WAIT)?;
+    daemon.wait_line("job verify ended: exit status 0", Duration::from_secs(150)).with_context(|| daemon.log())?;
+    wait_until(WAIT, "verify's success in /metrics", || Ok(metric("pgwal_verify_last_success")? == Some(1.0)))?;
+    ensure!(metric("pgwal_job_last_exit_code{job=\"verify\"}")? == Some(0.0), "the last run's status");
+    let mut daemon = daemon;
+    let (status, _) = daemon.terminate(Duration::from_secs(30))?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}
+
+#[test]
+fn a_backup_stopped_by_sigint_removes_its_packs_and_lock() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = write_config(&dir, "")?;
+    let slow_archive = format!(
+        "archive_command = {}",
+        conf_quote(&format!("sleep 5; {}", pgwal_shell_command(&["--config", &s(&config), "archive", "%p"])))
+    );
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&slow_archive])?;
+    pg.start()?;
+    let mut cmd = Pgwal::new(["--config", &s(&config), "backup", "--conninfo", &pg.conninfo(), "--pgdata"])
+        .arg(pg.data_dir())
+        .command();
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let lock = dir.join("repo/lock/backup");
+    let packs = || -> Result<usize> {
+        let Ok(backups) = std::fs::read_dir(dir.join("repo/backup")) else { return Ok(0) };
+        let mut n = 0;
+        for b in backups {
+            n += std::fs::read_dir(b?.path().join("pack")).map_or(0, |p| p.count());
+        }
+        Ok(n)
+    };
+    wait_until(WAIT, "the backup to store a pack", || Ok(packs()? > 0))?;
+    ensure!(lock.exists(), "the backup holds the lock");
+    // SAFETY: kill only sends a signal, to the backup this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        ensure!(began.elapsed() < Duration::from_secs(30), "the backup did not stop within 30 s of SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().context("stderr")?.read_to_string(&mut stderr)?;
+    ensure!(status.code() == Some(1), "exit 1 after SIGINT, got {status}: {stderr}");
+    ensure!(stderr.contains("pgwal: error: interrupted by SIGINT"), "{stderr}");
+    ensure!(packs()? == 0 && !lock.exists(), "packs and lock are gone: {stderr}");
+    let listing = list_json(&config)?;
+    ensure!(backup_ids(&listing).is_empty() && listing["incomplete"] == serde_json::json!([]), "{listing}");
+    Ok(())
+}
