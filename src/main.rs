@@ -221,7 +221,10 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 let opts = config::daemon::daemon_options(&cfg)?;
                 Ok((cfg, opts))
             };
-            daemon::run(&rt, cfg.clone(), opts, daemon_launcher(cli, &cfg)?, &reload)
+            let exe =
+                std::env::current_exe().map_err(Error::io("cannot find the pgwal executable", "/proc/self/exe"))?;
+            let env = config::daemon::child_env(&overrides, cfg.file.as_deref(), cli.global.log_level);
+            daemon::run(&rt, cfg, opts, daemon::jobs::Launcher { exe, env }, &reload)
         }
         Command::Restore(args) => {
             let opts = config::restore::restore_options(args, &cfg)?;
@@ -236,30 +239,6 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             finish_restore(&standby::standby(&rt, &repo, &opts)?)
         }
     }
-}
-
-/// How the daemon starts its jobs: this executable, with the configuration
-/// the daemon was given passed on in the environment.
-fn daemon_launcher(cli: &Cli, cfg: &config::Config) -> Result<daemon::jobs::Launcher> {
-    let exe = std::env::current_exe().map_err(Error::io("cannot find the pgwal executable", "/proc/self/exe"))?;
-    let g = &cli.global;
-    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = Vec::new();
-    if let Some(file) = &cfg.file {
-        env.push(("PGWAL_CONFIG".into(), file.into()));
-    }
-    if let Some(repo) = &g.repo {
-        env.push(("PGWAL_REPO".into(), repo.into()));
-    }
-    if let Some(pgdata) = &g.pgdata {
-        env.push(("PGDATA".into(), pgdata.into()));
-    }
-    if let Some(conninfo) = &g.conninfo {
-        env.push(("PGWAL_CONNINFO".into(), conninfo.into()));
-    }
-    if let Some(level) = g.log_level {
-        env.push(("PGWAL_LOG_LEVEL".into(), format!("{level:?}").to_lowercase().into()));
-    }
-    Ok(daemon::jobs::Launcher { exe, env })
 }
 
 /// The repository as `restore` and `standby` read it: never created.

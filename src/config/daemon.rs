@@ -153,6 +153,34 @@ pub struct DaemonOptions {
 /// The environment variable behind [`DaemonOptions::run_at_start`].
 pub const RUN_AT_START_ENV: &str = "PGWAL_TEST_RUN_AT_START";
 
+/// The environment the daemon's jobs get: the configuration the daemon was
+/// given (`--config`, `--repo`, `--pgdata`, `--conninfo`, `--log-level`, or
+/// the same variables), as variables rather than arguments, where a
+/// connection string's password would show in `ps`.
+pub fn child_env(
+    o: &super::Overrides,
+    file: Option<&Path>,
+    level: Option<crate::log::Level>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = Vec::new();
+    if let Some(file) = file {
+        env.push(("PGWAL_CONFIG".into(), file.into()));
+    }
+    if let Some(repo) = &o.repo {
+        env.push(("PGWAL_REPO".into(), repo.into()));
+    }
+    if let Some(pgdata) = &o.pgdata {
+        env.push(("PGDATA".into(), pgdata.into()));
+    }
+    if let Some(conninfo) = &o.conninfo {
+        env.push(("PGWAL_CONNINFO".into(), conninfo.into()));
+    }
+    if let Some(level) = level {
+        env.push(("PGWAL_LOG_LEVEL".into(), format!("{level:?}").to_lowercase().into()));
+    }
+    env
+}
+
 /// Parses a 5-field cron expression (minute hour day-of-month month
 /// day-of-week), as crontab(5) has it; croner also takes names (`MON`,
 /// `JAN`), ranges, steps, lists and `@daily`-style nicknames.
@@ -309,6 +337,24 @@ mod tests {
         assert_eq!(jobs, vec![Job::Full, Job::Expire, Job::Verify]);
         assert_eq!(opts.metrics.expect("metrics").listen, "127.0.0.1:9187".parse().expect("addr"));
         assert_eq!(opts.health.max_backup_age, Some(Duration::from_secs(26 * 3600)));
+    }
+
+    #[test]
+    fn jobs_get_the_daemons_configuration_in_their_environment() {
+        let o = super::super::Overrides {
+            config: Some("/etc/pgwal/other.toml".into()),
+            repo: Some("s3://b/p".into()),
+            pgdata: None,
+            conninfo: Some("host=/run password=secret".into()),
+        };
+        let env = child_env(&o, Some(Path::new("/etc/pgwal/other.toml")), Some(crate::log::Level::Warn));
+        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.to_string_lossy().into_owned());
+        assert_eq!(get("PGWAL_CONFIG").as_deref(), Some("/etc/pgwal/other.toml"));
+        assert_eq!(get("PGWAL_REPO").as_deref(), Some("s3://b/p"));
+        assert_eq!(get("PGWAL_CONNINFO").as_deref(), Some("host=/run password=secret"));
+        assert_eq!(get("PGWAL_LOG_LEVEL").as_deref(), Some("warn"));
+        assert_eq!(get("PGDATA"), None, "what was not given is inherited as it is");
+        assert!(Job::ALL.iter().all(|j| !j.args().iter().any(|a| a.contains("secret"))));
     }
 
     #[test]

@@ -142,7 +142,7 @@ async fn serve(cfg: Config, opts: DaemonOptions, launcher: Launcher, reload: Rel
     let sig = |kind: SignalKind| signal(kind).map_err(Error::io("cannot install a signal handler", "-"));
     let (mut term, mut int, mut hup) =
         (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
-    let (mut cfg, mut opts) = (cfg, opts);
+    let mut cfg = cfg;
     let state = Arc::new(Mutex::new(State { health: opts.health, pgdata: data_dir_of(&cfg), ..Default::default() }));
     let listen = opts.metrics.as_ref().map(|m| m.listen);
     let _http = match listen {
@@ -221,7 +221,7 @@ async fn serve(cfg: Config, opts: DaemonOptions, launcher: Launcher, reload: Rel
                         s.health = o.health;
                         s.pgdata = data_dir_of(&c);
                     }
-                    (cfg, opts) = (c, o);
+                    cfg = c;
                     crate::log_info!("reloaded the configuration: {}", timers.describe());
                     refresher.start(&cfg, &state);
                 }
@@ -230,7 +230,6 @@ async fn serve(cfg: Config, opts: DaemonOptions, launcher: Launcher, reload: Rel
             _ = term.recv() => return stop(running, &state, "SIGTERM").await,
             _ = int.recv() => return stop(running, &state, "SIGINT").await,
         }
-        let _ = &opts;
     }
 }
 
