@@ -461,3 +461,72 @@ fn a_backup_stopped_by_sigint_removes_its_packs_and_lock() -> Result<()> {
     ensure!(backup_ids(&listing).is_empty() && listing["incomplete"] == serde_json::json!([]), "{listing}");
     Ok(())
 }
+
+#[test]
+fn s3_backup_jobs_show_in_metrics_and_sigterm_leaves_nothing() -> Result<()> {
+    let dir = TestDir::new()?;
+    let s3 = S3Server::start()?;
+    let bucket = s3.create_bucket("pgwal")?;
+    let port = free_port()?;
+    let config = dir.join("pgwal.toml");
+    write_private_file(
+        &config,
+        &format!(
+            "{}\n[schedule]\nfull = \"0 0 1 1 *\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nrefresh = \"2s\"\n",
+            s3.config_toml("s3://pgwal/main")
+        ),
+    )?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config)])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 5000) g")?;
+
+    // A backup job into S3 completes, and the metrics show it.
+    let mut daemon = Daemon::start(&config, &pg, &[("PGWAL_TEST_RUN_AT_START", "full")])?;
+    daemon.wait_line("job full ended: exit status 0", WAIT).with_context(|| daemon.log())?;
+    let listing = list_json(&config)?;
+    let ids = backup_ids(&listing);
+    ensure!(ids.len() == 1, "{listing}");
+    let stop_time =
+        chrono::DateTime::parse_from_rfc3339(listing["backups"][0]["stop_time"].as_str().unwrap_or(""))?.timestamp();
+    let mut page = String::new();
+    wait_until(Duration::from_secs(60), "the S3 backup in /metrics", || {
+        page = http_get(port, "/metrics")?.map(|(_, body)| body).unwrap_or_default();
+        Ok(sample(&page, "pgwal_backup_last_success_timestamp_seconds{type=\"full\"}").is_some())
+    })?;
+    let shown = sample(&page, "pgwal_backup_last_success_timestamp_seconds{type=\"full\"}").unwrap_or(0.0);
+    ensure!((shown - stop_time as f64).abs() <= 2.0, "{shown} vs {stop_time}\n{page}");
+    promtool_accepts(&page)?;
+    ensure!(daemon.terminate(Duration::from_secs(30))?.0.success(), "{}", daemon.log());
+
+    // With a slow archiver, SIGTERM reaches the next backup job while it waits for its WAL.
+    let slow_archive = format!(
+        "archive_command = {}",
+        conf_quote(&format!("sleep 5; {}", pgwal_shell_command(&["--config", &s(&config), "archive", "%p"])))
+    );
+    pg.set_conf(&[slow_archive])?;
+    pg.reload()?;
+    let mut daemon = Daemon::start(&config, &pg, &[("PGWAL_TEST_RUN_AT_START", "full")])?;
+    let repo_root = bucket.join("main");
+    let new_packs = || -> Result<bool> {
+        let Ok(backups) = std::fs::read_dir(repo_root.join("backup")) else { return Ok(false) };
+        for b in backups {
+            let b = b?;
+            if b.file_name().to_string_lossy() != ids[0]
+                && std::fs::read_dir(b.path().join("pack")).is_ok_and(|mut p| p.next().is_some())
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    wait_until(WAIT, "the second backup job to store a pack in S3", new_packs).with_context(|| daemon.log())?;
+    daemon.wait_line("waiting up to", WAIT)?;
+    let (status, took) = daemon.terminate(Duration::from_secs(30))?;
+    ensure!(status.success() && took < Duration::from_secs(30), "{status} {took:?}\n{}", daemon.log());
+    let listing = list_json(&config)?;
+    ensure!(backup_ids(&listing) == ids, "only the complete backup is listed: {listing}");
+    ensure!(listing["incomplete"] == serde_json::json!([]), "nothing of the interrupted one: {listing}");
+    ensure!(!new_packs()?, "its packs are gone from the bucket");
+    ensure!(!repo_root.join("lock/backup").exists(), "the lock object is gone");
+    Ok(())
+}

@@ -82,7 +82,7 @@ impl Launcher {
         // process; it is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -101,6 +101,16 @@ impl Running {
         // SAFETY: kill only sends a signal; the PID is our unreaped child's.
         unsafe {
             libc::kill(pid, signal);
+        }
+    }
+
+    /// Sends `signal` to the child's process group (its own, see
+    /// [`Launcher::start`]): the child and any helper it started.
+    pub fn signal_group(&self, signal: libc::c_int) {
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else { return };
+        // SAFETY: as above; the group ID is our unreaped child's PID.
+        unsafe {
+            libc::kill(-pid, signal);
         }
     }
 }

@@ -63,42 +63,69 @@ fn data_dir_of(cfg: &Config) -> Option<PathBuf> {
     cfg.pgdata.clone().filter(|d| d.join("PG_VERSION").is_file())
 }
 
-/// Re-reads the repository in the background, one read at a time.
+/// Re-reads the repository in the background, one read at a time. A read
+/// asked for while one runs (a job ended during a periodic read, which may
+/// have missed its result) makes that read run once more when it is done.
 struct Refresher {
     busy: Arc<AtomicBool>,
+    again: Arc<AtomicBool>,
 }
 
 impl Refresher {
+    fn new() -> Refresher {
+        Refresher { busy: Arc::new(AtomicBool::new(false)), again: Arc::new(AtomicBool::new(false)) }
+    }
+
     fn start(&self, cfg: &Config, state: &Arc<Mutex<State>>) {
+        self.again.store(true, Ordering::SeqCst);
         if self.busy.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (busy, state) = (self.busy.clone(), state.clone());
+        let (busy, again, state) = (self.busy.clone(), self.again.clone(), state.clone());
         let (url, store_opts, deadline) = (cfg.repo.clone(), cfg.store.clone(), cfg.fetch.retry_deadline);
         tokio::spawn(async move {
-            let read = async {
-                let url = url.ok_or_else(|| Error::config("no repository configured", "set repo"))?;
-                let store = storage::open_as_caller(&url, &store_opts, Access::MustExist, deadline)?;
-                let repo = Repository::new(store, url, RetryPolicy::with_deadline(deadline).quiet());
-                Snapshot::read(&repo).await
-            };
-            let result = read.await;
-            let mut s = state_of(&state);
-            match result {
-                Ok(snapshot) => {
-                    s.snapshot = Some((snapshot, chrono::Utc::now()));
-                    s.read_error = None;
-                }
-                Err(e) => {
-                    let line = e.one_line();
-                    if s.read_error.as_deref() != Some(line.as_str()) {
-                        crate::log_warn!("cannot read the repository for the metrics: {line}");
-                    }
-                    s.read_error = Some(line);
+            loop {
+                refresh_while_asked(&again, &url, &store_opts, deadline, &state).await;
+                busy.store(false, Ordering::SeqCst);
+                // Asked again between the last read and `busy` going down: read once more.
+                if !again.load(Ordering::SeqCst) || busy.swap(true, Ordering::SeqCst) {
+                    break;
                 }
             }
-            busy.store(false, Ordering::SeqCst);
         });
+    }
+}
+
+/// Reads the repository into `state` until no read was asked for meanwhile.
+async fn refresh_while_asked(
+    again: &AtomicBool,
+    url: &Option<crate::storage::RepoUrl>,
+    store_opts: &crate::storage::StoreOptions,
+    deadline: Duration,
+    state: &Mutex<State>,
+) {
+    while again.swap(false, Ordering::SeqCst) {
+        let read = async {
+            let url = url.clone().ok_or_else(|| Error::config("no repository configured", "set repo"))?;
+            let store = storage::open_as_caller(&url, store_opts, Access::MustExist, deadline)?;
+            let repo = Repository::new(store, url, RetryPolicy::with_deadline(deadline).quiet());
+            Snapshot::read(&repo).await
+        };
+        let result = read.await;
+        let mut s = state_of(state);
+        match result {
+            Ok(snapshot) => {
+                s.snapshot = Some((snapshot, chrono::Utc::now()));
+                s.read_error = None;
+            }
+            Err(e) => {
+                let line = e.one_line();
+                if s.read_error.as_deref() != Some(line.as_str()) {
+                    crate::log_warn!("cannot read the repository for the metrics: {line}");
+                }
+                s.read_error = Some(line);
+            }
+        }
     }
 }
 
@@ -161,7 +188,7 @@ async fn serve(cfg: Config, opts: DaemonOptions, launcher: Launcher, reload: Rel
     let refresh_period =
         |o: &DaemonOptions| o.metrics.as_ref().map_or(crate::config::daemon::DEFAULT_METRICS_REFRESH, |m| m.refresh);
     let mut refresh_every = interval(refresh_period(&opts));
-    let refresher = Refresher { busy: Arc::new(AtomicBool::new(false)) };
+    let refresher = Refresher::new();
     refresher.start(&cfg, &state);
 
     let mut timers = schedule::Timers::new(&opts.schedule, chrono::Local::now());
@@ -242,12 +269,12 @@ async fn stop(running: Option<Running>, state: &Mutex<State>, signal: &str) -> R
             Ok(status) => job_ended(state, r.job, status.map_or(Ended::Lost, Ended::from_status), r.began.elapsed()),
             Err(_) => {
                 crate::log_warn!(
-                    "job {} (pid {}) did not stop within {}s of SIGTERM: killing it",
+                    "job {} (pid {}) did not stop within {}s of SIGTERM: killing it and its process group",
                     r.job.name(),
                     r.pid,
                     JOB_STOP_GRACE.as_secs()
                 );
-                r.signal(libc::SIGKILL);
+                r.signal_group(libc::SIGKILL);
                 let status = tokio::time::timeout(Duration::from_secs(3), r.child.wait()).await;
                 let ended = match status {
                     Ok(Ok(s)) => Ended::from_status(s),
