@@ -185,8 +185,11 @@ Without --primary-conninfo a backup from a standby is refused at once (exit 2): 
 that a quiet primary may not finish for hours. --primary-conninfo is ignored when the server is a primary.\n\n\
 Two backups of one repository never run at once: the lock object lock/backup names its holder, and the \
 second backup fails with an error naming it. A lock left by a killed backup on the same host is taken over \
-at once; one from another host after backup.lock_stale_after (default 6h). A killed backup leaves packs \
-without a manifest, which nothing reads and expire removes; run the backup again.")]
+at once; one from another host after backup.lock_stale_after (default 6h). A backup stopped by SIGTERM or \
+SIGINT (systemctl stop, the daemon stopping, Ctrl-C) ends its session (PostgreSQL aborts the backup), \
+removes the packs it stored, releases the lock and exits 1 ('interrupted by SIGTERM'). A backup killed \
+otherwise (SIGKILL, a crash) leaves packs without a manifest, which nothing reads and expire removes; run \
+the backup again.")]
     Backup(BackupArgs),
     /// List backups and archived WAL
     #[command(long_about = "Lists the complete backups (those whose manifest is stored; a backup that is \
@@ -386,6 +389,44 @@ half way. --dry-run prints the same lines as 'would remove ...'. Then the backup
 ID, ...'; 'nothing to expire' first when nothing goes). Refuses (exit 2, nothing deleted) --retain-full 0, \
 --retain-days 0 or negative, and a repository without any complete backup.")]
     Expire(ExpireArgs),
+    /// Run backups, expire, verify and drills on a schedule, and serve Prometheus metrics
+    #[command(long_about = "A long-running service for one repository (see config/pgwal-daemon.service \
+for a systemd unit). It runs the jobs of the config file's [schedule] section: full, expire, verify and \
+drill, each a 5-field cron expression in local time (minute hour day-of-month month day-of-week, e.g. \
+\"0 1 * * *\"; names, ranges, steps and @daily work too). diff and incr are refused at start until \
+those backup types exist. A bad expression stops the daemon at start (exit 2) with one line naming the key.\n\n\
+Jobs run one at a time from a queue, jobs due in the same minute in the order full, expire, verify, drill; a \
+job that comes due while it still waits or runs is not queued twice. Each job is this pgwal executable run \
+as 'pgwal backup --type full', 'pgwal expire', 'pgwal verify' or 'pgwal drill', with the daemon's \
+--config, --repo, --pgdata, --conninfo and --log-level passed in the environment: it takes the same locks \
+and follows the same output rules as that command run by hand, its stdout and stderr go where the \
+daemon's go (the journal), and its failure or crash is logged and never stops the daemon. One line on \
+stderr when a job starts ('job full started: pgwal backup --type full (pid N)') and one when it ends \
+('job full ended: exit status 0 after 12.3s', or a warning 'job full failed: exit status 1 after 3.0s').\n\n\
+With [metrics] listen = \"127.0.0.1:PORT\" it serves GET /metrics (OpenMetrics text, which Prometheus \
+scrapes) and GET /health. The address must be a loopback one unless metrics.allow_remote = true. Metrics: \
+pgwal_backup_last_success_timestamp_seconds{type} and pgwal_backup_last_duration_seconds{type} (stop time \
+and start-to-stop time of the newest complete backup of each type), pgwal_backups, \
+pgwal_backups_incomplete, pgwal_repository_stored_bytes (the packs of the complete backups; archived WAL \
+not included), pgwal_archive_newest_segment_timestamp_seconds and pgwal_archive_newest_segment_age_seconds, \
+pgwal_archive_gaps, pgwal_archive_backlog_files, _bytes and _lag_seconds (when --pgdata / PGDATA is a data \
+directory), pgwal_drill_last_success and pgwal_drill_last_timestamp_seconds (the newest drill result in \
+the repository), pgwal_verify_last_success and pgwal_verify_last_timestamp_seconds (the daemon's last \
+verify job), pgwal_job_last_exit_code{job}, pgwal_job_last_end_timestamp_seconds{job}, \
+pgwal_job_last_duration_seconds{job}, pgwal_job_running{job}, pgwal_jobs_queued, pgwal_repository_up and \
+pgwal_repository_read_timestamp_seconds. A value not known yet (no backup, no verify run) is left out. The \
+repository is read as list reads it, at start, after each job and every metrics.refresh (default 1m), \
+never per scrape; ages are computed at each scrape.\n\n\
+GET /health answers 200 and one line when the newest complete backup stopped within \
+health.max_backup_age, the newest archived segment was stored within health.max_archive_age, and the \
+newest drill finished within health.max_drill_age and passed (durations such as \"26h\", \"15m\", \
+\"8d\"); otherwise 503 and one line saying why. A part without an age is not checked.\n\n\
+SIGTERM or SIGINT: the running job gets SIGTERM (a backup then removes its packs and releases the lock, so \
+nothing of it is listed), the daemon waits for it up to 25s (then SIGKILL) and exits 0; the interrupted \
+job runs again at its next time. SIGHUP reads the config file again: the schedule, health ages and refresh \
+period change at once, the running job goes on; a changed metrics.listen takes effect at the next start; a \
+file that does not load is logged and the old configuration kept.")]
+    Daemon,
     /// Internal: the background prefetcher that `fetch` starts during recovery
     #[command(name = "prefetch-wal", hide = true)]
     PrefetchWal,

@@ -8,7 +8,7 @@ use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
 use pgwal::local::{backlog, data_dir, spool};
 use pgwal::ops::archive::ahead as archive_ahead;
-use pgwal::ops::{backup, check, drill, expire, fetch, list, prefetch, restore, standby, verify};
+use pgwal::ops::{backup, check, daemon, drill, expire, fetch, list, prefetch, restore, standby, verify};
 use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};
@@ -191,6 +191,18 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now(), &mut stdout))?;
             print!("{}", outcome.render());
             Ok(())
+        }
+        Command::Daemon => {
+            let opts = config::daemon::daemon_options(&cfg)?;
+            let reload = || {
+                let cfg = config::load(&overrides)?;
+                let opts = config::daemon::daemon_options(&cfg)?;
+                Ok((cfg, opts))
+            };
+            let exe =
+                std::env::current_exe().map_err(Error::io("cannot find the pgwal executable", "/proc/self/exe"))?;
+            let env = config::daemon::child_env(&overrides, cfg.file.as_deref(), cli.global.log_level);
+            daemon::run(&rt, cfg, opts, daemon::jobs::Launcher { exe, env }, &reload)
         }
         Command::Restore(args) => {
             let opts = config::restore::restore_options(args, &cfg)?;

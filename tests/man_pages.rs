@@ -47,7 +47,7 @@ The config file when neither \-\-config nor PGWAL_CONFIG names one; optional.
 An annotated example ships as config/pgwal.toml. Unknown keys are refused, and
 so is a file holding secrets that every user can read.
 .SH "SEE ALSO"
-\fBpgwal\fR(1), \fBpgwal\-archive\fR(1), \fBpgwal\-fetch\fR(1), \fBpgwal\-backup\fR(1), \fBpgwal\-list\fR(1), \fBpgwal\-check\fR(1), \fBpgwal\-restore\fR(1), \fBpgwal\-standby\fR(1), \fBpgwal\-verify\fR(1), \fBpgwal\-drill\fR(1), \fBpgwal\-expire\fR(1), \fBpgwal\-repository\fR(5)
+\fBpgwal\fR(1), \fBpgwal\-archive\fR(1), \fBpgwal\-fetch\fR(1), \fBpgwal\-backup\fR(1), \fBpgwal\-list\fR(1), \fBpgwal\-check\fR(1), \fBpgwal\-restore\fR(1), \fBpgwal\-standby\fR(1), \fBpgwal\-verify\fR(1), \fBpgwal\-drill\fR(1), \fBpgwal\-expire\fR(1), \fBpgwal\-daemon\fR(1), \fBpgwal\-repository\fR(5)
 "#;
 
 /// The sections clap_mangen renders, then pgwal's own: exit status (from the

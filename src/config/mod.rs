@@ -2,6 +2,7 @@
 //! merged once (flag, then environment, then file) and validated into the
 //! typed options the commands take. The one place configuration is read.
 
+pub mod daemon;
 pub mod drill;
 pub mod restore;
 
@@ -167,6 +168,8 @@ pub struct Config {
     pub store: StoreOptions,
     /// `drill`'s scratch directory and time bound (`[drill]`).
     pub drill: drill::DrillOptions,
+    /// `[schedule]`, `[metrics]` and `[health]`, checked by `daemon` alone.
+    pub daemon: daemon::DaemonSections,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +194,12 @@ struct FileConfig {
     azure: AzureOptions,
     #[serde(default)]
     drill: drill::DrillSection,
+    #[serde(default)]
+    schedule: daemon::ScheduleSection,
+    #[serde(default)]
+    metrics: daemon::MetricsSection,
+    #[serde(default)]
+    health: daemon::HealthSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -457,6 +466,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         expire,
         store,
         drill,
+        daemon: daemon::DaemonSections { schedule: file.schedule, metrics: file.metrics, health: file.health },
     })
 }
 

@@ -4,9 +4,11 @@
 pub mod archive;
 pub mod backup;
 pub mod check;
+pub mod daemon;
 pub mod drill;
 pub mod expire;
 pub mod fetch;
+pub mod interrupt;
 pub mod list;
 pub mod prefetch;
 pub mod restore;

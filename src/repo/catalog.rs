@@ -531,9 +531,12 @@ impl Repository {
     async fn inventory_below(&self, top: &WalTop, segment_size: WalSegmentSize) -> Result<WalInventory> {
         let mut inventory =
             WalInventory { segment_size: Some(segment_size), histories: top.histories.clone(), ..Default::default() };
-        let dirs: Vec<&String> = top.log_dirs.iter().filter(|d| d.len() == 16).collect();
+        // Owned names: a stream of borrowed ones makes the future not `Send`
+        // for every lifetime (rustc's higher-ranked limitation), and the
+        // daemon reads the catalog on a spawned task.
+        let dirs: Vec<String> = top.log_dirs.iter().filter(|d| d.len() == 16).cloned().collect();
         let listings: Vec<Vec<String>> = futures::stream::iter(dirs)
-            .map(|d| async move { self.list_entries(&keys::log_dir_named(d)).await.map(|l| l.objects) })
+            .map(|d| async move { self.list_entries(&keys::log_dir_named(&d)).await.map(|l| l.objects) })
             .buffer_unordered(16)
             .try_collect()
             .await?;

@@ -11,6 +11,7 @@ mod archive_fetch_failures;
 mod backup;
 mod check;
 mod cli;
+mod daemon;
 mod drill;
 mod e2e_archive_recovery;
 mod expire;

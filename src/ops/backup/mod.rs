@@ -22,7 +22,8 @@
 //! 8. store the manifest, last: only now does the backup exist.
 //!
 //! A backup that fails after step 4 removes the packs it stored (they are
-//! not a backup) and says so. One killed anywhere before 8 leaves packs that
+//! not a backup) and says so; so does one stopped by SIGTERM or SIGINT, which
+//! then releases its lock and exits 1. One killed (SIGKILL) before 8 leaves packs that
 //! no manifest names, invisible to `list` and `restore`, and a lock the next
 //! backup takes over; `expire` removes those packs.
 
@@ -79,7 +80,17 @@ pub fn backup(rt: &tokio::runtime::Runtime, repo: &Repository, req: &BackupReque
             repo.create_format().await?;
         }
         let lock = BackupLock::acquire(repo, req.opts.lock_stale_after).await?;
-        let result = backup_locked(repo, req, identity).await;
+        let chosen = std::sync::OnceLock::new();
+        // SIGTERM / SIGINT (the daemon stopping, a systemd stop, Ctrl-C) drop
+        // the backup where it is: its session ends, so PostgreSQL aborts the
+        // backup; then the packs go and the lock is released, as after any failure.
+        let result = tokio::select! {
+            r = backup_locked(repo, req, identity, &chosen) => r,
+            signal = crate::ops::interrupt::received() => Err(Error::Interrupted { signal, what: "the backup is abandoned: its packs are removed and the lock released".into() }),
+        };
+        if let (Err(e), Some(id)) = (&result, chosen.get()) {
+            remove_own_packs(repo, id, matches!(e, Error::Interrupted { .. })).await;
+        }
         let released = lock.release(repo).await;
         let id = result?;
         released?;
@@ -236,7 +247,14 @@ async fn fresh_id(repo: &Repository) -> Result<(BackupId, chrono::DateTime<chron
     }
 }
 
-async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<ClusterIdentity>) -> Result<BackupId> {
+/// Steps 2 to 8. `chosen` receives the backup's ID as soon as it has one,
+/// for the cleanup of a backup that fails or is interrupted.
+async fn backup_locked(
+    repo: &Repository,
+    req: &BackupRequest,
+    recorded: Option<ClusterIdentity>,
+    chosen: &std::sync::OnceLock<BackupId>,
+) -> Result<BackupId> {
     let began = Instant::now();
     let session = req.conn.connect().await?;
     let segment_size = check_cluster(repo, &session, &req.conn, recorded).await?;
@@ -250,6 +268,7 @@ async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<
         data_directory(&session, &req.conn, req.pgdata.as_deref(), system_identifier).await?;
     live::before_start(&session, &req.conn, &pgdata, origin, server_dir.as_deref()).await?;
     let (id, started) = fresh_id(repo).await?;
+    let _ = chosen.set(id.clone());
     let fast = req.opts.checkpoint == CheckpointMode::Fast;
     if !fast {
         crate::log_info!("waiting for a spread checkpoint; --checkpoint fast to hurry");
@@ -258,11 +277,7 @@ async fn backup_locked(repo: &Repository, req: &BackupRequest, recorded: Option<
     live::after_start(&session, &req.conn, &pgdata, origin, in_recovery, start_lsn).await?;
 
     let started_at = Started { id: &id, time: started, start_lsn, began, segment_size, system_identifier };
-    let result = store(repo, req, &session, primary.as_ref(), &pgdata, &started_at).await;
-    if result.is_err() {
-        remove_own_packs(repo, &id).await;
-    }
-    result?;
+    store(repo, req, &session, primary.as_ref(), &pgdata, &started_at).await?;
     Ok(id)
 }
 
@@ -413,7 +428,37 @@ fn summary(m: &Manifest, took: Duration, first: &WalFileName, last: &WalFileName
 /// Removes what a failed backup stored under its own ID (packs no manifest
 /// names: not a backup), naming it. A failure to remove is only a warning:
 /// `expire` sweeps such leftovers later.
-async fn remove_own_packs(repo: &Repository, id: &BackupId) {
+///
+/// An `interrupted` backup was dropped mid-upload: a pack write already
+/// handed to the store (a local disk's blocking thread, a request whose body
+/// was sent) cannot be called back and may land after the first sweep, so
+/// the directory is swept until it stays empty (for at most 10 s).
+async fn remove_own_packs(repo: &Repository, id: &BackupId, interrupted: bool) {
+    remove_packs_once(repo, id).await;
+    if !interrupted {
+        return;
+    }
+    let prefix = crate::repo::keys::backup_dir(id.as_str());
+    let began = Instant::now();
+    let mut empty_since: Option<Instant> = None;
+    while began.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match repo.list_objects(&prefix).await {
+            Ok(o) if o.is_empty() => {
+                if empty_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1) {
+                    return;
+                }
+            }
+            Ok(_) => {
+                empty_since = None;
+                remove_packs_once(repo, id).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn remove_packs_once(repo: &Repository, id: &BackupId) {
     let prefix = crate::repo::keys::backup_dir(id.as_str());
     let keys: Vec<object_store::path::Path> = match repo.list_objects(&prefix).await {
         Ok(objects) => objects.into_iter().map(|o| o.location).collect(),
