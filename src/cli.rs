@@ -375,12 +375,12 @@ deleted (they are tiny, and PostgreSQL's search for the newest timeline stops at
 A backup being taken is never touched: a backup directory without a manifest is removed only while no \
 backup holds the lock lock/backup (a lock left by a killed backup does not count).\n\n\
 Deletion order keeps the repository consistent at every step: each expired backup's manifest first \
-(from then on the backup does not exist), then its packs, oldest backup first; then packs of backups \
-without a manifest; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
+(from then on the backup does not exist), then its packs, then its drill results (drill/ID/), oldest \
+backup first; then packs of backups without a manifest, and drill results whose backup is gone; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
 An interrupted expire leaves a repository that verifies; run it again to finish. --dry-run deletes \
 nothing.\n\n\
-Nothing is deleted without a record: each backup ('removed backup ID (N objects)', 'removed incomplete \
-backup ID ...') and each run of WAL files ('removed WAL of timeline T: FIRST .. LAST (N segments, N \
+Nothing is deleted without a record: each backup ('removed backup ID (N objects, N drill results)', \
+'removed incomplete backup ID ...', 'removed the drill results of backup ID, which is gone (N)') and each run of WAL files ('removed WAL of timeline T: FIRST .. LAST (N segments, N \
 .partial segments, N .backup files)', at most one line per log file directory) is named on stdout, flushed, \
 as soon as it is gone, before the next deletion starts; when a deletion fails, the objects of that backup or \
 run that went before the failure are named ('removed K of the N objects of backup ID before the error: \

@@ -63,6 +63,19 @@ pub struct BackupObjects {
     pub manifest: Option<Path>,
     /// Everything else under `backup/<id>/`.
     pub rest: Vec<Path>,
+    /// Its drill results (`drill/<id>/`): they go with it, last.
+    pub drills: Vec<Path>,
+}
+
+impl BackupObjects {
+    /// `, 2 drill results` when it has any.
+    fn drills_suffix(&self) -> String {
+        match self.drills.len() {
+            0 => String::new(),
+            1 => ", 1 drill result".into(),
+            n => format!(", {n} drill results"),
+        }
+    }
 }
 
 /// A run of consecutive WAL segment numbers of one timeline that goes,
@@ -120,6 +133,9 @@ pub struct Outcome {
     pub expired: Vec<BackupObjects>,
     /// Backup directories without a manifest that are cleaned up.
     pub orphans: Vec<BackupObjects>,
+    /// Drill results of backups that are gone altogether (an expire
+    /// interrupted after the backup's objects went): only `drills` is set.
+    pub stray_drills: Vec<BackupObjects>,
     /// WAL keys, in deletion order.
     pub wal: Vec<Path>,
     /// The WAL as runs, in deletion order.
@@ -139,7 +155,7 @@ impl Outcome {
             return String::new();
         }
         let mut out = String::new();
-        if self.expired.is_empty() && self.orphans.is_empty() && self.wal.is_empty() {
+        if self.expired.is_empty() && self.orphans.is_empty() && self.stray_drills.is_empty() && self.wal.is_empty() {
             out.push_str("nothing to expire\n");
         }
         out.push_str(&format!("kept {} backup(s): {}\n", self.kept.len(), self.kept.join(", ")));
@@ -151,6 +167,7 @@ impl Outcome {
 enum Unit<'a> {
     Backup(&'a BackupObjects),
     Orphan(&'a BackupObjects),
+    StrayDrills(&'a BackupObjects),
     Wal(&'a WalRun),
 }
 
@@ -159,16 +176,27 @@ impl Unit<'_> {
     /// then on the backup does not exist), its other objects after it.
     fn stages(&self) -> Vec<Vec<Path>> {
         match self {
-            Unit::Backup(b) => vec![b.manifest.iter().cloned().collect(), b.rest.clone()],
-            Unit::Orphan(b) => vec![b.rest.clone()],
+            Unit::Backup(b) => vec![b.manifest.iter().cloned().collect(), b.rest.clone(), b.drills.clone()],
+            Unit::Orphan(b) => vec![b.rest.clone(), b.drills.clone()],
+            Unit::StrayDrills(b) => vec![b.drills.clone()],
             Unit::Wal(r) => vec![r.keys.clone()],
         }
     }
 
     fn line(&self, verb: &str) -> String {
         match self {
-            Unit::Backup(b) => format!("{verb} backup {} ({} objects)", b.id, b.rest.len() + 1),
-            Unit::Orphan(b) => format!("{verb} incomplete backup {} ({} objects, no manifest)", b.id, b.rest.len()),
+            Unit::Backup(b) => format!("{verb} backup {} ({} objects{})", b.id, b.rest.len() + 1, b.drills_suffix()),
+            Unit::Orphan(b) => {
+                format!(
+                    "{verb} incomplete backup {} ({} objects, no manifest{})",
+                    b.id,
+                    b.rest.len(),
+                    b.drills_suffix()
+                )
+            }
+            Unit::StrayDrills(b) => {
+                format!("{verb} the drill results of backup {}, which is gone ({})", b.id, b.drills.len())
+            }
             Unit::Wal(r) => r.line(verb),
         }
     }
@@ -226,7 +254,7 @@ fn partial_line(unit: &Unit<'_>, deleted: &[Path], size: WalSegmentSize) -> Vec<
                 .collect();
             wal_runs(names, size).iter().map(|r| r.line("removed")).collect()
         }
-        Unit::Backup(b) | Unit::Orphan(b) => {
+        Unit::Backup(b) | Unit::Orphan(b) | Unit::StrayDrills(b) => {
             let total: usize = unit.stages().iter().map(Vec::len).sum();
             let keys: Vec<String> = deleted.iter().map(Path::to_string).collect();
             vec![format!(
@@ -306,7 +334,31 @@ async fn backup_objects(repo: &Repository, id: &str, with_manifest: bool) -> Res
     let manifest = id.parse::<BackupId>().ok().map(|i| manifest_key(&i));
     let mut rest: Vec<Path> = listed.into_iter().map(|o| o.location).filter(|l| Some(l) != manifest.as_ref()).collect();
     rest.sort();
-    Ok(BackupObjects { id: id.to_string(), manifest: if with_manifest { manifest } else { None }, rest })
+    let drills = drill_objects(repo, id).await?;
+    Ok(BackupObjects { id: id.to_string(), manifest: if with_manifest { manifest } else { None }, rest, drills })
+}
+
+/// Every drill result of backup `id` (none for a name that is not a backup ID).
+async fn drill_objects(repo: &Repository, id: &str) -> Result<Vec<Path>> {
+    let Ok(id) = id.parse::<BackupId>() else { return Ok(Vec::new()) };
+    let mut keys: Vec<Path> = repo.list_objects(&keys::drills_of(&id)).await?.into_iter().map(|o| o.location).collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// Drill results whose backup has no directory left: none of `known`.
+async fn stray_drills(repo: &Repository, known: &BTreeSet<&str>) -> Result<Vec<BackupObjects>> {
+    let mut out = Vec::new();
+    for dir in repo.list_dirs(&keys::drills_prefix()).await? {
+        if known.contains(dir.as_str()) || dir.parse::<BackupId>().is_err() {
+            continue;
+        }
+        let drills = drill_objects(repo, &dir).await?;
+        if !drills.is_empty() {
+            out.push(BackupObjects { id: dir, manifest: None, rest: Vec::new(), drills });
+        }
+    }
+    Ok(out)
 }
 
 /// Groups WAL files (`(log file directory, file name)`) into runs of
@@ -423,11 +475,19 @@ pub async fn expire(
         let expired: BTreeSet<&str> = plan.expire.iter().map(BackupId::as_str).collect();
         for id in incomplete.iter().filter(|i| !expired.contains(i.as_str())) {
             let objects = backup_objects(repo, id, false).await?;
-            if !objects.rest.is_empty() {
+            if !objects.rest.is_empty() || !objects.drills.is_empty() {
                 outcome.orphans.push(objects);
             }
         }
     }
+    let known: BTreeSet<&str> = outcome
+        .kept
+        .iter()
+        .chain(&incomplete)
+        .map(String::as_str)
+        .chain(plan.expire.iter().map(BackupId::as_str))
+        .collect();
+    outcome.stray_drills = stray_drills(repo, &known).await?;
     // Before anything goes: why some of it stays.
     for note in &outcome.notes {
         crate::log_notice!("{note}");
@@ -439,6 +499,7 @@ pub async fn expire(
         .iter()
         .map(Unit::Backup)
         .chain(outcome.orphans.iter().map(Unit::Orphan))
+        .chain(outcome.stray_drills.iter().map(Unit::StrayDrills))
         .chain(outcome.wal_runs.iter().map(Unit::Wal))
         .collect();
     for unit in &units {
@@ -539,6 +600,63 @@ mod tests {
 
     /// Each backup and WAL run is named on the output, the dry run with the
     /// same lines; no policy deletes nothing.
+    /// A backup's drill results go with it; those of a backup already gone
+    /// (an interrupted expire) go too; a kept backup's stay.
+    #[test]
+    fn drill_results_go_with_their_backup() {
+        use crate::repo::drill::{DrillRecord, DRILL_FORMAT};
+        rt().block_on(async {
+            let repo = Repository::in_memory();
+            let size = WalSegmentSize::new(1 << 20).expect("size");
+            synthetic::init(&repo, 7, size).await.expect("init");
+            for seg in 1..=8 {
+                synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
+            }
+            let at = |h: i64| chrono::DateTime::from_timestamp(1_800_000_000 + h * 3600, 0).expect("time");
+            let mut ids = Vec::new();
+            for (seg, h) in [(2u64, 1), (4, 2)] {
+                let start = Lsn(seg * size.bytes() + 0x28);
+                let m = synthetic::put_backup(&repo, 7, TimelineId(1), start, Lsn(start.0 + 0x100), at(h))
+                    .await
+                    .expect("backup");
+                ids.push(m.id);
+            }
+            let gone: BackupId = "20000101T000000F".parse().expect("id");
+            let drill = |backup: &BackupId, h: i64| DrillRecord {
+                format: DRILL_FORMAT,
+                backup: backup.clone(),
+                started: at(h).to_rfc3339(),
+                finished: at(h).to_rfc3339(),
+                duration_seconds: 1.0,
+                target: "newest archived WAL on timeline 1".into(),
+                reached_lsn: None,
+                reached_timeline: None,
+                reached_time: None,
+                passed: true,
+                checks: Vec::new(),
+            };
+            for (b, h) in [(&ids[0], 3), (&ids[0], 4), (&ids[1], 5), (&gone, 6)] {
+                repo.store_drill(&drill(b, h)).await.expect("drill");
+            }
+            let policy = Policy { retain_full: Some(1), ..Policy::default() };
+            let opts = ExpireOptions { policy, dry_run: false, lock_stale_after: Duration::from_secs(3600) };
+            let mut out = Vec::new();
+            let done = expire(&repo, &opts, at(10), &mut out).await.expect("expire");
+            let out = String::from_utf8(out).expect("utf-8");
+            assert!(
+                out.contains(&format!(
+                    "removed backup {} ({} objects, 2 drill results)",
+                    ids[0],
+                    done.expired[0].rest.len() + 1
+                )),
+                "{out}"
+            );
+            assert!(out.contains(&format!("removed the drill results of backup {gone}, which is gone (1)")), "{out}");
+            let left = repo.newest_drills().await.expect("drills");
+            assert_eq!(left.keys().collect::<Vec<_>>(), vec![&ids[1]], "only the kept backup's drill is left");
+        });
+    }
+
     #[test]
     fn every_deletion_is_named() {
         rt().block_on(async {
