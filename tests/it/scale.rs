@@ -2,8 +2,8 @@
 //! release build, e.g.
 //!
 //! ```text
-//! nice -n 19 cargo test --release --test scale -- --ignored --nocapture file_repository
-//! PGWAL_SCALE_SEGMENTS=100000 nice -n 19 cargo test --release --test scale -- --ignored --nocapture s3_repository
+//! nice -n 19 cargo test --release --test it scale::file_repository -- --ignored --nocapture
+//! PGWAL_SCALE_SEGMENTS=100000 nice -n 19 cargo test --release --test it scale::s3_repository -- --ignored --nocapture
 //! ```
 //!
 //! Each builds a synthetic repository (tiny framed WAL objects, ten backups
