@@ -8,7 +8,6 @@ pub mod daemon;
 pub mod drill;
 pub mod expire;
 pub mod fetch;
-pub mod interrupt;
 pub mod list;
 pub mod prefetch;
 pub mod restore;

@@ -61,7 +61,7 @@ pub fn backup(rt: &tokio::runtime::Runtime, repo: &Repository, req: &BackupReque
         // backup; then the packs go and the lock is released, as after any failure.
         let result = tokio::select! {
             r = backup_locked(repo, req, identity, &chosen) => r,
-            signal = crate::ops::interrupt::received() => Err(Error::Interrupted { signal, what: "the backup is abandoned: its packs are removed and the lock released".into() }),
+            signal = crate::interrupt::received() => Err(Error::Interrupted { signal, what: "the backup is abandoned: its packs are removed and the lock released".into() }),
         };
         if let (Err(e), Some(id)) = (&result, chosen.get()) {
             remove_own_packs(repo, id, matches!(e, Error::Interrupted { .. })).await;
