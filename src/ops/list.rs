@@ -191,6 +191,7 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         histories: size.is_some(),
         // One that cannot be read leaves its timeline without windows: 'pgwal verify' names it.
         unreadable_histories: Unreadable::Record,
+        drills: true,
         ..Scope::default()
     };
     let catalog = Catalog::load(repo, &scope).await?;
@@ -202,9 +203,9 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         health: Health::default(),
         drills: Vec::new(),
     };
-    // The newest drill of each complete backup (drill/ is not part of the catalog's scope yet).
-    let drills = repo.newest_drills().await?;
-    out.drills = drills
+    // The newest drill of each complete backup.
+    out.drills = catalog
+        .drills
         .values()
         .filter(|r| out.backups.iter().any(|b| b.id == r.backup.as_str()))
         .map(crate::ops::drill::report::DrillSummary::of)
