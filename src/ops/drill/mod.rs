@@ -89,7 +89,7 @@ pub fn drill(rt: &tokio::runtime::Runtime, repo: &Repository, req: &DrillRequest
     crate::log_info!(
         "drilling backup {} ({}, {}) with {} from '{}'",
         m.id,
-        crate::ops::list::human_size(m.data_size),
+        crate::human::human_size(m.data_size),
         plan.expect.describe(),
         bin.version,
         bin.dir.display()
