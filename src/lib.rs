@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod human;
+pub mod interrupt;
 pub mod local;
 pub mod log;
 pub mod ops;

@@ -4,12 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pgwal::cli::{BackupKind, CheckpointArg, Cli, Command};
+use pgwal::cli::{Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
 use pgwal::local::{backlog, data_dir, spool};
 use pgwal::ops::archive::ahead as archive_ahead;
 use pgwal::ops::{backup, check, daemon, drill, expire, fetch, list, prefetch, restore, standby, verify};
-use pgwal::repo::backup::BackupType;
 use pgwal::repo::{PutOutcome, Repository};
 use pgwal::storage::{self, Access, RetryPolicy};
 use pgwal::{config, Result};
@@ -101,37 +100,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             prefetch::run(&rt, &repo, &data_dir, cfg.fetch.prefetch)
         }
         Command::Backup(args) => {
-            let mut opts = cfg.backup.clone();
-            match args.checkpoint {
-                Some(CheckpointArg::Fast) => opts.checkpoint = config::CheckpointMode::Fast,
-                Some(CheckpointArg::Spread) => opts.checkpoint = config::CheckpointMode::Spread,
-                None => {}
-            }
-            if let Some(p) = args.primary_conninfo.clone().filter(|p| !p.is_empty()) {
-                opts.primary_conninfo = Some(p);
-            }
-            let request = backup::BackupRequest {
-                kind: match args.kind {
-                    BackupKind::Full => BackupType::Full,
-                    BackupKind::Incr => BackupType::Incr,
-                },
-                pgdata: cfg.pgdata.clone(),
-                conn: cfg.conn_target()?,
-                primary: opts
-                    .primary_conninfo
-                    .as_deref()
-                    .map(|c| {
-                        pgwal::db::ConnTarget::new(Some(c), &pgwal::db::PgEnv::from_process()).map_err(|e| {
-                            Error::config(
-                                format!("--primary-conninfo / PGWAL_PRIMARY_CONNINFO: {}", e.one_line()),
-                                "give the primary's connection in libpq key=value form, e.g. \"host=db1 user=postgres\"",
-                            )
-                        })
-                    })
-                    .transpose()?,
-                opts,
-            };
-            request.validate()?;
+            let request = config::backup::request(&cfg, args)?;
             let repo = open_repo(&cfg, Access::CreateIfMissing, cfg.backup.retry_deadline, false)?;
             let id = backup::backup(&rt, &repo, &request)?;
             println!("{id}");
@@ -157,17 +126,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             check::check(&rt, &request)
         }
         Command::Verify(args) => {
-            let backup = args
-                .backup
-                .as_deref()
-                .map(|b| {
-                    b.parse().map_err(|e: pgwal::repo::backup::BackupIdError| Error::BadRequest {
-                        message: e.to_string(),
-                        hint: Some("'pgwal list' shows the backup IDs".into()),
-                    })
-                })
-                .transpose()?;
-            let opts = verify::VerifyOptions { backup, quick: args.quick, jobs: args.jobs.map_or(4, |j| j as usize) };
+            let opts = config::verify::verify_options(args)?;
             let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, false)?;
             let report = rt.block_on(verify::verify(&repo, &opts))?;
             print!("{}", if args.json { report.render_json() + "\n" } else { report.render_text() });
@@ -178,14 +137,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             Ok(())
         }
         Command::Expire(args) => {
-            let flags = args.retain_full.is_some() || args.retain_days.is_some();
-            let policy = if flags {
-                expire::plan::Policy { retain_full: args.retain_full, retain_days: args.retain_days }
-            } else {
-                expire::plan::Policy { retain_full: cfg.expire.retain_full, retain_days: cfg.expire.retain_days }
-            };
-            let opts =
-                expire::ExpireOptions { policy, dry_run: args.dry_run, lock_stale_after: cfg.backup.lock_stale_after };
+            let opts = config::expire::expire_options(&cfg, args);
             let repo = open_repo(&cfg, Access::WriteExisting, cfg.backup.retry_deadline, false)?;
             let mut stdout = std::io::stdout().lock();
             let outcome = rt.block_on(expire::expire(&repo, &opts, chrono::Utc::now(), &mut stdout))?;

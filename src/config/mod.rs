@@ -2,9 +2,12 @@
 //! merged once (flag, then environment, then file) and validated into the
 //! typed options the commands take. The one place configuration is read.
 
+pub mod backup;
 pub mod daemon;
 pub mod drill;
+pub mod expire;
 pub mod restore;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -11,6 +11,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::human::{human_age, human_size};
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{BackupId, BackupType, Manifest};
 use crate::repo::catalog::{Backups, Catalog, Scope, Unreadable, WalListing};
@@ -191,6 +192,7 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         histories: size.is_some(),
         // One that cannot be read leaves its timeline without windows: 'pgwal verify' names it.
         unreadable_histories: Unreadable::Record,
+        drills: true,
         ..Scope::default()
     };
     let catalog = Catalog::load(repo, &scope).await?;
@@ -202,9 +204,9 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         health: Health::default(),
         drills: Vec::new(),
     };
-    // The newest drill of each complete backup (drill/ is not part of the catalog's scope yet).
-    let drills = repo.newest_drills().await?;
-    out.drills = drills
+    // The newest drill of each complete backup.
+    out.drills = catalog
+        .drills
         .values()
         .filter(|r| out.backups.iter().any(|b| b.id == r.backup.as_str()))
         .map(crate::ops::drill::report::DrillSummary::of)
@@ -250,21 +252,6 @@ async fn listing_without_health(repo: &Repository) -> Result<Listing> {
         });
     }
     Ok(out)
-}
-
-/// Bytes for people: `512 B`, `3.4 MiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// `2026-11-23T07:40:00Z` as `2026-11-23 07:40:00`.
@@ -376,17 +363,6 @@ pub fn render_text(l: &Listing) -> String {
         _ => out.push_str("; no complete backup\n"),
     }
     out
-}
-
-/// Seconds for people: `42s`, `5m 3s`, `7h 12m`, `3d 4h`.
-pub fn human_age(seconds: i64) -> String {
-    let s = seconds.max(0);
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m {}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-    }
 }
 
 /// The listing as the documented JSON object.
@@ -514,12 +490,5 @@ mod tests {
         ] {
             assert!(h.get(key).is_some(), "health.{key}");
         }
-    }
-
-    #[test]
-    fn sizes_for_people() {
-        assert_eq!(human_size(5), "5 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(3 << 30), "3.0 GiB");
     }
 }

@@ -39,16 +39,7 @@ use crate::repo::coverage::needed_runs;
 use crate::repo::frame;
 use crate::repo::{keys, ClusterIdentity, Repository};
 
-/// What `verify` is asked to check.
-#[derive(Debug, Clone)]
-pub struct VerifyOptions {
-    /// Only this backup (and the WAL it needs).
-    pub backup: Option<BackupId>,
-    /// Names and sizes only, no data reads.
-    pub quick: bool,
-    /// Objects read in parallel.
-    pub jobs: usize,
-}
+pub use crate::config::verify::VerifyOptions;
 
 /// How bad a problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -1,5 +1,5 @@
 //! The read side of a repository: every command (list, verify, expire,
-//! restore, the prefetcher; soon drills and the daemon's metrics) reads what
+//! restore, the prefetcher, drill, the daemon's metrics) reads what
 //! is stored through a [`Catalog`], a snapshot listed and loaded from the
 //! objects themselves for that one command. It is never the only record of
 //! what is there: there is no index object, and nothing writes through it.
@@ -14,7 +14,10 @@
 //!   [`WalInventory`], of each log file directory (16 at once); no segment is
 //!   read, and [`TimelineWal::first_missing`] bisects;
 //! - the history files `wal/` lists, each with its outcome ([`HistoryState`]:
-//!   a corrupt or unreadable one is recorded, not dropped).
+//!   a corrupt or unreadable one is recorded, not dropped);
+//! - the drill results: the newest readable record of each backup under
+//!   `drill/` (a record that cannot be read is skipped with a warning: a
+//!   damaged drill result must not hide the backups).
 //!
 //! It answers along a timeline chain: newest segment, first missing, latest
 //! timeline, the complete backups by stop time and the windows recovery
@@ -29,6 +32,7 @@ use futures::{StreamExt, TryStreamExt};
 use chrono::{DateTime, Utc};
 
 use super::backup::{BackupId, Manifest};
+use super::drill::DrillRecord;
 use super::{keys, Repository};
 use crate::error::{Error, Result};
 use crate::pg::history::{parse_history, HistoryEntry};
@@ -255,6 +259,8 @@ pub struct Scope {
     pub unreadable_manifests: Unreadable,
     /// A history file that cannot be read.
     pub unreadable_histories: Unreadable,
+    /// Whether to read the newest drill result of each backup (`drill/`).
+    pub drills: bool,
 }
 
 /// What the manifest of one backup directory says.
@@ -316,11 +322,15 @@ pub struct Catalog {
     pub inventory: Option<WalInventory>,
     /// The history files `wal/` lists, if read.
     pub histories: BTreeMap<TimelineId, HistoryState>,
+    /// The newest readable drill result of each backup that has one, if
+    /// read (an unreadable one is skipped with a warning).
+    pub drills: BTreeMap<BackupId, DrillRecord>,
 }
 
 impl Catalog {
     /// Loads what `scope` asks for: the manifests (8 at a time), then
-    /// `wal/`, its log file directories and the history files, in that order.
+    /// `wal/`, its log file directories, the history files and the drill
+    /// results, in that order.
     pub async fn load(repo: &Repository, scope: &Scope) -> Result<Catalog> {
         let mut catalog = Catalog::default();
         catalog.add(repo, scope).await?;
@@ -354,6 +364,9 @@ impl Catalog {
                 };
                 self.histories.insert(tli, state);
             }
+        }
+        if scope.drills && self.drills.is_empty() {
+            self.drills = repo.newest_drills().await?;
         }
         Ok(())
     }

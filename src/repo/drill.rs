@@ -86,8 +86,9 @@ impl Repository {
 
     /// The newest drill result of every backup that has one. A record that
     /// cannot be read is skipped with a warning: a damaged drill result
-    /// must not hide the backups (verify reports damaged objects).
-    pub async fn newest_drills(&self) -> Result<BTreeMap<BackupId, DrillRecord>> {
+    /// must not hide the backups (verify reports damaged objects). Commands
+    /// read it through the catalog ([`crate::repo::catalog::Scope::drills`]).
+    pub(crate) async fn newest_drills(&self) -> Result<BTreeMap<BackupId, DrillRecord>> {
         let mut out = BTreeMap::new();
         for dir in self.list_dirs(&keys::drills_prefix()).await? {
             let Ok(id) = dir.parse::<BackupId>() else { continue };

@@ -34,7 +34,7 @@ pub mod walk;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::{BackupOptions, CheckpointMode};
+use crate::config::CheckpointMode;
 use crate::db::{label_timeline, ConnTarget, Session};
 use crate::error::{Error, Result};
 use crate::pg::control::ControlFile;
@@ -44,32 +44,7 @@ use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST
 use crate::repo::lock::BackupLock;
 use crate::repo::{keys, ClusterIdentity, Repository};
 
-/// What to back up and how.
-#[derive(Debug, Clone)]
-pub struct BackupRequest {
-    /// Full or incremental (refused for now).
-    pub kind: BackupType,
-    /// The data directory; asked from the server when `None`.
-    pub pgdata: Option<PathBuf>,
-    /// How to reach the server.
-    pub conn: ConnTarget,
-    /// How to reach the primary, for a backup taken from a standby.
-    pub primary: Option<ConnTarget>,
-    /// `[backup]` options.
-    pub opts: BackupOptions,
-}
-
-impl BackupRequest {
-    /// Refuses what cannot be done before anything is opened or created.
-    pub fn validate(&self) -> Result<()> {
-        if self.kind == BackupType::Incr {
-            return Err(Error::Usage(
-                "incremental backups are not implemented yet; take a full backup with '--type full'".into(),
-            ));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::backup::BackupRequest;
 
 /// Takes a backup into `repo` and returns its ID once it is complete.
 pub fn backup(rt: &tokio::runtime::Runtime, repo: &Repository, req: &BackupRequest) -> Result<BackupId> {
@@ -86,7 +61,7 @@ pub fn backup(rt: &tokio::runtime::Runtime, repo: &Repository, req: &BackupReque
         // backup; then the packs go and the lock is released, as after any failure.
         let result = tokio::select! {
             r = backup_locked(repo, req, identity, &chosen) => r,
-            signal = crate::ops::interrupt::received() => Err(Error::Interrupted { signal, what: "the backup is abandoned: its packs are removed and the lock released".into() }),
+            signal = crate::interrupt::received() => Err(Error::Interrupted { signal, what: "the backup is abandoned: its packs are removed and the lock released".into() }),
         };
         if let (Err(e), Some(id)) = (&result, chosen.get()) {
             remove_own_packs(repo, id, matches!(e, Error::Interrupted { .. })).await;

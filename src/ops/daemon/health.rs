@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use super::metrics::State;
-use crate::ops::list::human_age;
+use crate::human::human_age;
 
 /// `Ok(summary)` when healthy, else `Err(reason)`, each one line.
 pub fn check(state: &State, now: DateTime<Utc>) -> Result<String, String> {

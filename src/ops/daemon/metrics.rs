@@ -21,6 +21,7 @@ use crate::config::daemon::HealthOptions;
 use crate::local::backlog;
 use crate::ops::list;
 use crate::repo::backup::BackupType;
+use crate::repo::catalog::{Catalog, Scope};
 use crate::repo::Repository;
 use crate::Result;
 
@@ -77,7 +78,7 @@ impl Snapshot {
     /// Reads the repository: what `list` reads, plus the newest drills.
     pub async fn read(repo: &Repository) -> Result<Snapshot> {
         let listing = list::listing(repo).await?;
-        let drills = repo.newest_drills().await?;
+        let drills = Catalog::load(repo, &Scope { drills: true, ..Scope::default() }).await?.drills;
         let mut s = Snapshot {
             backups: listing.backups.len(),
             incomplete: listing.incomplete.len(),

@@ -19,7 +19,6 @@ mod plan;
 pub mod report;
 mod scratch;
 mod server;
-mod signals;
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -33,6 +32,7 @@ use self::server::{Recovery, Server};
 use crate::config::drill::DrillRequest;
 use crate::config::restore::{RestoreOptions, RESTORE_RETRY_DEADLINE};
 use crate::error::{Error, Result};
+use crate::interrupt;
 use crate::ops::restore;
 use crate::pg::recovery::TargetAction;
 use crate::repo::backup::BackupId;
@@ -75,7 +75,7 @@ pub struct Outcome {
 /// the `pgwal drill` process only: it replaces the process's handlers (a
 /// long-running caller runs the command as a child process instead).
 pub fn catch_signals() {
-    signals::install();
+    interrupt::install();
 }
 
 /// Runs one drill as `req` says and stores its record.
@@ -89,7 +89,7 @@ pub fn drill(rt: &tokio::runtime::Runtime, repo: &Repository, req: &DrillRequest
     crate::log_info!(
         "drilling backup {} ({}, {}) with {} from '{}'",
         m.id,
-        crate::ops::list::human_size(m.data_size),
+        crate::human::human_size(m.data_size),
         plan.expect.describe(),
         bin.version,
         bin.dir.display()
@@ -219,7 +219,7 @@ fn run(
             checks.push(check("queries", CheckOutcome::Failed, detail));
         }
     }
-    if let Some(sig) = signals::pending() {
+    if let Some(sig) = interrupt::pending() {
         return Err(server::interrupted(sig));
     }
     let phase = Instant::now();
@@ -250,7 +250,7 @@ fn run(
         }
     };
     drop(pg);
-    if let Some(sig) = signals::pending() {
+    if let Some(sig) = interrupt::pending() {
         return Err(server::interrupted(sig));
     }
     checks.push(checks::checksums(bin, s, control.as_ref(), deadline.max(Instant::now() + SHUTDOWN_GRACE))?);
@@ -344,7 +344,7 @@ fn restore_in_background(
         if handle.is_finished() {
             break;
         }
-        if let Some(sig) = signals::pending() {
+        if let Some(sig) = interrupt::pending() {
             return Err(server::interrupted(sig));
         }
         if Instant::now() >= deadline {

@@ -60,7 +60,7 @@ impl DrillSummary {
             "drill of {} at {}: {verdict} in {}{reached} (target: {})",
             self.backup,
             self.started.trim_end_matches('Z').replacen('T', " ", 1),
-            crate::ops::list::human_age(self.duration_seconds as i64),
+            crate::human::human_age(self.duration_seconds as i64),
             self.target
         )
     }

@@ -76,10 +76,10 @@ pub fn check_room(base: &Path, data_size: u64, backup: &BackupId) -> Result<()> 
             message: format!(
                 "not enough free space in '{}' for a drill of backup '{backup}': it needs {} ({} of data plus {} for WAL), {} are free",
                 base.display(),
-                crate::ops::list::human_size(need),
-                crate::ops::list::human_size(data_size),
-                crate::ops::list::human_size(WAL_HEADROOM),
-                crate::ops::list::human_size(free)
+                crate::human::human_size(need),
+                crate::human::human_size(data_size),
+                crate::human::human_size(WAL_HEADROOM),
+                crate::human::human_size(free)
             ),
             hint: Some("set drill.dir in the config file to a file system with more room".into()),
         });

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::binaries::Binaries;
 use super::scratch::Scratch;
-use super::signals;
 use crate::error::{Error, Result};
+use crate::interrupt;
 use crate::pg::recovery::conf_quote;
 
 /// The port number in the socket's name (`.s.PGSQL.5432`); no TCP port is
@@ -169,7 +169,7 @@ impl Server {
     ) -> Result<Recovery> {
         let mut pause = Duration::from_millis(50);
         loop {
-            if let Some(signal) = signals::pending() {
+            if let Some(signal) = interrupt::pending() {
                 return Err(interrupted(signal));
             }
             if let Some(status) = self.exited() {
@@ -285,7 +285,7 @@ pub fn run_tool(mut cmd: Command, out_file: &Path, deadline: Instant) -> Result<
         if let Some(st) = child.try_wait().map_err(Error::io("cannot wait for", &program))? {
             break Some(st);
         }
-        if let Some(signal) = signals::pending() {
+        if let Some(signal) = interrupt::pending() {
             let _ = child.kill();
             let _ = child.wait();
             return Err(interrupted(signal));

@@ -33,7 +33,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
 
-use self::plan::{Model, Plan, PlanBackup, Policy, PolicyError, WalKeep};
+use self::plan::{Model, Plan, PlanBackup, PolicyError, WalKeep};
 use crate::error::{Error, Result};
 use crate::ops::restore::select::BackupInfo;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
@@ -43,16 +43,7 @@ use crate::repo::keys::{self, parse_log_dir};
 use crate::repo::lock::live_holder;
 use crate::repo::Repository;
 
-/// What `expire` is asked to do.
-#[derive(Debug, Clone, Copy)]
-pub struct ExpireOptions {
-    /// The retention policy (flags over the config file).
-    pub policy: Policy,
-    /// Print what would go, delete nothing.
-    pub dry_run: bool,
-    /// When a backup lock from another host counts as abandoned.
-    pub lock_stale_after: Duration,
-}
+pub use crate::config::expire::ExpireOptions;
 
 /// The objects of one backup, manifest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -523,6 +514,7 @@ pub async fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::expire::plan::Policy;
     use crate::pg::Lsn;
     use crate::repo::lock::BackupLock;
     use crate::repo::synthetic;
