@@ -1,15 +1,16 @@
-//! The `pgwal` binary: parse arguments, load configuration, dispatch, and map
-//! the outcome to an exit status. No logic of its own.
+//! The `pgwal` binary: parse arguments, load configuration, open the
+//! repository, call the command (options are assembled in `config/`, the
+//! work is done in `ops/`), print what it returns, and map the outcome to an
+//! exit status.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use pgwal::cli::{Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
-use pgwal::local::{backlog, data_dir, spool};
-use pgwal::ops::archive::ahead as archive_ahead;
-use pgwal::ops::{backup, check, daemon, drill, expire, fetch, list, prefetch, restore, standby, verify};
-use pgwal::repo::{PutOutcome, Repository};
+use pgwal::local::{backlog, data_dir};
+use pgwal::ops::{archive, backup, check, daemon, drill, expire, fetch, list, prefetch, restore, standby, verify};
+use pgwal::repo::Repository;
 use pgwal::storage::{self, Access, RetryPolicy};
 use pgwal::{config, Result};
 
@@ -63,20 +64,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
     match &cli.command {
         Command::Archive(args) => {
             let repo = open_repo(&cfg, Access::CreateIfMissing, cfg.archive.retry_deadline, true)?;
-            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
-            if let Some(d) = &data_dir {
-                spool::Spool::new(d).remove_if_recovery_ended();
-            }
-            let outcome = archive_ahead::archive(&rt, &repo, &args.path, &cfg.archive).inspect_err(|_| {
-                let wal_dir = pgwal::local::markers::wal_dir_of(&args.path);
-                if let Some(b) = backlog::scan(data_dir.as_deref().unwrap_or(&wal_dir), &wal_dir) {
-                    pgwal::log_info!("{}", b.describe());
-                }
-            })?;
-            if outcome == PutOutcome::AlreadyIdentical {
-                pgwal::log_notice!("'{}' was already archived with identical content", args.path.display());
-            }
-            Ok(())
+            archive::run(&rt, &repo, &args.path, &cfg)
         }
         Command::Fetch(args) => {
             if *rules == ExitRules::FetchRecovery {
@@ -84,18 +72,12 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             }
             let name = fetch::parse_name(&args.name)?;
             let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, true)?;
-            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
-            // Outside archive recovery (a fetch by hand in a primary's data
-            // directory) nothing is spooled or written into pg_wal/pgwal.
-            let spool =
-                data_dir.filter(|d| cfg.fetch.prefetch > 0 && data_dir::in_recovery(d)).map(|d| spool::Spool::new(&d));
+            let spool = fetch::spool_for(&cfg);
             fetch::fetch_prefetching(&rt, &repo, &name, &args.dest, spool.as_ref(), cfg.file.as_deref())
         }
         Command::PrefetchWal => {
             cfg.require_repo()?;
-            let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref()).ok_or_else(|| {
-                Error::config("no data directory", "run it inside the data directory or pass --pgdata")
-            })?;
+            let data_dir = prefetch::data_dir_of(&cfg)?;
             let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, true)?;
             prefetch::run(&rt, &repo, &data_dir, cfg.fetch.prefetch)
         }

@@ -22,6 +22,15 @@ pub fn exit_rules(cwd: Option<&Path>, pgdata: Option<&Path>) -> ExitRules {
     }
 }
 
+/// The spool to fill ahead of recovery (`fetch.prefetch` segments): only in
+/// archive recovery. Outside it (a fetch by hand in a primary's data
+/// directory) nothing is spooled or written into pg_wal/pgwal.
+pub fn spool_for(cfg: &crate::config::Config) -> Option<Spool> {
+    data_dir::of_this_process(cfg.pgdata.as_deref())
+        .filter(|d| cfg.fetch.prefetch > 0 && data_dir::in_recovery(d))
+        .map(|d| Spool::new(&d))
+}
+
 /// Parses a NAME argument: only WAL file names, so no path can sneak in.
 pub fn parse_name(name: &str) -> Result<WalFileName> {
     name.parse().map_err(|e: crate::pg::WalFileNameError| Error::Usage(e.to_string()))

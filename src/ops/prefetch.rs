@@ -125,6 +125,13 @@ enum Attempt {
     Corrupt(String),
 }
 
+/// The data directory the prefetcher fills the spool of: the one it runs in
+/// or `--pgdata`.
+pub fn data_dir_of(cfg: &crate::config::Config) -> Result<std::path::PathBuf> {
+    walspool::of_this_process(cfg.pgdata.as_deref())
+        .ok_or_else(|| Error::config("no data directory", "run it inside the data directory or pass --pgdata"))
+}
+
 /// The prefetcher's loop (`pgwal prefetch-wal`, started by `fetch`).
 pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, depth: usize) -> Result<()> {
     let spool = Spool::new(data_dir);

@@ -8,6 +8,27 @@
 
 pub mod ahead;
 
+/// The whole command: clears the fetch spool a finished recovery left,
+/// archives `path` (and what is ready after it, see [`ahead`]), and says
+/// why when it fails with a backlog, in PostgreSQL's log.
+pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, path: &Path, cfg: &crate::config::Config) -> Result<()> {
+    use crate::local::{backlog, data_dir, markers, spool::Spool};
+    let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
+    if let Some(d) = &data_dir {
+        Spool::new(d).remove_if_recovery_ended();
+    }
+    let outcome = ahead::archive(rt, repo, path, &cfg.archive).inspect_err(|_| {
+        let wal_dir = markers::wal_dir_of(path);
+        if let Some(b) = backlog::scan(data_dir.as_deref().unwrap_or(&wal_dir), &wal_dir) {
+            crate::log_info!("{}", b.describe());
+        }
+    })?;
+    if outcome == PutOutcome::AlreadyIdentical {
+        crate::log_notice!("'{}' was already archived with identical content", path.display());
+    }
+    Ok(())
+}
+
 use std::fs::File;
 use std::path::Path;
 
