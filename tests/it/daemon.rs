@@ -683,3 +683,45 @@ fn sigterm_during_a_drill_job_stops_its_server_and_records_nothing() -> Result<(
     ensure!(entries(&bucket.join("main/drill")).is_empty(), "no drill object in the bucket");
     Ok(())
 }
+
+/// `config/pgwal.service` runs the daemon as postgres, restarts it on
+/// failure, is hardened, lets drills write their scratch copies (its
+/// private /var/tmp holds the default drill.dir), and `systemd-analyze
+/// verify` accepts it (run on a copy whose ExecStart is this build, when
+/// systemd-analyze is installed).
+#[test]
+fn the_service_unit_is_consistent() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgwal.service");
+    let unit = std::fs::read_to_string(&path)?;
+    let has = |line: &str| unit.lines().any(|l| l.trim() == line);
+    for line in ["User=postgres", "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=true"] {
+        ensure!(has(line), "{} lacks {line}", path.display());
+    }
+    ensure!(has("ExecStart=/usr/local/bin/pgwal daemon"), "{}", path.display());
+    // The default drill.dir must be writable: under /var/tmp, which PrivateTmp makes the unit's own.
+    ensure!(pgwal::config::drill::DEFAULT_DRILL_DIR.starts_with("/var/tmp/") && has("PrivateTmp=true"), "drill.dir");
+    ensure!(!unit.contains("MemoryDenyWriteExecute=true"), "would break PostgreSQL's JIT in a drill");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))?;
+    ensure!(readme.contains("sudo cp config/pgwal.service /etc/systemd/system/"), "the README installs the unit");
+
+    let Ok(analyze) = which("systemd-analyze") else { return Ok(()) };
+    let dir = TestDir::new()?;
+    let copy = dir.join("pgwal.service");
+    let text: String = unit
+        .lines()
+        .filter(|l| !l.starts_with("Documentation="))
+        .map(|l| l.replace("/usr/local/bin/pgwal", env!("CARGO_BIN_EXE_pgwal")) + "\n")
+        .collect();
+    std::fs::write(&copy, text)?;
+    let mut cmd = std::process::Command::new(analyze);
+    cmd.arg("verify").arg(&copy);
+    let out = run(&mut cmd, None, COMMAND_TIMEOUT)?;
+    ensure!(out.success() && out.stderr.trim().is_empty(), "systemd-analyze verify: {out}");
+    Ok(())
+}
+
+fn which(program: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+        .with_context(|| format!("{program} is not installed"))
+}
