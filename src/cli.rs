@@ -390,7 +390,7 @@ ID, ...'; 'nothing to expire' first when nothing goes). Refuses (exit 2, nothing
 --retain-days 0 or negative, and a repository without any complete backup.")]
     Expire(ExpireArgs),
     /// Run backups, expire, verify and drills on a schedule, and serve Prometheus metrics
-    #[command(long_about = "A long-running service for one repository (see config/pgwal-daemon.service \
+    #[command(long_about = "A long-running service for one repository (see config/pgwal.service \
 for a systemd unit). It runs the jobs of the config file's [schedule] section: full, expire, verify and \
 drill, each a 5-field cron expression in local time (minute hour day-of-month month day-of-week, e.g. \
 \"0 1 * * *\"; names, ranges, steps and @daily work too). diff and incr are refused at start until \

@@ -3,7 +3,11 @@
 //! rows; `/metrics` shows its stop time and passes `promtool check metrics`;
 //! `/health` turns from 503 (with a reason) to 200; SIGTERM during a backup
 //! job stops the daemon within 30 s, leaves nothing of the backup listed, no
-//! lock and no child process, and the next backup succeeds; bad
+//! lock and no child process, and the next backup succeeds; a scheduled
+//! drill passes, shows in `list --json`, `/metrics` and `/health` (503
+//! without a drill, 200 after); SIGTERM during a drill job (recovery
+//! stalled on S3 WAL downloads) stops the daemon within 30 s with no
+//! throwaway server, no scratch directory and no drill record left; bad
 //! configuration (a bad cron expression, a non-loopback listen address, an
 //! incremental schedule) is refused at start with exit 2 and one error line.
 
@@ -529,4 +533,195 @@ fn s3_backup_jobs_show_in_metrics_and_sigterm_leaves_nothing() -> Result<()> {
     ensure!(!new_packs()?, "its packs are gone from the bucket");
     ensure!(!repo_root.join("lock/backup").exists(), "the lock object is gone");
     Ok(())
+}
+
+/// Whether a PostgreSQL server runs with its data directory under `dir`
+/// (a drill's throwaway server: `postgres -D DRILL_DIR/ID-TIME/data`).
+fn server_under(dir: &Path) -> Option<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()).find_map(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (cmdline.contains("postgres") && cmdline.contains(" -D ") && cmdline.contains(&dir)).then_some(cmdline)
+    })
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_scheduled_drill_shows_in_metrics_list_and_health() -> Result<()> {
+    let dir = TestDir::new()?;
+    let port = free_port()?;
+    let drill_dir = dir.join("drill");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[drill]\ndir = {}\ntimeout = \"10m\"\n[schedule]\nfull = \"0 0 1 1 *\"\ndrill = \"0 0 1 1 *\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{port}\"\nrefresh = \"2s\"\n[health]\nmax_drill_age = \"1h\"\n",
+            toml_quote(&s(&drill_dir))
+        ),
+    )?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config)])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 5000) g")?;
+    let first = pg.switch_wal()?;
+    pg.wait_archived(&first, WAIT)?;
+
+    let began = chrono::Utc::now().timestamp() as f64;
+    let mut daemon = Daemon::start(&config, &pg, &[("PGWAL_TEST_RUN_AT_START", "full,drill")])?;
+    // Before the drill: 503, naming the missing drill.
+    let mut before = None;
+    wait_until(WAIT, "/health to answer", || {
+        before = http_get(port, "/health")?;
+        Ok(before.as_ref().is_some_and(|(_, body)| !body.contains("not been read yet")))
+    })
+    .with_context(|| daemon.log())?;
+    let (status, reason) = before.unwrap_or_default();
+    ensure!(status == 503 && reason.trim() == "no drill recorded in the repository", "{status} {reason:?}");
+
+    daemon.wait_line("job full ended: exit status 0", WAIT).with_context(|| daemon.log())?;
+    daemon.wait_line("job drill started: pgwal drill (pid ", WAIT).with_context(|| daemon.log())?;
+    daemon.wait_line("job drill ended: exit status 0", WAIT).with_context(|| daemon.log())?;
+    let ended = chrono::Utc::now().timestamp() as f64;
+
+    let listing = list_json(&config)?;
+    let ids = backup_ids(&listing);
+    ensure!(ids.len() == 1, "{listing}");
+    let drills = listing["drills"].as_array().context("drills")?;
+    ensure!(drills.len() == 1, "{listing}");
+    let d = &drills[0];
+    ensure!(d["backup"] == ids[0].as_str() && d["passed"] == true, "the drill of the scheduled backup passed: {d}");
+    ensure!(d["findings"].as_array().is_some_and(|f| f.is_empty()), "{d}");
+    let finished = chrono::DateTime::parse_from_rfc3339(d["finished"].as_str().unwrap_or(""))?.timestamp() as f64;
+
+    let mut page = String::new();
+    wait_until(Duration::from_secs(60), "the drill in /metrics", || {
+        page = http_get(port, "/metrics")?.map(|(_, body)| body).unwrap_or_default();
+        Ok(sample(&page, "pgwal_drill_last_success") == Some(1.0))
+    })
+    .with_context(|| page.clone())?;
+    let at = sample(&page, "pgwal_drill_last_timestamp_seconds").unwrap_or(0.0);
+    ensure!(at == finished, "the metric is the drill's finish {finished}: {at}\n{page}");
+    ensure!(began - 1.0 <= at && at <= ended + 1.0, "the drill finished within the run ({began}..{ended}): {at}");
+    ensure!(sample(&page, "pgwal_job_last_exit_code{job=\"drill\"}") == Some(0.0), "{page}");
+    promtool_accepts(&page)?;
+
+    let mut after = None;
+    wait_until(Duration::from_secs(60), "/health to see the drill", || {
+        after = http_get(port, "/health")?;
+        Ok(after.as_ref().is_some_and(|(s, _)| *s == 200))
+    })
+    .with_context(|| format!("{after:?}"))?;
+    let (_, body) = after.unwrap_or_default();
+    ensure!(body.starts_with("ok: ") && body.contains("drill "), "{body:?}");
+    ensure!(entries(&drill_dir).is_empty() && server_under(&drill_dir).is_none(), "the drill cleaned up");
+    ensure!(daemon.terminate(Duration::from_secs(30))?.0.success(), "{}", daemon.log());
+    Ok(())
+}
+
+#[test]
+fn sigterm_during_a_drill_job_stops_its_server_and_records_nothing() -> Result<()> {
+    let dir = TestDir::new()?;
+    let s3 = S3Server::start()?;
+    let bucket = s3.create_bucket("pgwal")?;
+    // WAL downloads through this proxy stall: the drill's recovery waits while SIGTERM comes.
+    let proxy = common::proxy::HttpProxy::start(s3.port())?;
+    let port = free_port()?;
+    let drill_dir = dir.join("drill");
+    let config = dir.join("pgwal.toml");
+    write_private_file(
+        &config,
+        &format!(
+            "repo = \"s3://pgwal/main\"\n[s3]\nendpoint = {}\nregion = \"us-east-1\"\naccess_key_id = {}\n\
+             secret_access_key = {}\nallow_http = true\n[drill]\ndir = {}\ntimeout = \"10m\"\n\
+             [schedule]\ndrill = \"0 0 1 1 *\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            toml_quote(&proxy.endpoint()),
+            toml_quote(s3.access_key()),
+            toml_quote(s3.secret_key()),
+            toml_quote(&s(&drill_dir)),
+        ),
+    )?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config)])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 5000) g")?;
+    Pgwal::new(["--config", &s(&config), "backup", "--checkpoint", "fast", "--conninfo", &pg.conninfo(), "--pgdata"])
+        .arg(pg.data_dir())
+        .run()?
+        .ensure_success()?;
+    pg.sql("INSERT INTO t SELECT g FROM generate_series(1, 5000) g")?;
+    let last = pg.switch_wal()?;
+    pg.wait_archived(&last, WAIT)?;
+    proxy.inject("GET", "/wal/00000001", common::proxy::Fault::Stall(Duration::from_secs(60)), 1000);
+
+    let mut daemon = Daemon::start(&config, &pg, &[("PGWAL_TEST_RUN_AT_START", "drill")])?;
+    let started = daemon.wait_line("job drill started: pgwal drill (pid ", WAIT)?;
+    let job_pid: u32 = started
+        .rsplit("(pid ")
+        .next()
+        .and_then(|p| p.trim_end_matches(')').parse().ok())
+        .with_context(|| format!("no pid in {started:?}"))?;
+    wait_until(WAIT, "the drill's throwaway server to run", || Ok(server_under(&drill_dir).is_some()))
+        .with_context(|| daemon.log())?;
+    daemon.wait_line("started the throwaway server", WAIT)?;
+
+    let (status, took) = daemon.terminate(Duration::from_secs(30))?;
+    ensure!(status.success(), "the daemon exits 0 after SIGTERM, got {status}\n{}", daemon.log());
+    ensure!(took < Duration::from_secs(30), "stopped within 30 s: {took:?}");
+    ensure!(!process_exists(job_pid), "the drill job's process {job_pid} is gone");
+    let log = daemon.log();
+    ensure!(log.contains("SIGTERM: stopping job drill"), "{log}");
+    ensure!(log.contains("interrupted by SIGTERM") && log.contains("job drill failed: exit status 1"), "{log}");
+    ensure!(!log.contains("killing it and its process group"), "the drill stopped on SIGTERM alone: {log}");
+    ensure!(server_under(&drill_dir).is_none(), "no throwaway server left: {:?}", server_under(&drill_dir));
+    ensure!(entries(&drill_dir).is_empty(), "the scratch directory is gone: {:?}", entries(&drill_dir));
+    let listing = list_json(&config)?;
+    ensure!(listing["drills"] == serde_json::json!([]), "nothing recorded for the interrupted drill: {listing}");
+    ensure!(entries(&bucket.join("main/drill")).is_empty(), "no drill object in the bucket");
+    Ok(())
+}
+
+/// `config/pgwal.service` runs the daemon as postgres, restarts it on
+/// failure, is hardened, lets drills write their scratch copies (its
+/// private /var/tmp holds the default drill.dir), and `systemd-analyze
+/// verify` accepts it (run on a copy whose ExecStart is this build, when
+/// systemd-analyze is installed).
+#[test]
+fn the_service_unit_is_consistent() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgwal.service");
+    let unit = std::fs::read_to_string(&path)?;
+    let has = |line: &str| unit.lines().any(|l| l.trim() == line);
+    for line in ["User=postgres", "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=true"] {
+        ensure!(has(line), "{} lacks {line}", path.display());
+    }
+    ensure!(has("ExecStart=/usr/local/bin/pgwal daemon"), "{}", path.display());
+    // The default drill.dir must be writable: under /var/tmp, which PrivateTmp makes the unit's own.
+    ensure!(pgwal::config::drill::DEFAULT_DRILL_DIR.starts_with("/var/tmp/") && has("PrivateTmp=true"), "drill.dir");
+    ensure!(!unit.contains("MemoryDenyWriteExecute=true"), "would break PostgreSQL's JIT in a drill");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))?;
+    ensure!(readme.contains("sudo cp config/pgwal.service /etc/systemd/system/"), "the README installs the unit");
+
+    let Ok(analyze) = which("systemd-analyze") else { return Ok(()) };
+    let dir = TestDir::new()?;
+    let copy = dir.join("pgwal.service");
+    let text: String = unit
+        .lines()
+        .filter(|l| !l.starts_with("Documentation="))
+        .map(|l| l.replace("/usr/local/bin/pgwal", env!("CARGO_BIN_EXE_pgwal")) + "\n")
+        .collect();
+    std::fs::write(&copy, text)?;
+    let mut cmd = std::process::Command::new(analyze);
+    cmd.arg("verify").arg(&copy);
+    let out = run(&mut cmd, None, COMMAND_TIMEOUT)?;
+    ensure!(out.success() && out.stderr.trim().is_empty(), "systemd-analyze verify: {out}");
+    Ok(())
+}
+
+fn which(program: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+        .with_context(|| format!("{program} is not installed"))
 }
