@@ -10,8 +10,7 @@ use serde::Deserialize;
 use super::Config;
 use crate::cli::DrillArgs;
 use crate::error::{Error, Result};
-use crate::pg::recovery::{self, RecoveryTarget};
-use crate::pg::Lsn;
+use crate::pg::recovery::RecoveryTarget;
 use crate::repo::backup::BackupId;
 use crate::storage::RepoUrl;
 
@@ -90,29 +89,19 @@ pub struct DrillRequest {
     pub config_file: Option<PathBuf>,
 }
 
-fn usage(e: impl std::fmt::Display) -> Error {
-    Error::Usage(e.to_string())
-}
-
 /// Validated request of `drill`.
 pub fn drill_request(args: &DrillArgs, cfg: &Config) -> Result<DrillRequest> {
     let backup = args.backup.as_deref().map(str::parse::<BackupId>).transpose().map_err(|e| Error::BadRequest {
         message: e.to_string(),
         hint: Some("'pgwal list' shows the backup IDs".into()),
     })?;
-    let target = if let Some(t) = &args.target_time {
-        Some(RecoveryTarget::Time(recovery::parse_target_time(t).map_err(usage)?))
-    } else if let Some(l) = &args.target_lsn {
-        Some(RecoveryTarget::Lsn(l.trim().parse::<Lsn>().map_err(usage)?))
-    } else if let Some(x) = &args.target_xid {
-        Some(RecoveryTarget::Xid(recovery::parse_xid(x).map_err(usage)?))
-    } else if let Some(n) = &args.target_name {
-        Some(RecoveryTarget::Name(recovery::parse_restore_point(n).map_err(usage)?))
-    } else if args.target_immediate {
-        Some(RecoveryTarget::Immediate)
-    } else {
-        None
-    };
+    let target = super::restore::recovery_target(
+        args.target_time.as_deref(),
+        args.target_lsn.as_deref(),
+        args.target_xid.as_deref(),
+        args.target_name.as_deref(),
+        args.target_immediate,
+    )?;
     // The scratch copy must never land in the live cluster's data directory.
     if let Some(pgdata) = cfg.pgdata.as_deref().map(super::restore::absolute).transpose()? {
         let dir = &cfg.drill.dir;

@@ -134,23 +134,41 @@ fn usage(e: impl std::fmt::Display) -> Error {
     Error::Usage(e.to_string())
 }
 
+/// The recovery target of restore's and drill's `--target-*` flags (clap
+/// lets at most one be given); `None` without one.
+pub fn recovery_target(
+    time: Option<&str>,
+    lsn: Option<&str>,
+    xid: Option<&str>,
+    name: Option<&str>,
+    immediate: bool,
+) -> Result<Option<RecoveryTarget>> {
+    Ok(if let Some(t) = time {
+        Some(RecoveryTarget::Time(recovery::parse_target_time(t).map_err(usage)?))
+    } else if let Some(l) = lsn {
+        Some(RecoveryTarget::Lsn(l.trim().parse::<Lsn>().map_err(usage)?))
+    } else if let Some(x) = xid {
+        Some(RecoveryTarget::Xid(recovery::parse_xid(x).map_err(usage)?))
+    } else if let Some(n) = name {
+        Some(RecoveryTarget::Name(recovery::parse_restore_point(n).map_err(usage)?))
+    } else if immediate {
+        Some(RecoveryTarget::Immediate)
+    } else {
+        None
+    })
+}
+
 /// Validated options of `restore`.
 pub fn restore_options(args: &RestoreArgs, cfg: &Config) -> Result<RestoreOptions> {
     let mut opts = common(&args.dir, cfg)?;
     opts.backup = args.backup.as_deref().map(str::parse::<BackupId>).transpose().map_err(usage)?;
-    opts.target = if let Some(t) = &args.target_time {
-        Some(RecoveryTarget::Time(recovery::parse_target_time(t).map_err(usage)?))
-    } else if let Some(l) = &args.target_lsn {
-        Some(RecoveryTarget::Lsn(l.trim().parse::<Lsn>().map_err(usage)?))
-    } else if let Some(x) = &args.target_xid {
-        Some(RecoveryTarget::Xid(recovery::parse_xid(x).map_err(usage)?))
-    } else if let Some(n) = &args.target_name {
-        Some(RecoveryTarget::Name(recovery::parse_restore_point(n).map_err(usage)?))
-    } else if args.target_immediate {
-        Some(RecoveryTarget::Immediate)
-    } else {
-        None
-    };
+    opts.target = recovery_target(
+        args.target_time.as_deref(),
+        args.target_lsn.as_deref(),
+        args.target_xid.as_deref(),
+        args.target_name.as_deref(),
+        args.target_immediate,
+    )?;
     let action = args.target_action.as_deref().map(recovery::parse_action).transpose().map_err(usage)?;
     // PostgreSQL's own default, said out loud in the settings.
     opts.action = opts.target.as_ref().map(|_| action.unwrap_or(TargetAction::Pause));

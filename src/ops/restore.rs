@@ -30,7 +30,7 @@ use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
 use crate::pg::WalSegmentSize;
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest};
 use crate::repo::catalog::{Backups, Catalog, ManifestState, Scope, Unreadable, WalInventory, WalListing};
-use crate::repo::{keys, Repository};
+use crate::repo::Repository;
 use crate::storage::{pgdata, RepoUrl};
 
 /// What a restore did.
@@ -192,18 +192,7 @@ async fn choose_backup(
     opts: &RestoreOptions,
     notices: &mut Vec<String>,
 ) -> Result<(Manifest, Chain)> {
-    repo.require_exists().await?;
-    let identity = repo.identity().await?.cluster;
-    let Some(identity) = identity else {
-        return Err(Error::Unreachable {
-            message: format!("repository '{}' holds no cluster yet: nothing was archived or backed up", repo.url()),
-            hint: Some("check --repo; 'pgwal backup' takes the first backup".into()),
-        });
-    };
-    let size = WalSegmentSize::new(identity.wal_segment_size).ok_or_else(|| Error::Corrupt {
-        key: keys::cluster().to_string(),
-        reason: format!("invalid WAL segment size {}", identity.wal_segment_size),
-    })?;
+    let (identity, size) = repo.recorded_cluster().await?;
     let only = opts.backup.as_ref();
     let scope = Scope {
         backups: only.cloned().map_or(Backups::All, Backups::Only),

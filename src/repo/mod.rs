@@ -390,6 +390,24 @@ impl Repository {
         Ok(true)
     }
 
+    /// The cluster this repository holds and its WAL segment size, for the
+    /// commands that need a backup (restore, drill): one clear error when
+    /// the repository is missing or holds nothing yet.
+    pub async fn recorded_cluster(&self) -> Result<(ClusterIdentity, crate::pg::WalSegmentSize)> {
+        self.require_exists().await?;
+        let Some(identity) = self.identity().await?.cluster else {
+            return Err(Error::Unreachable {
+                message: format!("repository '{}' holds no cluster yet: nothing was archived or backed up", self.url()),
+                hint: Some("check --repo; 'pgwal backup' takes the first backup".into()),
+            });
+        };
+        let size = crate::pg::WalSegmentSize::new(identity.wal_segment_size).ok_or_else(|| Error::Corrupt {
+            key: keys::cluster().to_string(),
+            reason: format!("invalid WAL segment size {}", identity.wal_segment_size),
+        })?;
+        Ok((identity, size))
+    }
+
     /// Fails with [`Error::RepositoryMissing`] unless a repository is here.
     /// On an object store, an absent format object is told apart from a
     /// missing bucket or a refused listing (some stores answer a GET in a

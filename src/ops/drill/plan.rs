@@ -7,7 +7,7 @@ use crate::config::drill::DrillRequest;
 use crate::error::{Error, Result};
 use crate::pg::recovery::TargetTimeline;
 use crate::pg::timeline::{segment_before, Chain, TimelineTree};
-use crate::pg::{WalFileName, WalSegmentSize};
+use crate::pg::WalFileName;
 use crate::repo::backup::Manifest;
 use crate::repo::catalog::{BackupInfo, Backups, Catalog, ManifestState, Scope, WalListing};
 use crate::repo::{keys, Repository};
@@ -27,17 +27,7 @@ pub struct Plan {
 /// Chooses the backup (the named one, else the newest complete one) and
 /// works out the expected end of recovery.
 pub async fn plan(repo: &Repository, req: &DrillRequest) -> Result<Plan> {
-    repo.require_exists().await?;
-    let Some(identity) = repo.identity().await?.cluster else {
-        return Err(Error::Unreachable {
-            message: format!("repository '{}' holds no cluster yet: nothing was archived or backed up", repo.url()),
-            hint: Some("check --repo; 'pgwal backup' takes the first backup".into()),
-        });
-    };
-    let size = WalSegmentSize::new(identity.wal_segment_size).ok_or_else(|| Error::Corrupt {
-        key: keys::cluster().to_string(),
-        reason: format!("invalid WAL segment size {}", identity.wal_segment_size),
-    })?;
+    let (_, size) = repo.recorded_cluster().await?;
     let scope = Scope {
         backups: req.backup.clone().map_or(Backups::All, Backups::Only),
         wal: WalListing::Inventory(size),

@@ -17,6 +17,7 @@ use crate::pg::recovery::{parse_target_time, TargetAction};
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName};
 use crate::repo::backup::{pack_key, DirEntry, Extent, FileEntry, PackInfo, Tablespace, MANIFEST_FORMAT};
 use crate::repo::frame::{self, Compression};
+use crate::repo::keys;
 use crate::repo::ClusterIdentity;
 use crate::storage::{RetryPolicy, Store};
 
