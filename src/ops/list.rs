@@ -273,10 +273,7 @@ pub fn render_text(l: &Listing) -> String {
             .map(|b| {
                 vec![
                     b.id.clone(),
-                    match b.kind {
-                        BackupType::Full => "full".into(),
-                        BackupType::Incr => "incr".into(),
-                    },
+                    b.kind.as_str().to_string(),
                     b.parent.clone().unwrap_or_else(|| "-".into()),
                     short_time(&b.start_time),
                     short_time(&b.stop_time),

@@ -7,13 +7,20 @@
 //! ```text
 //! backup/20261123T074000F/pack/000000   files' bytes, framed (SHA-256 of the pack)
 //! backup/20261123T074000F/pack/000001
+//! backup/20261123T074000F/map/000000    block maps (diff/incr change detection), framed
 //! backup/20261123T074000F/manifest      framed JSON, see [`Manifest`]
 //! ```
+//!
+//! A `diff` or `incr` backup (manifest format [`MANIFEST_FORMAT_CHAINED`])
+//! stores only what changed since its parent; an [`Extent`] with `backup`
+//! set points into a pack of an older backup of the same chain, so restore
+//! reads each piece from the backup that holds it. Every file's `sha256` is
+//! still the hash of the whole restored file.
 
 use std::fmt;
 use std::str::FromStr;
 
-pub use super::keys::{backup_lock_key, backups_prefix, manifest_key, pack_key};
+pub use super::keys::{backup_lock_key, backups_prefix, manifest_key, map_key, pack_key};
 use serde::{Deserialize, Serialize};
 
 use crate::pg::{Lsn, TimelineId};
@@ -23,7 +30,7 @@ use crate::pg::{Lsn, TimelineId};
 pub const PACK_TARGET: usize = 32 << 20;
 
 /// Identifies a backup: its start time in UTC and its type, e.g.
-/// `20261123T074000F` (F full, I incremental). Names sort by start time, but
+/// `20261123T074000F` (F full, D differential, I incremental). Names sort by start time, but
 /// retention and target selection use the manifest's stop time, never names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -39,6 +46,7 @@ impl BackupId {
     pub fn new(at: chrono::DateTime<chrono::Utc>, kind: BackupType) -> BackupId {
         let suffix = match kind {
             BackupType::Full => 'F',
+            BackupType::Diff => 'D',
             BackupType::Incr => 'I',
         };
         BackupId(format!("{}{suffix}", at.format("%Y%m%dT%H%M%S")))
@@ -59,7 +67,7 @@ impl FromStr for BackupId {
             && b[..8].iter().all(u8::is_ascii_digit)
             && b[8] == b'T'
             && b[9..15].iter().all(u8::is_ascii_digit)
-            && matches!(b[15], b'F' | b'I')
+            && matches!(b[15], b'F' | b'D' | b'I')
             && chrono::NaiveDateTime::parse_from_str(&s[..15], "%Y%m%dT%H%M%S").is_ok();
         if ok {
             Ok(BackupId(s.to_string()))
@@ -88,14 +96,33 @@ impl fmt::Display for BackupId {
     }
 }
 
-/// Full or incremental.
+/// Full, differential or incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupType {
     /// Every file.
     Full,
-    /// Only what changed since the parent (not implemented yet).
+    /// Only what changed since the newest full backup (its parent).
+    Diff,
+    /// Only what changed since the newest complete backup of any type (its parent).
     Incr,
+}
+
+impl BackupType {
+    /// The name used in manifests, `list` and metrics: `full`, `diff`, `incr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Diff => "diff",
+            BackupType::Incr => "incr",
+        }
+    }
+}
+
+impl fmt::Display for BackupType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// LSNs in JSON as PostgreSQL prints them (`16/B374D848`).
@@ -137,15 +164,31 @@ pub struct PackInfo {
 }
 
 /// A piece of a file's content inside a pack. Most files are one extent;
-/// files larger than a pack span several.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// files larger than a pack span several. In a diff/incr backup, unchanged
+/// pieces point into a pack of an older backup of the chain (`backup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extent {
+    /// The backup whose pack holds the bytes; `None`: the backup of this manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupId>,
     /// Which pack.
     pub pack: u32,
     /// Where in the pack's original bytes.
     pub offset: u64,
     /// How many bytes.
     pub size: u64,
+}
+
+impl Extent {
+    /// An extent in a pack of the backup that writes it.
+    pub fn own(pack: u32, offset: u64, size: u64) -> Extent {
+        Extent { backup: None, pack, offset, size }
+    }
+
+    /// The backup whose pack holds the bytes, `this` being the manifest's own backup.
+    pub fn source<'a>(&'a self, this: &'a BackupId) -> &'a BackupId {
+        self.backup.as_ref().unwrap_or(this)
+    }
 }
 
 /// One file of the backup.
@@ -159,7 +202,8 @@ pub struct FileEntry {
     pub tablespace: Option<u32>,
     /// Size in bytes as read during the backup.
     pub size: u64,
-    /// Hex SHA-256 of the content as read.
+    /// Hex SHA-256 of the whole content as restored (for a block-level file
+    /// of a diff/incr backup: of the file assembled from the chain).
     pub sha256: String,
     /// Unix permission bits.
     pub mode: u32,
@@ -167,6 +211,11 @@ pub struct FileEntry {
     pub mtime: i64,
     /// Where the content is, in order.
     pub extents: Vec<Extent>,
+    /// For relation files: where in `maps` this file's block map is (one
+    /// 16-byte fingerprint per 8 KiB block), which the next diff/incr backup
+    /// compares against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_map: Option<Extent>,
 }
 
 /// A directory to recreate (possibly empty, like `pg_wal/` or `pg_replslot/`).
@@ -193,7 +242,8 @@ pub struct Tablespace {
 /// Everything about one backup. Stored last, as `backup/<id>/manifest`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Manifest format version (1).
+    /// Manifest format version: [`MANIFEST_FORMAT`] for a self-contained
+    /// backup, [`MANIFEST_FORMAT_CHAINED`] for one with extents in other backups.
     pub format: u32,
     /// The backup ID.
     pub id: BackupId,
@@ -237,14 +287,43 @@ pub struct Manifest {
     pub stored_size: u64,
     /// The packs.
     pub packs: Vec<PackInfo>,
+    /// The block-map objects ([`map_key`]); empty for backups without maps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps: Vec<PackInfo>,
     /// Directories to recreate.
     pub directories: Vec<DirEntry>,
     /// The files.
     pub files: Vec<FileEntry>,
 }
 
-/// The manifest format this build writes and reads.
+/// The manifest format of a self-contained backup (every extent in its own packs).
 pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The manifest format of a diff/incr backup: extents may name an older
+/// backup (`Extent::backup`). A pgwal that reads only format 1 refuses it.
+pub const MANIFEST_FORMAT_CHAINED: u32 = 2;
+
+/// Whether this build reads manifests of `format`.
+pub fn reads_manifest_format(format: u32) -> bool {
+    format == MANIFEST_FORMAT || format == MANIFEST_FORMAT_CHAINED
+}
+
+impl Manifest {
+    /// Every other backup whose packs this manifest's extents point into,
+    /// sorted and without duplicates (empty for a full backup).
+    pub fn referenced_backups(&self) -> Vec<BackupId> {
+        let mut ids: Vec<BackupId> = self
+            .files
+            .iter()
+            .flat_map(|f| f.extents.iter())
+            .filter_map(|e| e.backup.clone())
+            .filter(|b| *b != self.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
 
 /// Accumulates file content into packs of about [`PACK_TARGET`] bytes.
 #[derive(Debug, Default)]
@@ -264,7 +343,7 @@ impl PackBuilder {
     pub fn push(&mut self, bytes: &[u8]) -> Extent {
         let offset = self.data.len() as u64;
         self.data.extend_from_slice(bytes);
-        Extent { pack: self.number, offset, size: bytes.len() as u64 }
+        Extent::own(self.number, offset, bytes.len() as u64)
     }
 
     /// Reads up to `max` bytes (at most the room left) from `reader` straight
@@ -287,7 +366,7 @@ impl PackBuilder {
             }
         }
         self.data.truncate(offset + filled);
-        Ok(Extent { pack: self.number, offset: offset as u64, size: filled as u64 })
+        Ok(Extent::own(self.number, offset as u64, filled as u64))
     }
 
     /// The bytes of `extent`, which must come from the current pack.
@@ -338,6 +417,12 @@ mod tests {
         let id = BackupId::new(at, BackupType::Full);
         assert_eq!(id.as_str(), "20261123T074000F");
         assert_eq!("20261123T074000F".parse::<BackupId>(), Ok(id));
+        let d = BackupId::new(at, BackupType::Diff);
+        assert_eq!(d.as_str(), "20261123T074000D");
+        assert_eq!(
+            "20261123T074000I".parse::<BackupId>().map(|i| i.as_str().to_string()),
+            Ok("20261123T074000I".into())
+        );
         for bad in ["", "20261123T074000", "20261123T074000X", "20261323T074000F", "2026112T3074000F", "../x"] {
             assert!(bad.parse::<BackupId>().is_err(), "{bad:?}");
         }
@@ -357,11 +442,11 @@ mod tests {
     fn packs_fill_and_roll_over() {
         let mut b = PackBuilder::new(0);
         let e1 = b.push(b"hello");
-        assert_eq!(e1, Extent { pack: 0, offset: 0, size: 5 });
+        assert_eq!(e1, Extent::own(0, 0, 5));
         assert_eq!(b.room(), PACK_TARGET - 5);
         let (n, data) = b.take();
         assert_eq!((n, data.as_slice()), (0, &b"hello"[..]));
-        assert_eq!(b.push(b"x"), Extent { pack: 1, offset: 0, size: 1 });
+        assert_eq!(b.push(b"x"), Extent::own(1, 0, 1));
     }
 
     #[test]
@@ -370,7 +455,7 @@ mod tests {
         b.push(b"ab");
         let mut src = &b"hello world"[..];
         let e = b.push_from(&mut src, 5).expect("read");
-        assert_eq!(e, Extent { pack: 7, offset: 2, size: 5 });
+        assert_eq!(e, Extent::own(7, 2, 5));
         assert_eq!(b.bytes(&e), b"hello");
         let rest = b.push_from(&mut src, 100).expect("read");
         assert_eq!(b.bytes(&rest), b" world", "stops at end of file");
@@ -407,12 +492,29 @@ mod tests {
                 sha256: "cd".into(),
                 mode: 0o600,
                 mtime: 1,
-                extents: vec![Extent { pack: 0, offset: 0, size: 3 }],
+                extents: vec![Extent::own(0, 0, 3)],
+                block_map: None,
             }],
+            maps: vec![],
         };
         let json = serde_json::to_string_pretty(&m).expect("serialize");
         assert!(json.contains("\"start_lsn\": \"0/2000028\"") && json.contains("\"type\": \"full\""), "{json}");
+        assert!(!json.contains("block_map") && !json.contains("\"maps\"") && !json.contains("\"backup\""), "{json}");
         let back: Manifest = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn chained_manifests_name_the_backups_they_read() {
+        let parent: BackupId = "20261123T074000F".parse().expect("id");
+        let e = Extent { backup: Some(parent.clone()), ..Extent::own(3, 8192, 8192) };
+        let json = serde_json::to_string(&e).expect("serialize");
+        assert!(json.contains("\"backup\":\"20261123T074000F\""), "{json}");
+        assert_eq!(serde_json::from_str::<Extent>(&json).expect("parse"), e);
+        let this: BackupId = "20261124T074000I".parse().expect("id");
+        assert_eq!(e.source(&this), &parent);
+        assert_eq!(Extent::own(0, 0, 1).source(&this), &this);
+        assert!(reads_manifest_format(MANIFEST_FORMAT) && reads_manifest_format(MANIFEST_FORMAT_CHAINED));
+        assert!(!reads_manifest_format(3));
     }
 }

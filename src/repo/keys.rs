@@ -105,6 +105,12 @@ pub fn pack_key(id: &BackupId, number: u32) -> Path {
     Path::from(format!("backup/{id}/pack/{number:06}"))
 }
 
+/// Block-map object `number` of backup `id` (the per-block fingerprints a
+/// diff/incr backup compares against).
+pub fn map_key(id: &BackupId, number: u32) -> Path {
+    Path::from(format!("backup/{id}/map/{number:06}"))
+}
+
 /// Prefix under which every drill result lives.
 pub fn drills_prefix() -> Path {
     Path::from("drill")

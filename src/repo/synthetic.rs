@@ -113,8 +113,10 @@ pub async fn put_backup(
             sha256: sha,
             mode: 0o600,
             mtime: 0,
-            extents: vec![Extent { pack: 0, offset: 0, size: content.len() as u64 }],
+            extents: vec![Extent::own(0, 0, content.len() as u64)],
+            block_map: None,
         }],
+        maps: vec![],
     };
     repo.store_json(&manifest_key(&id), &manifest).await?;
     Ok(manifest)

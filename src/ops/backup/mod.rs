@@ -341,6 +341,7 @@ async fn store(
         data_size: packed.files.iter().map(|f| f.size).sum(),
         stored_size: packed.packs.iter().map(|p| p.stored_size).sum(),
         packs: packed.packs,
+        maps: vec![],
         directories: walked.dirs,
         files: packed.files,
     };

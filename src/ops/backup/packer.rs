@@ -237,7 +237,11 @@ fn copy_file(
         total += extent.size;
         shared.read_bytes.fetch_add(extent.size, Ordering::Relaxed);
         match extents.last_mut() {
-            Some(last) if last.pack == extent.pack && last.offset + last.size == extent.offset => {
+            Some(last)
+                if last.backup == extent.backup
+                    && last.pack == extent.pack
+                    && last.offset + last.size == extent.offset =>
+            {
                 last.size += extent.size
             }
             _ => extents.push(extent),
@@ -251,6 +255,7 @@ fn copy_file(
         mode: meta.mode() & 0o7777,
         mtime: meta.mtime(),
         extents,
+        block_map: None,
     }))
 }
 

@@ -20,7 +20,6 @@ use super::jobs::{Ended, Job};
 use crate::config::daemon::HealthOptions;
 use crate::local::backlog;
 use crate::ops::list;
-use crate::repo::backup::BackupType;
 use crate::repo::catalog::{Catalog, Scope};
 use crate::repo::Repository;
 use crate::Result;
@@ -94,11 +93,7 @@ impl Snapshot {
                 stop_time: stop,
                 duration_seconds: (stop - start).num_milliseconds() as f64 / 1000.0,
             };
-            let kind = match b.kind {
-                BackupType::Full => "full",
-                BackupType::Incr => "incr",
-            };
-            s.last_backup.insert(kind.to_string(), last.clone());
+            s.last_backup.insert(b.kind.as_str().to_string(), last.clone());
             s.newest_backup = Some(last);
         }
         if let (Some(name), Some(t)) = (&listing.health.newest_segment, &listing.health.newest_segment_time) {

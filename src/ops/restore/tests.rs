@@ -86,16 +86,12 @@ impl Fixture {
             if path == "base/1/big" {
                 let half = data.len() / 2;
                 for (pack, part) in [(0usize, &data[..half]), (1, &data[half..])] {
-                    extents.push(Extent {
-                        pack: pack as u32,
-                        offset: packs[pack].len() as u64,
-                        size: part.len() as u64,
-                    });
+                    extents.push(Extent::own(pack as u32, packs[pack].len() as u64, part.len() as u64));
                     packs[pack].extend_from_slice(part);
                 }
             } else if !data.is_empty() {
                 let pack = usize::from(path.starts_with("pg_") || ts.is_some());
-                extents.push(Extent { pack: pack as u32, offset: packs[pack].len() as u64, size: data.len() as u64 });
+                extents.push(Extent::own(pack as u32, packs[pack].len() as u64, data.len() as u64));
                 packs[pack].extend_from_slice(&data);
             }
             entries.push(FileEntry {
@@ -106,6 +102,7 @@ impl Fixture {
                 mode,
                 mtime: 1,
                 extents,
+                block_map: None,
             });
             contents.insert(format!("{}{path}", ts.map_or(String::new(), |o| format!("ts{o}:"))), data);
         }
@@ -140,6 +137,7 @@ impl Fixture {
             data_size: 0,
             stored_size: 0,
             packs: pack_infos,
+            maps: vec![],
             directories: vec![
                 DirEntry { path: "base".into(), tablespace: None, mode: 0o700 },
                 DirEntry { path: "base/1".into(), tablespace: None, mode: 0o750 },
