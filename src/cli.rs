@@ -516,7 +516,9 @@ fn parse_retain_days(s: &str) -> Result<u32, String> {
 pub enum BackupKind {
     /// Every file
     Full,
-    /// Only what changed since the last backup (not implemented yet)
+    /// Only what changed since the newest full backup (not implemented yet)
+    Diff,
+    /// Only what changed since the newest backup (not implemented yet)
     Incr,
 }
 
@@ -532,7 +534,7 @@ pub enum CheckpointArg {
 /// Arguments of `backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Full or incremental
+    /// Full, differential or incremental
     #[arg(long = "type", value_enum, default_value = "full", value_name = "TYPE")]
     pub kind: BackupKind,
     /// The checkpoint the backup starts with [default: backup.checkpoint, else fast]
@@ -696,7 +698,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["pgwal", "backup", "--checkpoint", "immediate"]).is_err());
-        assert!(parse(&["pgwal", "backup", "--type", "diff"]).is_err());
+        match parse(&["pgwal", "backup", "--type", "diff"]).expect("diff").command {
+            Command::Backup(a) => assert_eq!(a.kind, BackupKind::Diff),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["pgwal", "backup", "--type", "delta"]).is_err());
         assert!(matches!(
             parse(&["pgwal", "list", "--json"]).expect("list").command,
             Command::List(ListArgs { json: true })

@@ -13,7 +13,7 @@ use crate::repo::backup::BackupType;
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct BackupRequest {
-    /// Full or incremental (refused for now).
+    /// Full, differential or incremental (the last two refused for now).
     pub kind: BackupType,
     /// The data directory; asked from the server when `None`.
     pub pgdata: Option<PathBuf>,
@@ -28,10 +28,11 @@ pub struct BackupRequest {
 impl BackupRequest {
     /// Refuses what cannot be done before anything is opened or created.
     pub fn validate(&self) -> Result<()> {
-        if self.kind == BackupType::Incr {
-            return Err(Error::Usage(
-                "incremental backups are not implemented yet; take a full backup with '--type full'".into(),
-            ));
+        if self.kind != BackupType::Full {
+            return Err(Error::Usage(format!(
+                "'--type {}' backups are not implemented yet; take a full backup with '--type full'",
+                self.kind
+            )));
         }
         Ok(())
     }
@@ -51,6 +52,7 @@ pub fn request(cfg: &Config, args: &BackupArgs) -> Result<BackupRequest> {
     let request = BackupRequest {
         kind: match args.kind {
             BackupKind::Full => BackupType::Full,
+            BackupKind::Diff => BackupType::Diff,
             BackupKind::Incr => BackupType::Incr,
         },
         pgdata: cfg.pgdata.clone(),

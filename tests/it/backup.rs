@@ -390,8 +390,11 @@ fn concurrent_backups_are_locked_out_and_killed_ones_never_show() -> Result<()> 
 fn usage_errors() -> Result<()> {
     let dir = TestDir::new()?;
     let config = file_repo_config(&dir)?;
-    let out = Pgwal::new(["--config", &cfg(&config), "backup", "--type", "incr"]).run()?;
-    ensure!(out.code() == Some(2) && out.stderr.contains("not implemented yet"), "{out}");
+    for kind in ["incr", "diff"] {
+        let out = Pgwal::new(["--config", &cfg(&config), "backup", "--type", kind]).run()?;
+        ensure!(out.code() == Some(2) && out.stderr.contains("not implemented yet"), "{out}");
+        ensure!(!dir.join("repo").exists(), "a refused backup creates nothing");
+    }
     let out = Pgwal::new(["--config", &cfg(&config), "list"]).run()?;
     ensure!(out.code() == Some(1) && out.stderr.contains("no pgwal repository"), "{out}");
     ensure!(!dir.join("repo").exists(), "list creates nothing");
