@@ -1,7 +1,8 @@
 //! `pgwal restore` of an incr backup on real PostgreSQL 15: the incr's
 //! manifest is made here from a real full backup's (format 2, every extent
 //! pointing into the full's packs), so the restore reads every byte through
-//! the chain; the restored copy recovers and has every row.
+//! the chain; the restored copy recovers and has every row, and a drill of
+//! the incr passes.
 
 use crate::common;
 
@@ -45,7 +46,15 @@ fn an_incr_backup_restores_through_its_chain_and_recovers() -> Result<()> {
     let dir = TestDir::new()?;
     let config = dir.join("pgwal.toml");
     let repo = dir.join("repo");
-    write_private_file(&config, &format!("repo = \"file://{}\"\n", repo.display()))?;
+    let drill_dir = dir.join("drill");
+    write_private_file(
+        &config,
+        &format!(
+            "repo = \"file://{}\"\n[drill]\ndir = \"{}\"\ntimeout = \"10m\"\n",
+            repo.display(),
+            drill_dir.display()
+        ),
+    )?;
     let mut pg = PgCluster::init(
         &dir.join("primary"),
         &[&archive_command_setting(&config), "archive_timeout = 0", "max_wal_size = 64MB"],
@@ -84,5 +93,10 @@ fn an_incr_backup_restores_through_its_chain_and_recovers() -> Result<()> {
     ensure!(rows == "2000 2", "{rows}\n{}", copy.log_tail(20));
     ensure!(copy.sql("SELECT count(*) FROM pgbench_accounts")? == "100000", "pgbench data");
     copy.stop()?;
+
+    // A drill restores through the same code.
+    let out = Pgwal::new(["--config", &config_arg, "drill", "--json", "--backup", &incr]).run()?;
+    let record: serde_json::Value = serde_json::from_str(&out.stdout).with_context(|| format!("drill: {out}"))?;
+    ensure!(out.success() && record["passed"] == true && record["backup"] == incr.as_str(), "drill of {incr}: {out}");
     Ok(())
 }
