@@ -259,6 +259,13 @@ so a restore that fails or is killed leaves a directory PostgreSQL refuses to st
 restore again resumes it. Tablespaces return to their original directories, linked from pg_tblspc, \
 unless --tablespace-map moves them; restore refuses to write into a tablespace directory that already \
 holds this PostgreSQL version's subdirectory (it may belong to a running cluster).\n\n\
+A diff or incr backup is restored from its chain: what it did not store itself is read from the packs of \
+the older backups it builds on (following each manifest's parent back to the full backup), and every file \
+is still checked against the SHA-256 of its whole content. Before anything is written, restore loads every \
+manifest of the chain and checks that each pack it needs is stored at the size its manifest records: a \
+missing manifest, a missing or truncated pack, or a piece in a backup outside the chain refuses the restore \
+(exit 1). --delta and --tablespace-map work as for a full backup; a file the newer backup no longer has is \
+not restored (with --delta, it is removed).\n\n\
 Then it writes backup_label, recovery.signal and, in postgresql.auto.conf (earlier recovery settings there \
 are commented out): restore_command calling this pgwal binary with the same --repo and --config, \
 recovery_target_timeline, the target setting (the other target settings set to '' so that none left in \

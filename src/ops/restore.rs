@@ -12,6 +12,7 @@
 //! 4. fsync of every directory, then `global/pg_control` renamed into place;
 //! 5. the marker removed.
 
+pub mod chain;
 pub mod files;
 pub mod select;
 
@@ -28,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::pg::recovery::{rewrite_auto_conf, RecoveryTarget, TargetTimeline, TARGET_KEYS};
 use crate::pg::timeline::{segment_before, segment_of, Chain, TimelineTree};
 use crate::pg::WalSegmentSize;
-use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest};
+use crate::repo::backup::{manifest_key, BackupId, Manifest};
 use crate::repo::catalog::{Backups, Catalog, ManifestState, Scope, Unreadable, WalInventory, WalListing};
 use crate::repo::Repository;
 use crate::storage::{pgdata, RepoUrl};
@@ -74,6 +75,9 @@ impl Outcome {
 pub struct Plan {
     /// The chosen backup's manifest, validated.
     pub manifest: Arc<Manifest>,
+    /// The packs its extents read (its own, and for a diff/incr backup
+    /// those of its chain), all checked to be stored.
+    pub sources: Arc<chain::Sources>,
     /// The timelines recovery follows.
     pub chain: Chain,
     /// Where everything goes.
@@ -126,6 +130,7 @@ pub fn prepare(
     }
     let (manifest, chain) = rt.block_on(choose_backup(repo, opts, notices))?;
     files::validate_manifest(&manifest)?;
+    let sources = rt.block_on(chain::resolve(repo, &manifest, opts.jobs))?;
     if !manifest.files.iter().any(|f| f.tablespace.is_none() && f.path == files::PG_CONTROL) {
         return Err(Error::Corrupt {
             key: manifest_key(&manifest.id).to_string(),
@@ -142,7 +147,7 @@ pub fn prepare(
                 .into(),
         );
     }
-    Ok(Plan { manifest: Arc::new(manifest), chain, layout, state })
+    Ok(Plan { manifest: Arc::new(manifest), sources: Arc::new(sources), chain, layout, state })
 }
 
 fn cloud_env_in_use() -> bool {
@@ -260,7 +265,8 @@ async fn check_wal(
     Ok(())
 }
 
-/// The complete full backups' manifests (only `only`, if given), of this cluster.
+/// The complete backups' manifests, of any type (only `only`, if given), of
+/// this cluster. A diff/incr backup's chain is checked once it is chosen.
 fn candidates(
     catalog: &Catalog,
     only: Option<&BackupId>,
@@ -307,9 +313,7 @@ fn candidates(
                 reason: format!("the manifest is that of backup '{}'", m.id),
             });
         }
-        if m.kind == BackupType::Full || only.is_some() {
-            out.push(m.clone());
-        }
+        out.push(m.clone());
     }
     Ok(out)
 }
@@ -340,7 +344,7 @@ pub fn write(
     let dirs = files::create_dirs(m, &plan.layout)?;
     let to_write = files::files_to_write(m, &plan.layout, overwrite, opts.jobs)?;
     let restorable = m.files.iter().filter(|f| files::is_restored(f)).count();
-    let written = files::write_files(rt, repo, &plan.manifest, &plan.layout, &to_write, opts.jobs)?;
+    let written = files::write_files(rt, repo, &plan.manifest, &plan.sources, &plan.layout, &to_write, opts.jobs)?;
 
     write_recovery_files(opts, m, &stamp)?;
     files::sync_dirs(&dirs)?;

@@ -265,6 +265,21 @@ impl Repository {
         }
     }
 
+    /// The stored size of an object (one HEAD request, retried); `None` if
+    /// there is none.
+    pub async fn object_size(&self, key: &Path) -> Result<Option<u64>> {
+        use object_store::ObjectStoreExt;
+        self.retry
+            .run(&format!("reading '{key}'"), || async {
+                match self.store.objects.head(key).await {
+                    Ok(meta) => Ok(Some(meta.size)),
+                    Err(e) if crate::error::is_missing_object(&e) => Ok(None),
+                    Err(e) => Err(storage_err("head", key)(e)),
+                }
+            })
+            .await
+    }
+
     /// When an object was stored, in one attempt; `None` if that cannot be
     /// told (gone or unreadable): for reports, which leave it out then.
     pub async fn modified_once(&self, key: &Path) -> Option<chrono::DateTime<chrono::Utc>> {

@@ -20,6 +20,7 @@ mod harness_selftest;
 mod prefetch;
 mod readme_setup;
 mod restore;
+mod restore_chain;
 mod round_trips;
 mod scale;
 mod storage_conformance;

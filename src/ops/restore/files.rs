@@ -19,10 +19,12 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
+use super::chain::Sources;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::backup::{
-    is_safe_relative_path, manifest_key, pack_key, BackupType, FileEntry, Manifest, MANIFEST_FORMAT,
+    is_safe_relative_path, manifest_key, pack_key, BackupId, BackupType, FileEntry, Manifest, MANIFEST_FORMAT,
+    MANIFEST_FORMAT_CHAINED,
 };
 use crate::repo::{frame, Repository};
 use crate::storage::pgdata;
@@ -86,18 +88,26 @@ pub fn is_restored(entry: &FileEntry) -> bool {
 
 /// Checks that a manifest is one this pgwal restores and that it is
 /// internally consistent, so that nothing later trusts a damaged one: safe
-/// paths, known tablespaces, extents that add up and lie inside their packs.
+/// paths, known tablespaces, extents that add up and lie inside their packs
+/// (extents in older backups of a diff/incr chain: see `chain::resolve`).
 pub fn validate_manifest(m: &Manifest) -> Result<()> {
     let key = manifest_key(&m.id);
     let bad = |reason: String| Err(Error::Corrupt { key: key.to_string(), reason });
-    if m.format != MANIFEST_FORMAT {
-        return bad(format!("manifest format {} is not the one this pgwal reads ({MANIFEST_FORMAT})", m.format));
-    }
-    if m.kind != BackupType::Full {
-        return Err(Error::BadRequest {
-            message: format!("backup '{}' is incremental, which this pgwal cannot restore yet", m.id),
-            hint: Some("restore a full backup with --backup".into()),
-        });
+    match (m.format, m.kind, &m.parent) {
+        (MANIFEST_FORMAT, BackupType::Full, _) => {}
+        (MANIFEST_FORMAT_CHAINED, BackupType::Diff | BackupType::Incr, Some(_)) => {}
+        (MANIFEST_FORMAT | MANIFEST_FORMAT_CHAINED, kind, parent) => {
+            return bad(format!(
+                "a {kind} backup with manifest format {} and {} parent",
+                m.format,
+                if parent.is_some() { "a" } else { "no" }
+            ))
+        }
+        (format, ..) => {
+            return bad(format!(
+                "manifest format {format} is not one this pgwal reads ({MANIFEST_FORMAT} or {MANIFEST_FORMAT_CHAINED})"
+            ))
+        }
     }
     let mut oids = BTreeSet::new();
     for t in &m.tablespaces {
@@ -129,6 +139,14 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
         }
         let mut total: u64 = 0;
         for e in &f.extents {
+            if e.source(&m.id) != &m.id {
+                // In an older backup of the chain: checked against its manifest (`chain::resolve`).
+                if m.format == MANIFEST_FORMAT {
+                    return bad(format!("file '{}' of a full backup has an extent in another backup", f.path));
+                }
+                total = total.saturating_add(e.size);
+                continue;
+            }
             let inside =
                 packs.get(&e.pack).is_some_and(|&len| e.offset.checked_add(e.size).is_some_and(|end| end <= len));
             if !inside {
@@ -460,6 +478,11 @@ struct Piece {
 /// What the pack workers share.
 struct Shared {
     manifest: Arc<Manifest>,
+    sources: Arc<Sources>,
+    /// Files of a chain whose pieces come from several packs: read back and
+    /// hashed once complete (their pieces may arrive in any order across
+    /// the chain's backups, too far apart to hold in memory).
+    read_back: BTreeSet<usize>,
     paths: BTreeMap<usize, PathBuf>,
     remaining: BTreeMap<usize, AtomicUsize>,
     /// The running SHA-256 of each file that spans several packs.
@@ -526,6 +549,7 @@ pub fn write_files(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
     manifest: &Arc<Manifest>,
+    sources: &Arc<Sources>,
     layout: &Layout,
     write: &[usize],
     jobs: usize,
@@ -534,7 +558,8 @@ pub fn write_files(
     let mut paths = BTreeMap::new();
     let mut remaining = BTreeMap::new();
     let mut spanning = BTreeMap::new();
-    let mut by_pack: BTreeMap<u32, Vec<Piece>> = BTreeMap::new();
+    let mut read_back = BTreeSet::new();
+    let mut by_pack: BTreeMap<(BackupId, u32), Vec<Piece>> = BTreeMap::new();
     let mut written = Written::default();
     for &i in write {
         let entry = &m.files[i];
@@ -552,7 +577,7 @@ pub fn write_files(
         }
         let mut file_offset = 0;
         for e in &entry.extents {
-            by_pack.entry(e.pack).or_default().push(Piece {
+            by_pack.entry((e.source(&m.id).clone(), e.pack)).or_default().push(Piece {
                 file: i,
                 pack_offset: e.offset,
                 file_offset,
@@ -561,7 +586,9 @@ pub fn write_files(
             file_offset += e.size;
         }
         remaining.insert(i, AtomicUsize::new(entry.extents.len()));
-        if entry.extents.len() > 1 {
+        if entry.extents.len() > 1 && m.format != MANIFEST_FORMAT {
+            read_back.insert(i);
+        } else if entry.extents.len() > 1 {
             spanning.insert(i, Mutex::new(InOrderHash::new()));
         }
         paths.insert(i, path);
@@ -572,6 +599,8 @@ pub fn write_files(
     let progress = Progress::new(format!("restore {}", m.id), written.bytes);
     let shared = Arc::new(Shared {
         manifest: Arc::clone(manifest),
+        sources: Arc::clone(sources),
+        read_back,
         paths,
         remaining,
         spanning,
@@ -580,15 +609,15 @@ pub fn write_files(
     });
     let result = rt.block_on(async {
         futures::stream::iter(by_pack)
-            .map(|(number, pieces)| {
+            .map(|((backup, number), pieces)| {
                 let shared = Arc::clone(&shared);
                 async move {
-                    let key = pack_key(&shared.manifest.id, number);
+                    let key = pack_key(&backup, number);
                     let object = repo.get(&key).await?.ok_or_else(|| Error::Corrupt {
                         key: key.to_string(),
                         reason: "the pack is missing from the repository".into(),
                     })?;
-                    tokio::task::spawn_blocking(move || fill_from_pack(&shared, number, &object, &pieces))
+                    tokio::task::spawn_blocking(move || fill_from_pack(&shared, &backup, number, &object, &pieces))
                         .await
                         .map_err(|e| Error::Io {
                             action: "restore worker failed on",
@@ -611,16 +640,15 @@ pub fn write_files(
 
 /// A worker's job: decode one pack, write its pieces (each checked against
 /// its file's SHA-256), and finish every file whose last piece this was.
-fn fill_from_pack(shared: &Shared, number: u32, object: &[u8], pieces: &[Piece]) -> Result<()> {
-    let m = shared.manifest.as_ref();
-    let key = pack_key(&m.id, number).to_string();
+fn fill_from_pack(shared: &Shared, backup: &BackupId, number: u32, object: &[u8], pieces: &[Piece]) -> Result<()> {
+    let key = pack_key(backup, number).to_string();
     let corrupt = |reason: String| Error::Corrupt { key: key.clone(), reason };
     // The frame header names the content's SHA-256, and decoding checks the
     // content against it; the manifest must name the same.
     let header = frame::FrameHeader::parse(object).map_err(|e| corrupt(e.to_string()))?;
-    let listed = m.packs.iter().find(|p| p.number == number);
+    let listed = shared.sources.pack(backup, number);
     if listed.is_none_or(|p| !p.sha256.eq_ignore_ascii_case(&frame::hex(&header.sha256))) {
-        return Err(corrupt(format!("the pack is not the one the manifest of backup '{}' lists", m.id)));
+        return Err(corrupt(format!("the pack is not the one the manifest of backup '{backup}' lists")));
     }
     PACK_BUFFER.with_borrow_mut(|data| {
         // The pack's own SHA-256 is not computed: every byte restored from it
@@ -652,7 +680,9 @@ fn write_pieces(shared: &Shared, data: &[u8], pieces: &[Piece], key: &str) -> Re
         let path = &shared.paths[&piece.file];
         let start = piece.pack_offset as usize;
         let bytes = data.get(start..start + piece.size as usize).ok_or_else(|| corrupt("too short".into()))?;
-        if let Some(hash) = shared.spanning.get(&piece.file) {
+        if shared.read_back.contains(&piece.file) {
+            // Checked once complete (finish_file).
+        } else if let Some(hash) = shared.spanning.get(&piece.file) {
             hash.lock().map_err(|_| corrupt("a restore worker failed".into()))?.add(piece.file_offset, bytes);
         } else if !frame::hex(&frame::sha256(bytes)).eq_ignore_ascii_case(&entry.sha256) {
             return Err(corrupt(format!(
@@ -678,7 +708,18 @@ fn write_pieces(shared: &Shared, data: &[u8], pieces: &[Piece], key: &str) -> Re
 fn finish_file(shared: &Shared, file: usize, key: &str) -> Result<()> {
     let entry = &shared.manifest.files[file];
     let path = &shared.paths[&file];
-    if let Some(hash) = shared.spanning.get(&file) {
+    if shared.read_back.contains(&file) {
+        let actual = hash_file(path).map_err(Error::io("cannot read back", path))?;
+        if !actual.eq_ignore_ascii_case(&entry.sha256) {
+            return Err(Error::Corrupt {
+                key: manifest_key(&shared.manifest.id).to_string(),
+                reason: format!(
+                    "restored file '{}' has SHA-256 {actual}, the manifest says {}",
+                    entry.path, entry.sha256
+                ),
+            });
+        }
+    } else if let Some(hash) = shared.spanning.get(&file) {
         let actual = hash.lock().ok().and_then(|mut h| h.finish(entry.size));
         let Some(actual) = actual else {
             return Err(Error::Corrupt {

@@ -15,7 +15,7 @@ use super::*;
 use crate::config::restore::StandbySettings;
 use crate::pg::recovery::{parse_target_time, TargetAction};
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName};
-use crate::repo::backup::{pack_key, DirEntry, Extent, FileEntry, PackInfo, Tablespace, MANIFEST_FORMAT};
+use crate::repo::backup::{pack_key, BackupType, DirEntry, Extent, FileEntry, PackInfo, Tablespace, MANIFEST_FORMAT};
 use crate::repo::frame::{self, Compression};
 use crate::repo::keys;
 use crate::repo::ClusterIdentity;
@@ -203,7 +203,13 @@ impl Fixture {
             if key == "postgresql.auto.conf" {
                 continue;
             }
-            assert_eq!(&fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())), data, "{key}");
+            let restored = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                restored == *data,
+                "{key}: {} bytes restored differ from the {} expected",
+                restored.len(),
+                data.len()
+            );
         }
     }
 }
@@ -449,4 +455,210 @@ fn restore_commands_quote_for_the_shell_and_for_postgres() {
         ),
         r"'/opt/my pgwal/pgwal' --repo file:///r --config '/c/it'\''s.toml' fetch %f %p"
     );
+}
+
+const INCR: &str = "20261123T110000I";
+
+/// An incr backup on top of the fixture's full (manifest not stored yet, its
+/// one pack stored), and the chain's restored contents: `postgresql.conf`
+/// and `base/1/new` whole new content, `base/1/1259` new blocks around an
+/// unchanged middle read from the full's pack, `base/1/big` truncated (both
+/// of its pieces from the full's two packs), `pg_xact/0000` dropped, the
+/// rest unchanged (every extent in the full's packs).
+fn incr_on(fx: &Fixture) -> (Manifest, BTreeMap<String, Vec<u8>>) {
+    let full = fx.manifest.id.clone();
+    let incr_id: BackupId = INCR.parse().expect("id");
+    let mut pack = Vec::new();
+    let mut own = |data: &[u8]| {
+        let e = Extent::own(0, pack.len() as u64, data.len() as u64);
+        pack.extend_from_slice(data);
+        e
+    };
+    let from_full = |e: &Extent, skip: u64, size: u64| Extent {
+        backup: Some(full.clone()),
+        pack: e.pack,
+        offset: e.offset + skip,
+        size,
+    };
+    let mut contents = fx.contents.clone();
+    let mut files = Vec::new();
+    for f in &fx.manifest.files {
+        let mut f = f.clone();
+        let key = format!("{}{}", f.tablespace.map_or(String::new(), |o| format!("ts{o}:")), f.path);
+        let old = fx.contents[&key].clone();
+        let data = match f.path.as_str() {
+            "pg_xact/0000" => {
+                contents.remove(&f.path);
+                continue;
+            }
+            "postgresql.conf" => {
+                let data = b"shared_buffers = 1GB\n".to_vec();
+                f.extents = vec![own(&data)];
+                data
+            }
+            "base/1/1259" => {
+                let mut data = content("new 1259", 40000);
+                data[8192..24576].copy_from_slice(&old[8192..24576]);
+                f.extents = vec![own(&data[..8192]), from_full(&f.extents[0], 8192, 16384), own(&data[24576..])];
+                data
+            }
+            "base/1/big" => {
+                let data = old[..200_000].to_vec();
+                f.extents = vec![from_full(&f.extents[0], 0, 150_000), from_full(&f.extents[1], 0, 50_000)];
+                data
+            }
+            _ => {
+                f.extents = f.extents.iter().map(|e| from_full(e, 0, e.size)).collect();
+                old
+            }
+        };
+        f.size = data.len() as u64;
+        f.sha256 = sha(&data);
+        contents.insert(key, data);
+        files.push(f);
+    }
+    let data = content("base/1/new", 20000);
+    files.push(FileEntry {
+        path: "base/1/new".into(),
+        tablespace: None,
+        size: data.len() as u64,
+        sha256: sha(&data),
+        mode: 0o600,
+        mtime: 2,
+        extents: vec![own(&data)],
+        block_map: None,
+    });
+    contents.insert("base/1/new".into(), data);
+    let (object, header) = frame::encode(&pack, Compression::Zstd(1)).expect("encode");
+    let info = PackInfo {
+        number: 0,
+        original_size: pack.len() as u64,
+        stored_size: object.len() as u64,
+        sha256: frame::hex(&header.sha256),
+    };
+    fx.rt.block_on(fx.store.put(&pack_key(&incr_id, 0), Bytes::from(object).into())).expect("put pack");
+    let mut m = fx.manifest.clone();
+    m.format = crate::repo::backup::MANIFEST_FORMAT_CHAINED;
+    m.id = incr_id;
+    m.kind = BackupType::Incr;
+    m.parent = Some(full);
+    m.start_time = "2026-11-23T11:00:00Z".into();
+    m.stop_time = "2026-11-23T11:05:00Z".into();
+    m.packs = vec![info];
+    m.files = files;
+    (m, contents)
+}
+
+impl Fixture {
+    fn store_manifest(&self, m: &Manifest) {
+        self.rt.block_on(self.repo.store_json(&manifest_key(&m.id), m)).expect("manifest");
+    }
+
+    fn pack_object(&self, id: &BackupId, n: u32) -> Bytes {
+        self.rt.block_on(async { self.store.get(&pack_key(id, n)).await.expect("get").bytes().await.expect("bytes") })
+    }
+}
+
+#[test]
+fn an_incr_backup_restores_from_its_chain_exactly() {
+    let mut fx = Fixture::new(&[2, 3, 4]);
+    let (incr, contents) = incr_on(&fx);
+    fx.store_manifest(&incr);
+    fx.contents = contents;
+    let o = fx.opts("pgdata");
+    let out = fx.restore(&o).expect("restore of the newest backup, the incr");
+    assert_eq!(out.backup.as_str(), INCR);
+    assert_eq!((out.written.files, out.written.packs), (8, 3), "{}", out.summary());
+    fx.assert_restored(&o.target_dir, &fx.ts_orig());
+    assert!(!o.target_dir.join("pg_xact/0000").exists(), "dropped in the incr");
+    assert_eq!(fs::metadata(o.target_dir.join("base/1/big")).expect("stat").len(), 200_000);
+    assert!(o.target_dir.join("global/pg_control").exists() && !o.target_dir.join(files::MARKER).exists());
+
+    // The full is still restorable by name.
+    let mut o = fx.opts("full");
+    o.backup = Some(ID.parse().expect("id"));
+    o.tablespace_map = vec![(fx.ts_orig(), fx.tmp.path().join("ts_full"))];
+    assert_eq!(fx.restore(&o).expect("full").backup.as_str(), ID);
+}
+
+#[test]
+fn a_broken_chain_is_refused_before_any_write() {
+    let full: BackupId = ID.parse().expect("id");
+    let refused = |fx: &Fixture, text: &[&str]| {
+        let o = fx.opts("pgdata");
+        let err = fx.restore(&o).expect_err("must be refused").to_string();
+        for t in text {
+            assert!(err.contains(t), "{t:?} in {err}");
+        }
+        assert!(!o.target_dir.exists() && !fx.ts_orig().exists(), "nothing written for: {err}");
+    };
+    // The full's manifest deleted.
+    let fx = Fixture::new(&[2, 3, 4]);
+    fx.store_manifest(&incr_on(&fx).0);
+    fx.rt.block_on(fx.store.delete(&manifest_key(&full))).expect("delete");
+    refused(&fx, &[&format!("backup '{INCR}' needs backup '{ID}'"), "manifest is missing"]);
+    // A pack of the full deleted.
+    let fx = Fixture::new(&[2, 3, 4]);
+    fx.store_manifest(&incr_on(&fx).0);
+    fx.rt.block_on(fx.store.delete(&pack_key(&full, 1))).expect("delete");
+    refused(&fx, &["backup/20261123T100000F/pack/000001", "missing", INCR]);
+    // A pack of the full truncated.
+    let fx = Fixture::new(&[2, 3, 4]);
+    fx.store_manifest(&incr_on(&fx).0);
+    let object = fx.pack_object(&full, 0);
+    let short = object.slice(..object.len() - 7);
+    fx.rt.block_on(fx.store.put(&pack_key(&full, 0), short.into())).expect("truncate");
+    refused(&fx, &["backup/20261123T100000F/pack/000000", &format!("holds {} bytes", object.len() - 7)]);
+    // An extent in a backup outside the chain.
+    let fx = Fixture::new(&[2, 3, 4]);
+    let (mut incr, _) = incr_on(&fx);
+    incr.files[0].extents[0].backup = Some("20261123T090000F".parse().expect("id"));
+    fx.store_manifest(&incr);
+    refused(&fx, &["backup '20261123T090000F', which is not in the chain of backup", INCR]);
+    // A chain that loops.
+    let fx = Fixture::new(&[2, 3, 4]);
+    let (mut incr, _) = incr_on(&fx);
+    incr.parent = Some(incr.id.clone());
+    fx.store_manifest(&incr);
+    refused(&fx, &["loops back"]);
+    // An extent beyond the end of the full's pack.
+    let fx = Fixture::new(&[2, 3, 4]);
+    let (mut incr, _) = incr_on(&fx);
+    let big = incr.files.iter_mut().find(|f| f.path == "base/1/big").expect("big");
+    big.extents[1].offset += 1 << 20;
+    fx.store_manifest(&incr);
+    refused(&fx, &["extent outside pack 1 of backup '20261123T100000F'"]);
+}
+
+#[test]
+fn delta_from_the_full_to_the_incr_gives_the_incr_exactly() {
+    let mut fx = Fixture::new(&[2, 3, 4]);
+    let (incr, contents) = incr_on(&fx);
+    fx.store_manifest(&incr);
+    let mut o = fx.opts("pgdata");
+    o.backup = Some(ID.parse().expect("id"));
+    fx.restore(&o).expect("full");
+    fx.assert_restored(&o.target_dir, &fx.ts_orig());
+    fx.contents = contents;
+    o.backup = None;
+    o.delta = true;
+    let out = fx.restore(&o).expect("delta to the incr");
+    assert_eq!(out.backup.as_str(), INCR);
+    // Kept: PG_VERSION and the tablespace's file. Removed: pg_xact/0000, backup_label, recovery.signal.
+    assert_eq!((out.written.files, out.kept, out.removed), (6, 2, 3), "{}", out.summary());
+    fx.assert_restored(&o.target_dir, &fx.ts_orig());
+    assert!(!o.target_dir.join("pg_xact/0000").exists());
+}
+
+#[test]
+fn a_chained_file_that_does_not_assemble_to_its_checksum_fails() {
+    let fx = Fixture::new(&[2, 3, 4]);
+    let (mut incr, _) = incr_on(&fx);
+    let f = incr.files.iter_mut().find(|f| f.path == "base/1/1259").expect("1259");
+    f.extents[1].offset += 1;
+    fx.store_manifest(&incr);
+    let o = fx.opts("pgdata");
+    let err = fx.restore(&o).expect_err("checksum").to_string();
+    assert!(err.contains("restored file 'base/1/1259' has SHA-256") && err.contains(INCR), "{err}");
+    assert!(!o.target_dir.join("global/pg_control").exists() && o.target_dir.join(files::MARKER).exists());
 }
