@@ -366,7 +366,15 @@ rule keeps is kept. Without flags, expire.retain_full and expire.retain_days of 
 replace the file's policy as a whole). With no policy at all (no flag, nothing in the config file), expire \
 deletes nothing, prints one warning and exits 0, so that a cron line 'pgwal expire && pgwal verify --quick' \
 goes on (as pgBackRest does). Backups are ranked by their stop time (then stop LSN), never by ID. \
-The newest backup is always kept, and so is every parent of a kept incremental backup.\n\n\
+The newest backup is always kept. A kept backup keeps everything it depends on (its parent and every \
+backup its extents point into, transitively: incr, incr, full), and a diff or incr backup is kept exactly \
+when everything it depends on is kept: the dependents of a kept full stay, those of an expired full go \
+with it.\n\n\
+--backup ID deletes that one backup instead (--retain-* do not apply), and the WAL no remaining backup \
+needs; with --with-dependents also every backup depending on it, transitively. Refused (exit 2, nothing \
+deleted) when other backups depend on it and --with-dependents is absent (the error names them), and when \
+it would delete the newest backup (which the policy always keeps too). It leaves incomplete backups and \
+stray drill results to a policy run.\n\n\
 WAL: on each timeline, every segment from the first one any retained backup reads from it (for recovery \
 to any point after the backup, on the backup's timeline and every timeline descending from it) is kept; \
 older segments, .partial and .backup files go. The WAL of a timeline no retained backup reaches goes too, \
@@ -375,8 +383,8 @@ deleted (they are tiny, and PostgreSQL's search for the newest timeline stops at
 A backup being taken is never touched: a backup directory without a manifest is removed only while no \
 backup holds the lock lock/backup (a lock left by a killed backup does not count).\n\n\
 Deletion order keeps the repository consistent at every step: each expired backup's manifest first \
-(from then on the backup does not exist), then its packs, then its drill results (drill/ID/), oldest \
-backup first; then packs of backups without a manifest, and drill results whose backup is gone; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
+(from then on the backup does not exist), then its packs, then its drill results (drill/ID/); dependents \
+before the backups they depend on, otherwise oldest backup first; then packs of backups without a manifest, and drill results whose backup is gone; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
 An interrupted expire leaves a repository that verifies; run it again to finish. --dry-run deletes \
 nothing.\n\n\
 Nothing is deleted without a record: each backup ('removed backup ID (N objects, N drill results)', \
@@ -493,6 +501,12 @@ pub struct ExpireArgs {
     /// Print what would be deleted; delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Delete this one backup (and the WAL no other backup needs) instead of applying the policy
+    #[arg(long, value_name = "ID", conflicts_with_all = ["retain_full", "retain_days"])]
+    pub backup: Option<String>,
+    /// With --backup: also delete every backup depending on it (its diff/incr backups)
+    #[arg(long, requires = "backup")]
+    pub with_dependents: bool,
 }
 
 fn parse_retain_full(s: &str) -> Result<u32, String> {
