@@ -341,6 +341,11 @@ crosses it (backups after the gap are not named); and reads back every archived 
 size, first page (position and timeline as the name says) and cluster. Objects are read --jobs at a time, \
 so memory stays bounded. A repository with WAL but no backup yet is checked for what it has (a gap in a \
 timeline's WAL is then an error).\n\n\
+A diff or incr backup is checked with its chain: a backup it depends on (its parent, or one whose packs its \
+extents point into) that is missing or whose manifest is damaged is an error naming it ('backup X depends \
+on backup Y, which is missing'), and each pack of an older backup it reads is read back and hashed as its \
+own ('pack K of backup Y, which backup X reads, is missing'), so a damaged pack of a full is an error for \
+the full and for each backup reading it. Block maps (map/ objects) are read back and hashed like packs.\n\n\
 Warnings do not fail verify: a gap in WAL no backup needs, and a backup directory without a manifest (a \
 backup that is running, or was interrupted; 'pgwal expire' removes the latter).\n\n\
 --quick reads no data: manifests and history files are read, packs and WAL are checked by name and size \
@@ -353,6 +358,7 @@ With --json, prints one JSON object, a stable interface (fields may be added, ne
 \"original_bytes\": bytes read and hashed (uncompressed), \"stored_bytes\": bytes read}, \
 \"problems\": [{\"severity\": \"error\" or \"warning\", \"kind\": one of corrupt_object, missing_object, \
 size_mismatch, file_checksum, missing_wal, missing_history, wal_gap, incomplete_backup, wrong_cluster, \
+missing_dependency, \
 \"object\": object key or null, \"segment\": WAL file name (the first of a run) or null, \"backup\": \
 backup ID or null (the oldest, when several are concerned), \"backups\": [every backup concerned, oldest \
 first], \"message\": one line}, ...]}\n\n\
