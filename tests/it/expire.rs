@@ -643,6 +643,7 @@ fn retain_full_keeps_the_newest_chain_whole() -> Result<()> {
     }
     ensure!(gone == expected, "gone: {gone:?}\nexpected: {expected:?}");
     ensure!(after.contains(&format!("backup/{}/manifest", ids[3])), "the newest incr stays");
+    verify(&config, &[])?.ensure_success()?;
     Ok(())
 }
 
