@@ -348,6 +348,11 @@ crosses it (backups after the gap are not named); and reads back every archived 
 size, first page (position and timeline as the name says) and cluster. Objects are read --jobs at a time, \
 so memory stays bounded. A repository with WAL but no backup yet is checked for what it has (a gap in a \
 timeline's WAL is then an error).\n\n\
+A diff or incr backup is checked with its chain: a backup it depends on (its parent, or one whose packs its \
+extents point into) that is missing or whose manifest is damaged is an error naming it ('backup X depends \
+on backup Y, which is missing'), and each pack of an older backup it reads is read back and hashed as its \
+own ('pack K of backup Y, which backup X reads, is missing'), so a damaged pack of a full is an error for \
+the full and for each backup reading it. Block maps (map/ objects) are read back and hashed like packs.\n\n\
 Warnings do not fail verify: a gap in WAL no backup needs, and a backup directory without a manifest (a \
 backup that is running, or was interrupted; 'pgwal expire' removes the latter).\n\n\
 --quick reads no data: manifests and history files are read, packs and WAL are checked by name and size \
@@ -360,6 +365,7 @@ With --json, prints one JSON object, a stable interface (fields may be added, ne
 \"original_bytes\": bytes read and hashed (uncompressed), \"stored_bytes\": bytes read}, \
 \"problems\": [{\"severity\": \"error\" or \"warning\", \"kind\": one of corrupt_object, missing_object, \
 size_mismatch, file_checksum, missing_wal, missing_history, wal_gap, incomplete_backup, wrong_cluster, \
+missing_dependency, \
 \"object\": object key or null, \"segment\": WAL file name (the first of a run) or null, \"backup\": \
 backup ID or null (the oldest, when several are concerned), \"backups\": [every backup concerned, oldest \
 first], \"message\": one line}, ...]}\n\n\
@@ -373,7 +379,15 @@ rule keeps is kept. Without flags, expire.retain_full and expire.retain_days of 
 replace the file's policy as a whole). With no policy at all (no flag, nothing in the config file), expire \
 deletes nothing, prints one warning and exits 0, so that a cron line 'pgwal expire && pgwal verify --quick' \
 goes on (as pgBackRest does). Backups are ranked by their stop time (then stop LSN), never by ID. \
-The newest backup is always kept, and so is every parent of a kept incremental backup.\n\n\
+The newest backup is always kept. A kept backup keeps everything it depends on (its parent and every \
+backup its extents point into, transitively: incr, incr, full), and a diff or incr backup is kept exactly \
+when everything it depends on is kept: the dependents of a kept full stay, those of an expired full go \
+with it.\n\n\
+--backup ID deletes that one backup instead (--retain-* do not apply), and the WAL no remaining backup \
+needs; with --with-dependents also every backup depending on it, transitively. Refused (exit 2, nothing \
+deleted) when other backups depend on it and --with-dependents is absent (the error names them), and when \
+it would delete the newest backup (which the policy always keeps too). It leaves incomplete backups and \
+stray drill results to a policy run.\n\n\
 WAL: on each timeline, every segment from the first one any retained backup reads from it (for recovery \
 to any point after the backup, on the backup's timeline and every timeline descending from it) is kept; \
 older segments, .partial and .backup files go. The WAL of a timeline no retained backup reaches goes too, \
@@ -382,8 +396,8 @@ deleted (they are tiny, and PostgreSQL's search for the newest timeline stops at
 A backup being taken is never touched: a backup directory without a manifest is removed only while no \
 backup holds the lock lock/backup (a lock left by a killed backup does not count).\n\n\
 Deletion order keeps the repository consistent at every step: each expired backup's manifest first \
-(from then on the backup does not exist), then its packs, then its drill results (drill/ID/), oldest \
-backup first; then packs of backups without a manifest, and drill results whose backup is gone; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
+(from then on the backup does not exist), then its packs, then its drill results (drill/ID/); dependents \
+before the backups they depend on, otherwise oldest backup first; then packs of backups without a manifest, and drill results whose backup is gone; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \
 An interrupted expire leaves a repository that verifies; run it again to finish. --dry-run deletes \
 nothing.\n\n\
 Nothing is deleted without a record: each backup ('removed backup ID (N objects, N drill results)', \
@@ -500,6 +514,12 @@ pub struct ExpireArgs {
     /// Print what would be deleted; delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Delete this one backup (and the WAL no other backup needs) instead of applying the policy
+    #[arg(long, value_name = "ID", conflicts_with_all = ["retain_full", "retain_days"])]
+    pub backup: Option<String>,
+    /// With --backup: also delete every backup depending on it (its diff/incr backups)
+    #[arg(long, requires = "backup")]
+    pub with_dependents: bool,
 }
 
 fn parse_retain_full(s: &str) -> Result<u32, String> {

@@ -8,7 +8,7 @@ use super::{Config, RetentionPolicy};
 use crate::cli::ExpireArgs;
 
 /// What `expire` is asked to do.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ExpireOptions {
     /// The retention policy (flags over the config file).
     pub policy: RetentionPolicy,
@@ -16,6 +16,10 @@ pub struct ExpireOptions {
     pub dry_run: bool,
     /// When a backup lock from another host counts as abandoned.
     pub lock_stale_after: Duration,
+    /// `--backup ID`: delete this backup (instead of applying the policy).
+    pub backup: Option<String>,
+    /// `--with-dependents`: with `backup`, the backups depending on it too.
+    pub with_dependents: bool,
 }
 
 /// `expire`'s flags over `[expire]`: either flag replaces the whole file
@@ -27,5 +31,11 @@ pub fn expire_options(cfg: &Config, args: &ExpireArgs) -> ExpireOptions {
     } else {
         RetentionPolicy { retain_full: cfg.expire.retain_full, retain_days: cfg.expire.retain_days }
     };
-    ExpireOptions { policy, dry_run: args.dry_run, lock_stale_after: cfg.backup.lock_stale_after }
+    ExpireOptions {
+        policy,
+        dry_run: args.dry_run,
+        lock_stale_after: cfg.backup.lock_stale_after,
+        backup: args.backup.clone(),
+        with_dependents: args.with_dependents,
+    }
 }

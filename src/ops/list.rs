@@ -488,4 +488,40 @@ mod tests {
             assert!(h.get(key).is_some(), "health.{key}");
         }
     }
+
+    /// A chained (format 2) backup lists with its type and parent, in text and JSON.
+    #[test]
+    fn chained_backups_list_with_type_and_parent() {
+        use crate::pg::{Lsn, SegmentNo, TimelineId, WalSegmentSize};
+        use crate::repo::synthetic;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let repo = Repository::in_memory();
+        let size = WalSegmentSize::new(1 << 20).expect("size");
+        let at = |h: i64| chrono::DateTime::from_timestamp(1_800_000_000 + h * 3600, 0).expect("time");
+        let (full, incr) = rt.block_on(async {
+            synthetic::init(&repo, 7, size).await.expect("init");
+            for seg in 1..=6 {
+                synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
+            }
+            let full = synthetic::put_backup(&repo, 7, TimelineId(1), Lsn(0x20_0028), Lsn(0x20_0100), at(1))
+                .await
+                .expect("full");
+            let incr = synthetic::put_chained(&repo, &full, BackupType::Incr, Lsn(0x40_0028), Lsn(0x40_0100), at(2))
+                .await
+                .expect("incr");
+            (full.id.to_string(), incr.id.to_string())
+        });
+        let l = rt.block_on(listing(&repo)).expect("listing");
+        let text = render_text(&l);
+        assert!(text.contains(&format!("{full}  full  -")), "{text}");
+        assert!(text.contains(&format!("{incr}  incr  {full}")), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&render_json(&l)).expect("json");
+        let b = v["backups"].as_array().expect("backups");
+        let i = b.iter().find(|b| b["id"] == incr.as_str()).expect("the incr is listed");
+        assert_eq!(i["type"], "incr");
+        assert_eq!(i["parent"], full.as_str());
+        let f = b.iter().find(|b| b["id"] == full.as_str()).expect("the full is listed");
+        assert_eq!(f["type"], "full");
+        assert!(f["parent"].is_null());
+    }
 }

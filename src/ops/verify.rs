@@ -3,7 +3,11 @@
 //!
 //! - Each backup's manifest is read (which checks its SHA-256); every pack it
 //!   names is read back, decompressed and hashed against the manifest, and
-//!   every file's SHA-256 is recomputed from its extents.
+//!   every file's SHA-256 is recomputed from its extents. A diff/incr backup's
+//!   extents in older backups' packs are read from those packs (a problem
+//!   there names the backup reading it); a dependency that is missing or
+//!   whose manifest is damaged is a `missing_dependency` naming the
+//!   dependent. Block maps (`map/` objects) are read back like packs.
 //! - The timeline tree is built from the `.history` files; every timeline
 //!   above 1 up to the newest must have one.
 //! - For each backup and each timeline descending from it, every segment
@@ -25,6 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -33,7 +38,7 @@ use crate::ops::restore::select::{newest_segment, BackupInfo};
 use crate::pg::timeline::TimelineTree;
 use crate::pg::validate::validate_segment_head;
 use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::backup::{manifest_key, pack_key, BackupId, Manifest};
+use crate::repo::backup::{manifest_key, pack_key, BackupId, Manifest, PackInfo};
 use crate::repo::catalog::{Backups, Catalog, HistoryState, ManifestState, Scope, WalInventory, WalListing};
 use crate::repo::coverage::needed_runs;
 use crate::repo::frame;
@@ -58,7 +63,7 @@ pub struct Problem {
     pub severity: Severity,
     /// A stable keyword: `corrupt_object`, `missing_object`, `size_mismatch`,
     /// `file_checksum`, `missing_wal`, `missing_history`, `wal_gap`,
-    /// `incomplete_backup`, `wrong_cluster`.
+    /// `incomplete_backup`, `wrong_cluster`, `missing_dependency`.
     pub kind: &'static str,
     /// The object key concerned, if one.
     pub object: Option<String>,
@@ -226,77 +231,155 @@ fn manifests(catalog: &Catalog, only: Option<&BackupId>, report: &mut Report) ->
     Ok(out)
 }
 
-/// Which pack extents belong to which file, per pack.
-type ExtentIndex = BTreeMap<u32, Vec<(usize, u64, u64)>>;
+/// Which pack extents belong to which file, per (backup holding the pack, pack).
+/// Each entry: (file, extent number within the file, offset, size).
+type ExtentIndex = BTreeMap<(BackupId, u32), Vec<(usize, usize, u64, u64)>>;
 
 fn extent_index(m: &Manifest) -> ExtentIndex {
     let mut index: ExtentIndex = BTreeMap::new();
     for (i, f) in m.files.iter().enumerate() {
-        for e in &f.extents {
-            index.entry(e.pack).or_default().push((i, e.offset, e.size));
+        for (n, e) in f.extents.iter().enumerate() {
+            index.entry((e.source(&m.id).clone(), e.pack)).or_default().push((i, n, e.offset, e.size));
         }
     }
     index
 }
 
-/// Checks one backup's packs and files.
-async fn check_packs(repo: &Repository, m: &Manifest, opts: &VerifyOptions, report: &mut Report) -> Result<()> {
+/// One object a backup reads: a pack (its own or an older backup's) or a block map.
+#[derive(Debug, Clone)]
+struct ToRead {
+    /// The backup holding it.
+    holder: BackupId,
+    /// Whether it is a `map/` object (no file content).
+    map: bool,
+    /// What its manifest says of it.
+    info: PackInfo,
+}
+
+impl ToRead {
+    fn key(&self) -> Path {
+        if self.map {
+            keys::map_key(&self.holder, self.info.number)
+        } else {
+            pack_key(&self.holder, self.info.number)
+        }
+    }
+
+    /// `pack 'K' of backup 'X'`, or for another backup's pack `pack 'K' of backup 'Y', which backup 'X' reads,`.
+    fn subject(&self, reader: &str) -> String {
+        let what = if self.map { "block map" } else { "pack" };
+        if self.holder.as_str() == reader {
+            format!("{what} '{}' of backup '{reader}'", self.key())
+        } else {
+            format!("{what} '{}' of backup '{}', which backup '{reader}' reads,", self.key(), self.holder)
+        }
+    }
+}
+
+/// Checks one backup's packs (and the packs of older backups its extents
+/// point into, named as read by it), block maps and files. `sources` holds
+/// the manifests of the backups it depends on that could be read.
+async fn check_packs(
+    repo: &Repository,
+    m: &Manifest,
+    sources: &BTreeMap<BackupId, Manifest>,
+    opts: &VerifyOptions,
+    report: &mut Report,
+) -> Result<()> {
     let id = m.id.to_string();
-    let known: BTreeSet<u32> = m.packs.iter().map(|p| p.number).collect();
-    for f in &m.files {
-        if let Some(e) = f.extents.iter().find(|e| !known.contains(&e.pack)) {
+    let mut index = extent_index(m);
+    let mut failed_files: BTreeSet<usize> = BTreeSet::new();
+    let mut reads: Vec<ToRead> =
+        m.packs.iter().map(|p| ToRead { holder: m.id.clone(), map: false, info: p.clone() }).collect();
+    reads.extend(m.maps.iter().map(|p| ToRead { holder: m.id.clone(), map: true, info: p.clone() }));
+    let mut unlisted: Vec<(BackupId, u32)> = Vec::new();
+    for (holder, pack) in index.keys() {
+        let listed = if *holder == m.id {
+            m.packs.iter().any(|p| p.number == *pack)
+        } else if let Some(src) = sources.get(holder) {
+            match src.packs.iter().find(|p| p.number == *pack) {
+                Some(info) => {
+                    reads.push(ToRead { holder: holder.clone(), map: false, info: info.clone() });
+                    true
+                }
+                None => false,
+            }
+        } else {
+            // A missing or damaged dependency: reported by `check_dependencies`.
+            unlisted.push((holder.clone(), *pack));
+            continue;
+        };
+        if !listed {
+            unlisted.push((holder.clone(), *pack));
+            let f = index.get(&(holder.clone(), *pack)).and_then(|v| v.first()).map_or(0, |e| e.0);
+            let whose = if *holder == m.id {
+                "it does not list".to_string()
+            } else {
+                format!("backup '{holder}' does not list")
+            };
             let p = report.push(
                 Severity::Error,
                 "corrupt_object",
-                format!("manifest of backup '{id}': file '{}' points into pack {} it does not list", f.path, e.pack),
+                format!("manifest of backup '{id}': file '{}' points into pack {pack} {whose}", m.files[f].path),
             );
             p.object = Some(manifest_key(&m.id).to_string());
             p.backup = Some(id.clone());
         }
     }
+    for k in unlisted {
+        for (file, _, _, _) in index.remove(&k).unwrap_or_default() {
+            failed_files.insert(file);
+        }
+    }
+    let problem = |report: &mut Report, r: &ToRead, kind: &'static str, message: String| {
+        let p = report.push(Severity::Error, kind, message);
+        p.object = Some(r.key().to_string());
+        p.backup = Some(id.clone());
+        if r.holder != m.id {
+            p.backups = vec![r.holder.to_string(), id.clone()];
+        }
+    };
     if opts.quick {
-        let listed = repo.list_objects(&keys::packs_prefix(&m.id)).await?;
-        let sizes: BTreeMap<String, u64> = listed.into_iter().map(|o| (o.location.to_string(), o.size)).collect();
-        for pack in &m.packs {
-            let key = pack_key(&m.id, pack.number).to_string();
+        let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+        let holders: BTreeSet<&BackupId> = reads.iter().map(|r| &r.holder).collect();
+        for h in holders {
+            let listed = repo.list_objects(&keys::backup_dir(h.as_str())).await?;
+            sizes.extend(listed.into_iter().map(|o| (o.location.to_string(), o.size)));
+        }
+        for r in &reads {
             report.checked.packs += 1;
-            match sizes.get(&key) {
-                None => {
-                    let p = report.push(
-                        Severity::Error,
-                        "missing_object",
-                        format!("pack '{key}' of backup '{id}' is missing"),
-                    );
-                    p.object = Some(key);
-                    p.backup = Some(id.clone());
-                }
-                Some(&size) if size != pack.stored_size => {
-                    let p = report.push(
-                        Severity::Error,
-                        "size_mismatch",
-                        format!(
-                            "pack '{key}' of backup '{id}' is {size} bytes, the manifest says {}",
-                            pack.stored_size
-                        ),
-                    );
-                    p.object = Some(key);
-                    p.backup = Some(id.clone());
-                }
+            match sizes.get(&r.key().to_string()) {
+                None => problem(report, r, "missing_object", format!("{} is missing", r.subject(&id))),
+                Some(&size) if size != r.info.stored_size => problem(
+                    report,
+                    r,
+                    "size_mismatch",
+                    format!("{} is {size} bytes, the manifest says {}", r.subject(&id), r.info.stored_size),
+                ),
                 Some(_) => {}
             }
         }
         return Ok(());
     }
-    let index = Arc::new(extent_index(m));
+    let index = Arc::new(index);
     let mut hashers: BTreeMap<usize, (Sha256, u64)> = BTreeMap::new();
-    let mut failed_files: BTreeSet<usize> = BTreeSet::new();
-    // In pack order (a file may span packs), `jobs` packs in flight.
-    let mut stream = futures::stream::iter(m.packs.iter().cloned())
-        .map(|pack| {
-            let key = pack_key(&m.id, pack.number);
+    // Files with an extent in another backup's pack are not read in extent
+    // order: their pieces are kept by extent number and hashed at the end.
+    let mixed: BTreeSet<usize> = m
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.extents.iter().any(|e| e.source(&m.id) != &m.id))
+        .map(|(i, _)| i)
+        .collect();
+    let mut pieces: BTreeMap<usize, BTreeMap<usize, Vec<u8>>> = BTreeMap::new();
+    // Own packs in pack order (a file may span packs), `jobs` objects in flight.
+    let mut stream = futures::stream::iter(reads.iter().cloned())
+        .map(|r| {
+            let key = r.key();
             async move {
                 let object = repo.get(&key).await?;
-                let Some(object) = object else { return Ok::<_, Error>((pack, key, None)) };
+                let Some(object) = object else { return Ok::<_, Error>((r, None)) };
                 let stored = object.len() as u64;
                 // decode checks the content against the header's SHA-256, so
                 // the header's digest is the content's: no second pass over it.
@@ -306,45 +389,62 @@ async fn check_packs(repo: &Repository, m: &Manifest, opts: &VerifyOptions, repo
                 })
                 .await
                 .map_err(|e| Error::Corrupt { key: key.to_string(), reason: format!("decoder failed: {e}") })?;
-                Ok((pack, key, Some((stored, decoded))))
+                Ok((r, Some((stored, decoded))))
             }
         })
         .buffered(opts.jobs.max(1));
     while let Some(item) = stream.try_next().await? {
-        let (pack, key, found) = item;
-        let key = key.to_string();
+        let (r, found) = item;
         report.checked.packs += 1;
-        let problem = match found {
-            None => Some(("missing_object", format!("pack '{key}' of backup '{id}' is missing"))),
-            Some((_, Err(e))) => Some(("corrupt_object", format!("pack '{key}' of backup '{id}' is corrupt: {e}"))),
+        let extents: &[(usize, usize, u64, u64)] =
+            if r.map { &[] } else { index.get(&(r.holder.clone(), r.info.number)).map_or(&[][..], Vec::as_slice) };
+        let failure = match found {
+            None => Some(("missing_object", format!("{} is missing", r.subject(&id)))),
+            Some((_, Err(e))) => Some(("corrupt_object", format!("{} is corrupt: {e}", r.subject(&id)))),
             Some((stored, Ok((digest, data)))) => {
                 report.checked.stored_bytes += stored;
                 report.checked.original_bytes += data.len() as u64;
                 let sha = frame::hex(&digest);
-                if sha != pack.sha256 || data.len() as u64 != pack.original_size {
-                    Some(("corrupt_object", format!("pack '{key}' of backup '{id}' is not the one the manifest names (SHA-256 {sha}, manifest {})", pack.sha256)))
+                if sha != r.info.sha256 || data.len() as u64 != r.info.original_size {
+                    Some((
+                        "corrupt_object",
+                        format!(
+                            "{} is not the one the manifest names (SHA-256 {sha}, manifest {})",
+                            r.subject(&id),
+                            r.info.sha256
+                        ),
+                    ))
                 } else {
-                    for &(file, offset, size) in index.get(&pack.number).map_or(&[][..], Vec::as_slice) {
-                        let (h, done) = hashers.entry(file).or_insert_with(|| (Sha256::new(), 0));
-                        match data.get(offset as usize..(offset + size) as usize) {
-                            Some(bytes) => h.update(bytes),
-                            None => {
-                                failed_files.insert(file);
-                            }
+                    for &(file, n, offset, size) in extents {
+                        let Some(bytes) = data.get(offset as usize..(offset + size) as usize) else {
+                            failed_files.insert(file);
+                            continue;
+                        };
+                        if mixed.contains(&file) {
+                            pieces.entry(file).or_default().insert(n, bytes.to_vec());
+                        } else {
+                            let (h, done) = hashers.entry(file).or_insert_with(|| (Sha256::new(), 0));
+                            h.update(bytes);
+                            *done += size;
                         }
-                        *done += size;
                     }
                     None
                 }
             }
         };
-        if let Some((kind, message)) = problem {
-            let p = report.push(Severity::Error, kind, message);
-            p.object = Some(key);
-            p.backup = Some(id.clone());
-            for &(file, _, _) in index.get(&pack.number).map_or(&[][..], Vec::as_slice) {
+        if let Some((kind, message)) = failure {
+            problem(report, &r, kind, message);
+            for &(file, _, _, _) in extents {
                 failed_files.insert(file);
             }
+        }
+    }
+    drop(stream);
+    for (file, parts) in pieces {
+        let (h, done) = hashers.entry(file).or_insert_with(|| (Sha256::new(), 0));
+        for bytes in parts.values() {
+            h.update(bytes);
+            *done += bytes.len() as u64;
         }
     }
     for (i, f) in m.files.iter().enumerate() {
@@ -370,6 +470,52 @@ async fn check_packs(repo: &Repository, m: &Manifest, opts: &VerifyOptions, repo
         }
     }
     Ok(())
+}
+
+/// The manifests of every backup `backups` depend on (their parents and the
+/// backups their extents point into), read where not among `backups`; a
+/// dependency that is missing or whose manifest is damaged is an error
+/// naming the backup that depends on it.
+async fn check_dependencies(
+    repo: &Repository,
+    backups: &[Manifest],
+    report: &mut Report,
+) -> Result<BTreeMap<BackupId, Manifest>> {
+    let mut sources: BTreeMap<BackupId, Manifest> = backups.iter().map(|m| (m.id.clone(), m.clone())).collect();
+    let mut bad: BTreeMap<BackupId, String> = BTreeMap::new();
+    for m in backups {
+        let deps: BTreeSet<BackupId> = m.parent.iter().cloned().chain(m.referenced_backups()).collect();
+        for dep in deps {
+            if !sources.contains_key(&dep) && !bad.contains_key(&dep) {
+                match repo.load_json::<Manifest>(&manifest_key(&dep)).await {
+                    Ok(Some(d)) if d.id == dep => {
+                        sources.insert(dep.clone(), d);
+                    }
+                    Ok(Some(d)) => {
+                        bad.insert(dep.clone(), format!("whose manifest describes backup '{}'", d.id));
+                    }
+                    Ok(None) => {
+                        bad.insert(dep.clone(), "which is missing".into());
+                    }
+                    Err(Error::Corrupt { reason, .. }) => {
+                        bad.insert(dep.clone(), format!("whose manifest is corrupt: {reason}"));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(why) = bad.get(&dep) {
+                let p = report.push(
+                    Severity::Error,
+                    "missing_dependency",
+                    format!("backup '{}' depends on backup '{dep}', {why}", m.id),
+                );
+                p.object = Some(manifest_key(&dep).to_string());
+                p.backup = Some(m.id.to_string());
+                p.backups = vec![dep.to_string(), m.id.to_string()];
+            }
+        }
+    }
+    Ok(sources)
 }
 
 fn backup_info(m: &Manifest) -> BackupInfo {
@@ -657,10 +803,11 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<Report> {
     }
     // Packs and WAL are read at the same time: both phases alternate between
     // I/O and hashing, so overlapping them keeps every core busy.
+    let sources = check_dependencies(repo, &backups, &mut report).await?;
     let mut packs_report = Report::default();
     let packs = async {
         for m in &backups {
-            check_packs(repo, m, opts, &mut packs_report).await?;
+            check_packs(repo, m, &sources, opts, &mut packs_report).await?;
         }
         Ok::<(), Error>(())
     };
@@ -722,6 +869,56 @@ fn finish(mut report: Report, started: Instant) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chained backup's block map is read back and hashed like a pack:
+    /// sound as stored, a finding when missing or different.
+    #[test]
+    fn block_maps_are_verified() {
+        use crate::pg::Lsn;
+        use crate::repo::backup::BackupType;
+        use crate::repo::synthetic;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let at = |h: i64| chrono::DateTime::from_timestamp(1_800_000_000 + h * 3600, 0).expect("time");
+        rt.block_on(async {
+            let repo = Repository::in_memory();
+            let size = WalSegmentSize::new(1 << 20).expect("size");
+            synthetic::init(&repo, 7, size).await.expect("init");
+            for seg in 1..=6 {
+                synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
+            }
+            let full = synthetic::put_backup(&repo, 7, TimelineId(1), Lsn(0x20_0028), Lsn(0x20_0100), at(1))
+                .await
+                .expect("full");
+            let mut incr =
+                synthetic::put_chained(&repo, &full, BackupType::Incr, Lsn(0x40_0028), Lsn(0x40_0100), at(2))
+                    .await
+                    .expect("incr");
+            let content = b"block map of the incr".repeat(10);
+            let key = keys::map_key(&incr.id, 0);
+            synthetic::put(&repo, &key, &content).await.expect("map");
+            let stored = repo.get(&key).await.expect("get").expect("stored").len() as u64;
+            let sha = frame::hex(&frame::sha256(&content));
+            let map = PackInfo { number: 0, original_size: content.len() as u64, stored_size: stored, sha256: sha };
+            incr.maps = vec![map];
+            repo.delete(&[manifest_key(&incr.id)]).await.expect("delete");
+            repo.store_json(&manifest_key(&incr.id), &incr).await.expect("manifest");
+            let opts = VerifyOptions { backup: None, quick: false, jobs: 2 };
+            let report = verify(&repo, &opts).await.expect("verify");
+            assert!(report.ok, "{}", report.render_text());
+            assert_eq!(report.checked.packs, 4, "full's pack, the incr's pack, its map, the full's pack it reads");
+            incr.maps[0].sha256 = frame::hex(&frame::sha256(b"other"));
+            repo.delete(&[manifest_key(&incr.id)]).await.expect("delete");
+            repo.store_json(&manifest_key(&incr.id), &incr).await.expect("manifest");
+            let text = verify(&repo, &opts).await.expect("verify").render_text();
+            assert!(text.contains(&format!("block map '{key}' of backup '{}' is not the one", incr.id)), "{text}");
+            repo.delete(std::slice::from_ref(&key)).await.expect("delete");
+            for quick in [false, true] {
+                let opts = VerifyOptions { backup: None, quick, jobs: 2 };
+                let text = verify(&repo, &opts).await.expect("verify").render_text();
+                assert!(text.contains(&format!("block map '{key}' of backup '{}' is missing", incr.id)), "{text}");
+            }
+        });
+    }
 
     #[test]
     fn runs_group_consecutive_segments() {

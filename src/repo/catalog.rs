@@ -31,7 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use chrono::{DateTime, Utc};
 
-use super::backup::{BackupId, Manifest};
+use super::backup::{reads_manifest_format, BackupId, Manifest};
 use super::drill::DrillRecord;
 use super::{keys, Repository};
 use crate::error::{Error, Result};
@@ -486,6 +486,15 @@ async fn load_backups(repo: &Repository, which: &Backups, unreadable: Unreadable
     let loaded: Vec<BackupEntry> = futures::stream::iter(ids)
         .map(|id| async move {
             let state = match repo.load_json::<Manifest>(&keys::manifest_key(&id)).await {
+                // A newer format may depend on backups this build cannot see:
+                // never list (or expire around) what it cannot read.
+                Ok(Some(m)) if !reads_manifest_format(m.format) => ManifestState::Corrupt {
+                    key: keys::manifest_key(&id).to_string(),
+                    reason: format!(
+                        "manifest format {} is newer than this pgwal reads (1 and 2): upgrade pgwal",
+                        m.format
+                    ),
+                },
                 Ok(Some(m)) if m.id == id => ManifestState::Complete(m),
                 Ok(Some(m)) => ManifestState::OtherBackup(m),
                 Ok(None) => ManifestState::Missing,
@@ -663,7 +672,7 @@ mod tests {
         let repo = Repository::in_memory();
         let size = WalSegmentSize::new(1 << 20).expect("size");
         let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s * 60, 0).expect("time");
-        let (good, other, missing, corrupt) = rt.block_on(async {
+        let (good, other, missing, corrupt, chained, newer) = rt.block_on(async {
             synthetic::init(&repo, 7, size).await.expect("init");
             for seg in 1..=3 {
                 synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
@@ -684,13 +693,34 @@ mod tests {
             let corrupt = m(4).await.expect("backup").id;
             repo.delete(&[keys::manifest_key(&corrupt)]).await.expect("delete");
             synthetic::put(&repo, &keys::manifest_key(&corrupt), b"{").await.expect("put");
-            (good, other, missing, corrupt)
+            let chained = synthetic::put_chained(
+                &repo,
+                &good,
+                crate::repo::backup::BackupType::Incr,
+                Lsn(0x20_0028),
+                Lsn(0x20_0100),
+                at(5),
+            )
+            .await
+            .expect("chained");
+            assert_eq!(chained.format, crate::repo::backup::MANIFEST_FORMAT_CHAINED);
+            let mut newer = chained.clone();
+            newer.id = BackupId::new(at(6), crate::repo::backup::BackupType::Incr);
+            newer.format = 3;
+            repo.store_json(&keys::manifest_key(&newer.id), &newer).await.expect("put");
+            (good, other, missing, corrupt, chained, newer.id)
         });
         let scope =
             Scope { backups: Backups::All, wal: WalListing::Inventory(size), histories: true, ..Scope::default() };
         let c = rt.block_on(Catalog::load(&repo, &scope)).expect("load");
         let state = |id: &BackupId| &c.backups.iter().find(|b| &b.id == id).expect("listed").state;
         assert_eq!(state(&good.id), &ManifestState::Complete(good.clone()));
+        assert_eq!(state(&chained.id), &ManifestState::Complete(chained.clone()), "format 2 reads");
+        assert!(
+            matches!(state(&newer), ManifestState::Corrupt { reason, .. } if reason.contains("manifest format 3")),
+            "{:?}",
+            state(&newer)
+        );
         assert!(matches!(state(&other), ManifestState::OtherBackup(m) if m.id == good.id), "{:?}", state(&other));
         assert_eq!(state(&missing), &ManifestState::Missing);
         assert!(matches!(state(&corrupt), ManifestState::Corrupt { .. }), "{:?}", state(&corrupt));

@@ -122,6 +122,70 @@ pub async fn put_backup(
     Ok(manifest)
 }
 
+/// Stores a chained backup (manifest format 2) of `kind` (diff or incr) on
+/// `parent`, taken like [`put_backup`]: its own pack holds one new file,
+/// `base/1/16384`, and its `PG_VERSION` points at the pieces `parent`'s
+/// `PG_VERSION` reads (so into the pack of the chain's full backup).
+pub async fn put_chained(
+    repo: &Repository,
+    parent: &Manifest,
+    kind: BackupType,
+    start_lsn: Lsn,
+    stop_lsn: Lsn,
+    stop_time: chrono::DateTime<chrono::Utc>,
+) -> Result<Manifest> {
+    let id = BackupId::new(stop_time - chrono::Duration::seconds(1), kind);
+    let content = format!("synthetic {} backup {id}\n", kind.as_str()).repeat(64);
+    let key = pack_key(&id, 0);
+    let (object, header) = frame::encode(content.as_bytes(), Compression::Zstd(1)).map_err(encode_err(&key))?;
+    let stored_size = object.len() as u64;
+    repo.put_create(&key, object.into(), &header).await?;
+    let sha = frame::hex(&header.sha256);
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut pg_version = parent.files.iter().find(|f| f.path == "PG_VERSION").cloned().ok_or_else(|| {
+        Error::Corrupt { key: manifest_key(&parent.id).to_string(), reason: "the parent has no PG_VERSION".into() }
+    })?;
+    for e in &mut pg_version.extents {
+        e.backup = Some(e.source(&parent.id).clone());
+    }
+    let new_file = FileEntry {
+        path: "base/1/16384".into(),
+        tablespace: None,
+        size: content.len() as u64,
+        sha256: sha.clone(),
+        mode: 0o600,
+        mtime: 0,
+        extents: vec![Extent::own(0, 0, content.len() as u64)],
+        block_map: None,
+    };
+    let mut m = Manifest {
+        format: super::backup::MANIFEST_FORMAT_CHAINED,
+        id: id.clone(),
+        kind,
+        parent: Some(parent.id.clone()),
+        system_identifier: parent.system_identifier.clone(),
+        server_version_num: parent.server_version_num,
+        timeline: parent.stop_timeline,
+        start_lsn,
+        stop_lsn,
+        stop_timeline: parent.stop_timeline,
+        start_time: fmt(stop_time - chrono::Duration::seconds(1)),
+        stop_time: fmt(stop_time),
+        backup_label: format!("START WAL LOCATION: {start_lsn}\n"),
+        tablespace_map: None,
+        tablespaces: vec![],
+        data_size: content.len() as u64,
+        stored_size,
+        packs: vec![PackInfo { number: 0, original_size: content.len() as u64, stored_size, sha256: sha }],
+        directories: vec![],
+        files: vec![],
+        maps: vec![],
+    };
+    m.files = vec![pg_version, new_file];
+    repo.store_json(&manifest_key(&id), &m).await?;
+    Ok(m)
+}
+
 /// For scale benchmarks: writes segments `segs` of timeline `tli` into the
 /// local repository at `root` as tiny framed objects (8 bytes of content,
 /// so they pass listings and quick checks but not a full `verify`), straight

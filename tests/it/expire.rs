@@ -11,6 +11,7 @@
 use crate::common;
 use crate::synthetic;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -606,5 +607,101 @@ fn a_failing_expire_names_everything_it_removed() -> Result<()> {
     ensure!(out.success() && gone == named && gone.iter().any(|f| f.starts_with("wal/")), "{out}");
     ensure!(out.stdout.contains(&format!("kept 1 backup(s): {}", ids[3])), "{out}");
     verify(&config, &[])?.ensure_success()?;
+    Ok(())
+}
+
+/// A local repository of two full+incr chains (see [`two_chains`]).
+fn local_two_chains(dir: &TestDir, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf, Vec<String>)> {
+    let (config, root) = file_config(dir, name)?;
+    let repo = open(&config)?;
+    let ids = rt().block_on(two_chains(&repo))?;
+    give_to_run_as(&root)?;
+    Ok((config, root, ids))
+}
+
+fn wal_keys(tli: u32, segs: std::ops::RangeInclusive<u64>) -> Vec<String> {
+    segs.map(|s| format!("wal/{}/{}", &seg_name(tli, s)[..16], seg_name(tli, s))).collect()
+}
+
+/// `--retain-full 1` after two full+incr chains leaves exactly the newest
+/// chain and the WAL from its full's start; the old incr goes before its full.
+#[test]
+fn retain_full_keeps_the_newest_chain_whole() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root, ids) = local_two_chains(&dir, "repo")?;
+    let before = files(&root)?;
+    let out = expire(&config, &["--retain-full", "1"])?.ensure_success()?;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    ensure!(lines[0].starts_with(&format!("removed backup {} (", ids[1])), "the incr first: {out}");
+    ensure!(lines[1].starts_with(&format!("removed backup {} (", ids[0])), "then its full: {out}");
+    ensure!(out.stdout.contains(&format!("kept 2 backup(s): {}, {}", ids[2], ids[3])), "{out}");
+    let after = files(&root)?;
+    let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+    let mut expected: BTreeSet<String> = wal_keys(1, 1..=19).into_iter().collect();
+    for id in &ids[..2] {
+        expected.extend(before.iter().filter(|f| f.starts_with(&format!("backup/{id}/"))).cloned());
+    }
+    ensure!(gone == expected, "gone: {gone:?}\nexpected: {expected:?}");
+    ensure!(after.contains(&format!("backup/{}/manifest", ids[3])), "the newest incr stays");
+    verify(&config, &[])?.ensure_success()?;
+    Ok(())
+}
+
+/// `expire --backup FULL` with a dependent is refused and deletes nothing;
+/// with --with-dependents it deletes both (and the WAL only they needed),
+/// naming each; the newest backup is refused.
+#[test]
+fn expire_one_backup_and_its_dependents() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root, ids) = local_two_chains(&dir, "repo")?;
+    let before = files(&root)?;
+    let out = expire(&config, &["--backup", &ids[0]])?;
+    ensure!(out.code() == Some(2), "refused: {out}");
+    ensure!(
+        out.stderr.contains(&format!("backup {} cannot be expired alone: {} depend(s) on it", ids[0], ids[1])),
+        "{out}"
+    );
+    ensure!(out.stderr.contains("--with-dependents"), "the hint names the flag: {out}");
+    ensure!(files(&root)? == before, "a refused expire deleted something");
+    for (args, text) in [
+        (vec!["--backup", ids[3].as_str()], "is the newest backup"),
+        (vec!["--backup", ids[2].as_str(), "--with-dependents"], "is the newest backup"),
+        (vec!["--backup", "20000101T000000F"], "no complete backup 20000101T000000F"),
+        (vec!["--backup", ids[0].as_str(), "--retain-full", "1"], "cannot be used with"),
+        (vec!["--with-dependents"], "--backup"),
+    ] {
+        let out = expire(&config, &args)?;
+        ensure!(out.code() == Some(2) && out.stderr.contains(text), "{args:?}: {out}");
+    }
+    ensure!(files(&root)? == before, "a refused expire deleted something");
+
+    let args = ["--backup", ids[0].as_str(), "--with-dependents"];
+    let dry = expire(&config, &[&args[..], &["--dry-run"]].concat())?.ensure_success()?;
+    ensure!(files(&root)? == before, "--dry-run deleted something");
+    let out = expire(&config, &args)?.ensure_success()?;
+    ensure!(dry.stdout.replace("would remove", "removed") == out.stdout, "dry run and run differ:\n{dry}\n{out}");
+    let after = files(&root)?;
+    let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+    let mut expected: BTreeSet<String> = wal_keys(1, 1..=19).into_iter().collect();
+    for id in &ids[..2] {
+        let objects: Vec<&String> = before.iter().filter(|f| f.starts_with(&format!("backup/{id}/"))).collect();
+        ensure!(
+            out.stdout.contains(&format!("removed backup {id} ({} objects)", objects.len())),
+            "{id} named with its objects: {out}"
+        );
+        expected.extend(objects.into_iter().cloned());
+    }
+    ensure!(
+        out.stdout.contains(&format!(
+            "removed WAL of timeline 1: {} .. {} (19 segments)",
+            seg_name(1, 1),
+            seg_name(1, 19)
+        )),
+        "{out}"
+    );
+    ensure!(gone == expected, "gone: {gone:?}\nexpected: {expected:?}");
+    // A tip goes alone.
+    let out = expire(&config, &["--backup", &ids[2]])?;
+    ensure!(out.code() == Some(2) && out.stderr.contains(&ids[3]), "{out}");
     Ok(())
 }

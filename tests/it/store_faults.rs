@@ -229,6 +229,8 @@ fn expire_reports_a_refused_delete_and_leaves_the_repository_consistent() -> Res
             policy: Policy { retain_full: Some(1), retain_days: None },
             dry_run: false,
             lock_stale_after: Duration::from_secs(3600),
+            backup: None,
+            with_dependents: false,
         };
         // The oldest backup's manifest goes first: refusing it keeps the
         // backup whole; refusing its pack leaves a backup without a

@@ -386,3 +386,56 @@ fn gaps_name_every_backup_that_cannot_recover_past_them() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two full+incr chains (see [`two_chains`]): sound as written (each incr's
+/// file in its full's pack hashes right); the full's pack deleted is a
+/// finding for the full and one naming the incr that reads it; the full's
+/// manifest deleted is "depends on ..., which is missing"; in quick mode and
+/// with --backup too.
+#[test]
+fn chains_name_the_dependent_backup() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "repo")?;
+    let repo = open(&config)?;
+    let ids = rt().block_on(two_chains(&repo))?;
+    give_to_run_as(&root)?;
+    let out = verify(&config, &[])?;
+    ensure!(out.success(), "a chain as written verifies: {out}");
+    ensure!(out.stdout.contains("checked 4 backup(s)"), "{out}");
+    let (full, incr) = (&ids[0], &ids[1]);
+
+    let (c, copy) = case(&dir, &root, "no_full_pack")?;
+    let pack = format!("backup/{full}/pack/000000");
+    ensure!(copy.join(&pack).exists(), "the full's pack is {pack}");
+    std::fs::remove_file(copy.join(&pack))?;
+    for args in [&[][..], &["--quick"][..]] {
+        let out = verify(&c, args)?;
+        ensure!(out.code() == Some(3), "{args:?}: {out}");
+        ensure!(out.stdout.contains(&format!("pack '{pack}' of backup '{full}' is missing")), "{args:?}: {out}");
+        ensure!(
+            out.stdout.contains(&format!("pack '{pack}' of backup '{full}', which backup '{incr}' reads, is missing")),
+            "{args:?}: the incr is named: {out}"
+        );
+    }
+    let out = verify(&c, &["--backup", incr])?;
+    ensure!(out.code() == Some(3) && out.stdout.contains(&format!("which backup '{incr}' reads")), "{out}");
+    let (code, v) = verify_json(&c, &["--backup", incr])?;
+    ensure!(code == Some(3), "{v}");
+    let p = v["problems"].as_array().context("problems")?;
+    ensure!(p.iter().any(|p| p["backup"] == incr.as_str() && p["object"] == pack.as_str()), "{v}");
+
+    let (c, copy) = case(&dir, &root, "no_full_manifest")?;
+    std::fs::remove_file(copy.join(format!("backup/{full}/manifest")))?;
+    let out = verify(&c, &[])?;
+    ensure!(out.code() == Some(3), "{out}");
+    ensure!(out.stdout.contains(&format!("backup '{incr}' depends on backup '{full}', which is missing")), "{out}");
+    let (c, copy) = case(&dir, &root, "bad_full_manifest")?;
+    flip_byte(&copy.join(format!("backup/{full}/manifest")))?;
+    let out = verify(&c, &["--backup", incr])?;
+    ensure!(out.code() == Some(3), "{out}");
+    ensure!(
+        out.stdout.contains(&format!("backup '{incr}' depends on backup '{full}', whose manifest is corrupt")),
+        "{out}"
+    );
+    Ok(())
+}

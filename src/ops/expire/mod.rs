@@ -1,13 +1,17 @@
 //! `pgwal expire [--retain-full N] [--retain-days D] [--dry-run]`: deletes
 //! the backups the retention policy lets go and the WAL no retained backup
 //! needs (the decision is [`plan::plan`], a pure function). The only command
-//! that deletes.
+//! that deletes. `pgwal expire --backup ID [--with-dependents]` deletes one
+//! backup (and the backups depending on it) and the WAL no remaining backup
+//! needs ([`plan::plan_removal`]); it leaves incomplete backups to a policy run.
 //!
 //! Order of deletion, so the repository is consistent after every step and
 //! an interrupted expire can simply be run again:
-//! 1. each expired backup, oldest stop time first: its manifest (from then
-//!    on the backup does not exist for list, restore and verify), then its
-//!    packs;
+//! 1. each expired backup, dependents before what they depend on (a diff or
+//!    incr before its parent and its full), otherwise oldest stop time
+//!    first: its manifest (from then on the backup does not exist for list,
+//!    restore and verify), then its packs; so an interrupted expire never
+//!    leaves a listed backup without the packs it reads;
 //! 2. packs of backups without a manifest (interrupted backups or expires),
 //!    but only while no backup is being taken;
 //! 3. WAL, timeline by timeline, oldest segment first, so what is kept never
@@ -259,12 +263,20 @@ fn partial_line(unit: &Unit<'_>, deleted: &[Path], size: WalSegmentSize) -> Vec<
 }
 
 fn plan_backup(m: &Manifest) -> Result<PlanBackup> {
-    Ok(PlanBackup { info: BackupInfo::from_manifest(m)?, kind: m.kind, parent: m.parent.clone() })
+    Ok(PlanBackup {
+        info: BackupInfo::from_manifest(m)?,
+        kind: m.kind,
+        parent: m.parent.clone(),
+        refs: m.referenced_backups(),
+    })
 }
 
 fn policy_error(e: PolicyError) -> Error {
     let hint = match e {
         PolicyError::NoBackups => "take a backup with 'pgwal backup' first; expire deletes nothing without one",
+        PolicyError::UnknownBackup(_) => "'pgwal list' shows the backups",
+        PolicyError::HasDependents { .. } => "add --with-dependents to expire them too, newest first",
+        PolicyError::Newest(_) => "take a newer backup first: expire always keeps the newest backup",
         _ => "e.g. 'pgwal expire --retain-full 2' keeps the two newest full backups and the WAL they need",
     };
     Error::BadRequest { message: e.to_string(), hint: Some(hint.into()) }
@@ -443,15 +455,21 @@ pub async fn expire(
     now: DateTime<Utc>,
     out: &mut dyn Write,
 ) -> Result<Outcome> {
-    if opts.policy.retain_full.is_none() && opts.policy.retain_days.is_none() {
+    if opts.backup.is_none() && opts.policy.retain_full.is_none() && opts.policy.retain_days.is_none() {
         crate::log_warn!(
             "no retention policy, nothing expired (hint: set expire.retain_full or expire.retain_days in the config file, or give --retain-full / --retain-days)"
         );
         return Ok(Outcome { no_policy: true, dry_run: opts.dry_run, ..Default::default() });
     }
-    plan::validate(&opts.policy).map_err(policy_error)?;
+    if opts.backup.is_none() {
+        plan::validate(&opts.policy).map_err(policy_error)?;
+    }
     let (model, incomplete, dirs, mut notes) = model(repo, opts.lock_stale_after).await?;
-    let plan = plan::plan(&model, &opts.policy, now).map_err(policy_error)?;
+    let plan = match &opts.backup {
+        Some(id) => plan::plan_removal(&model, id, opts.with_dependents),
+        None => plan::plan(&model, &opts.policy, now),
+    }
+    .map_err(policy_error)?;
     notes.extend(plan.notes.iter().cloned());
     let mut outcome = Outcome {
         kept: plan.keep.iter().map(BackupId::to_string).collect(),
@@ -462,7 +480,8 @@ pub async fn expire(
     for id in &plan.expire {
         outcome.expired.push(backup_objects(repo, id.as_str(), true).await?);
     }
-    if !model.backup_running {
+    // `--backup` deletes what it names and the WAL; left-overs wait for a policy run.
+    if !model.backup_running && opts.backup.is_none() {
         let expired: BTreeSet<&str> = plan.expire.iter().map(BackupId::as_str).collect();
         for id in incomplete.iter().filter(|i| !expired.contains(i.as_str())) {
             let objects = backup_objects(repo, id, false).await?;
@@ -478,7 +497,9 @@ pub async fn expire(
         .map(String::as_str)
         .chain(plan.expire.iter().map(BackupId::as_str))
         .collect();
-    outcome.stray_drills = stray_drills(repo, &known).await?;
+    if opts.backup.is_none() {
+        outcome.stray_drills = stray_drills(repo, &known).await?;
+    }
     // Before anything goes: why some of it stays.
     for note in &outcome.notes {
         crate::log_notice!("{note}");
@@ -547,6 +568,8 @@ mod tests {
                 policy: Policy { retain_full: Some(1), retain_days: None },
                 dry_run: false,
                 lock_stale_after: Duration::from_secs(3600),
+                backup: None,
+                with_dependents: false,
             };
             let out = expire(&repo, &opts, at(10), &mut Vec::new()).await.expect("expire");
             assert_eq!(out.expired.len(), 1);
@@ -631,7 +654,13 @@ mod tests {
                 repo.store_drill(&drill(b, h)).await.expect("drill");
             }
             let policy = Policy { retain_full: Some(1), ..Policy::default() };
-            let opts = ExpireOptions { policy, dry_run: false, lock_stale_after: Duration::from_secs(3600) };
+            let opts = ExpireOptions {
+                policy,
+                dry_run: false,
+                lock_stale_after: Duration::from_secs(3600),
+                backup: None,
+                with_dependents: false,
+            };
             let mut out = Vec::new();
             let done = expire(&repo, &opts, at(10), &mut out).await.expect("expire");
             let out = String::from_utf8(out).expect("utf-8");
@@ -671,6 +700,8 @@ mod tests {
                 policy: Policy::default(),
                 dry_run: false,
                 lock_stale_after: Duration::from_secs(3600),
+                backup: None,
+                with_dependents: false,
             };
             let mut out = Vec::new();
             let none = expire(&repo, &opts, at(10), &mut out).await.expect("no policy is not an error");

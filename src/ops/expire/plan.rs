@@ -9,7 +9,20 @@
 //!   keeps every backup that stopped in the last D days plus the newest one
 //!   that stopped before them, so that every point of the last D days stays
 //!   recoverable. With both, a backup either rule keeps is kept. The newest
-//!   backup is always kept, and so is every parent of a kept incremental one.
+//!   backup is always kept.
+//! - Chains (SPEC §7): a kept backup keeps everything it depends on (its
+//!   parent and every backup its extents point into), transitively
+//!   (incr → incr → full); a diff/incr is kept exactly when everything it
+//!   depends on is kept, so the dependents of a kept full stay with it and
+//!   those of an expired full go with it.
+//! - Deletion order: every expired backup goes before anything it depends on
+//!   (dependents first, then their full), otherwise oldest stop time first,
+//!   so an interrupted expire never leaves a listed backup whose parent is
+//!   gone.
+//! - `--backup ID` ([`plan_removal`]) deletes one backup, and with
+//!   `--with-dependents` every backup depending on it; it refuses a backup
+//!   others depend on without that flag, and the newest backup (which the
+//!   policy always keeps too).
 //! - WAL: on each timeline, everything from the first segment any retained
 //!   backup reads from it on (see [`crate::repo::coverage::needed_from`]) is
 //!   kept; what lies before goes, oldest first. WAL of a timeline no
@@ -37,8 +50,19 @@ pub struct PlanBackup {
     pub info: BackupInfo,
     /// Full or incremental.
     pub kind: BackupType,
-    /// The backup an incremental one builds on.
+    /// The backup a diff/incr one builds on.
     pub parent: Option<BackupId>,
+    /// The other backups whose packs its extents point into
+    /// ([`crate::repo::backup::Manifest::referenced_backups`]).
+    pub refs: Vec<BackupId>,
+}
+
+impl PlanBackup {
+    /// Every backup this one needs besides itself: its parent and the
+    /// backups its extents point into.
+    pub fn depends_on(&self) -> impl Iterator<Item = &BackupId> {
+        self.parent.iter().chain(self.refs.iter())
+    }
 }
 
 /// The retention policy: the one type the config file and the flags fill.
@@ -85,7 +109,8 @@ pub struct Model {
 pub struct Plan {
     /// Backups kept, oldest stop time first.
     pub keep: Vec<BackupId>,
-    /// Backups to delete, oldest stop time first (the order of deletion).
+    /// Backups to delete, in the order of deletion: each before everything
+    /// it depends on, otherwise oldest stop time first.
     pub expire: Vec<BackupId>,
     /// Per timeline holding WAL, what of it stays.
     pub wal: BTreeMap<TimelineId, WalKeep>,
@@ -108,6 +133,20 @@ pub enum PolicyError {
     /// Nothing to apply it to.
     #[error("the repository holds no complete backup, so there is nothing to expire")]
     NoBackups,
+    /// `--backup ID` names no complete backup.
+    #[error("the repository holds no complete backup {0}")]
+    UnknownBackup(String),
+    /// `--backup ID` without `--with-dependents` while others depend on it.
+    #[error("backup {backup} cannot be expired alone: {dependents} depend(s) on it")]
+    HasDependents {
+        /// The backup asked for.
+        backup: String,
+        /// Its dependents, comma-separated, oldest first.
+        dependents: String,
+    },
+    /// `--backup ID` would delete the newest backup.
+    #[error("backup {0} is the newest backup, which expire always keeps")]
+    Newest(String),
 }
 
 /// Refuses policies that make no sense.
@@ -160,19 +199,88 @@ pub fn plan(model: &Model, policy: &Policy, now: DateTime<Utc>) -> Result<Plan, 
     let mut newest_first: Vec<&PlanBackup> = model.backups.iter().collect();
     newest_first.sort_by_key(|b| std::cmp::Reverse(rank(b)));
     let mut keep = chosen(&newest_first, policy, now);
-    // An incremental backup needs its parents.
     let by_id: BTreeMap<&BackupId, &PlanBackup> = model.backups.iter().map(|b| (&b.info.id, b)).collect();
+    // A kept backup keeps everything it depends on, transitively.
     let mut todo: Vec<BackupId> = keep.iter().cloned().collect();
     while let Some(id) = todo.pop() {
-        if let Some(parent) = by_id.get(&id).and_then(|b| b.parent.clone()) {
-            if keep.insert(parent.clone()) {
-                todo.push(parent);
+        let Some(b) = by_id.get(&id) else { continue };
+        for dep in b.depends_on() {
+            if by_id.contains_key(dep) && keep.insert(dep.clone()) {
+                todo.push(dep.clone());
             }
         }
     }
+    // A diff/incr is kept when everything it depends on is (oldest first, to a
+    // fixpoint: a chain is kept link by link).
     let oldest_first: Vec<&PlanBackup> = newest_first.iter().rev().copied().collect();
+    loop {
+        let mut changed = false;
+        for b in &oldest_first {
+            if b.kind == BackupType::Full || keep.contains(&b.info.id) {
+                continue;
+            }
+            let mut deps = b.depends_on().peekable();
+            if deps.peek().is_some() && deps.all(|d| keep.contains(d)) {
+                keep.insert(b.info.id.clone());
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Ok(finish(model, &oldest_first, &keep))
+}
+
+/// `expire --backup ID [--with-dependents]`: deletes `target` (and, with
+/// `with_dependents`, every backup depending on it, transitively); everything
+/// else is kept, and the WAL no kept backup needs goes.
+pub fn plan_removal(model: &Model, target: &str, with_dependents: bool) -> Result<Plan, PolicyError> {
+    if model.backups.is_empty() {
+        return Err(PolicyError::NoBackups);
+    }
+    let Some(target) = model.backups.iter().find(|b| b.info.id.as_str() == target) else {
+        return Err(PolicyError::UnknownBackup(target.to_string()));
+    };
+    let mut newest_first: Vec<&PlanBackup> = model.backups.iter().collect();
+    newest_first.sort_by_key(|b| std::cmp::Reverse(rank(b)));
+    let oldest_first: Vec<&PlanBackup> = newest_first.iter().rev().copied().collect();
+    let mut doomed: BTreeSet<BackupId> = [target.info.id.clone()].into_iter().collect();
+    loop {
+        let before = doomed.len();
+        for b in &oldest_first {
+            if !doomed.contains(&b.info.id) && b.depends_on().any(|d| doomed.contains(d)) {
+                doomed.insert(b.info.id.clone());
+            }
+        }
+        if doomed.len() == before {
+            break;
+        }
+    }
+    if doomed.len() > 1 && !with_dependents {
+        let dependents: Vec<&str> = oldest_first
+            .iter()
+            .filter(|b| b.info.id != target.info.id && doomed.contains(&b.info.id))
+            .map(|b| b.info.id.as_str())
+            .collect();
+        return Err(PolicyError::HasDependents {
+            backup: target.info.id.to_string(),
+            dependents: dependents.join(", "),
+        });
+    }
+    if let Some(newest) = newest_first.first().filter(|b| doomed.contains(&b.info.id)) {
+        return Err(PolicyError::Newest(newest.info.id.to_string()));
+    }
+    let keep: BTreeSet<BackupId> =
+        model.backups.iter().map(|b| b.info.id.clone()).filter(|id| !doomed.contains(id)).collect();
+    Ok(finish(model, &oldest_first, &keep))
+}
+
+/// The plan for keeping exactly `keep`: the deletion order of the rest and
+/// what of the WAL stays.
+fn finish(model: &Model, oldest_first: &[&PlanBackup], keep: &BTreeSet<BackupId>) -> Plan {
     let (kept, expired): (Vec<&PlanBackup>, Vec<&PlanBackup>) =
-        oldest_first.into_iter().partition(|b| keep.contains(&b.info.id));
+        oldest_first.iter().copied().partition(|b| keep.contains(&b.info.id));
 
     let mut need: BTreeMap<TimelineId, SegmentNo> = BTreeMap::new();
     for b in &kept {
@@ -200,12 +308,38 @@ pub fn plan(model: &Model, policy: &Policy, now: DateTime<Utc>) -> Result<Plan, 
         };
         wal.insert(tli, rule);
     }
-    Ok(Plan {
-        keep: kept.iter().map(|b| b.info.id.clone()).collect(),
-        expire: expired.iter().map(|b| b.info.id.clone()).collect(),
-        wal,
-        notes,
-    })
+    Plan { keep: kept.iter().map(|b| b.info.id.clone()).collect(), expire: deletion_order(&expired), wal, notes }
+}
+
+/// Orders `expired` (oldest stop time first) for deletion: each backup
+/// before every backup of the set it depends on, otherwise oldest first.
+fn deletion_order(expired: &[&PlanBackup]) -> Vec<BackupId> {
+    let pos: BTreeMap<&BackupId, usize> = expired.iter().enumerate().map(|(i, b)| (&b.info.id, i)).collect();
+    // For each backup, how many of the set still to delete depend on it.
+    let mut waiting = vec![0usize; expired.len()];
+    for b in expired {
+        let deps: BTreeSet<usize> = b.depends_on().filter_map(|d| pos.get(d).copied()).collect();
+        for d in deps {
+            waiting[d] += 1;
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..expired.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(expired.len());
+    let mut done = vec![false; expired.len()];
+    while let Some(i) = ready.pop_first() {
+        done[i] = true;
+        order.push(expired[i].info.id.clone());
+        let deps: BTreeSet<usize> = expired[i].depends_on().filter_map(|d| pos.get(d).copied()).collect();
+        for d in deps {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    // A dependency cycle (impossible from real manifests): the rest, oldest first.
+    order.extend(expired.iter().enumerate().filter(|(i, _)| !done[*i]).map(|(_, b)| b.info.id.clone()));
+    order
 }
 
 #[cfg(test)]
@@ -227,8 +361,29 @@ mod tests {
 
     /// IDs that sort against stop time: names must never decide.
     fn id(n: u32) -> BackupId {
+        id_of(n, BackupType::Full)
+    }
+
+    fn id_of(n: u32, kind: BackupType) -> BackupId {
         let t = DateTime::from_timestamp(2_000_000_000 - i64::from(n) * 3600, 0).expect("time");
-        BackupId::new(t, BackupType::Full)
+        BackupId::new(t, kind)
+    }
+
+    /// A diff/incr backup `n` on `parent`, its extents also in `refs`.
+    fn chained(
+        n: u32,
+        kind: BackupType,
+        parent: &BackupId,
+        refs: &[&BackupId],
+        start_seg: u64,
+        stop: i64,
+    ) -> PlanBackup {
+        let mut b = full(n, start_seg, 1, stop);
+        b.info.id = id_of(n, kind);
+        b.kind = kind;
+        b.parent = Some(parent.clone());
+        b.refs = refs.iter().map(|r| (*r).clone()).collect();
+        b
     }
 
     fn full(n: u32, start_seg: u64, tli: u32, stop_secs: i64) -> PlanBackup {
@@ -243,6 +398,7 @@ mod tests {
             },
             kind: BackupType::Full,
             parent: None,
+            refs: Vec::new(),
         }
     }
 
@@ -305,6 +461,65 @@ mod tests {
         assert_eq!(p.wal[&TimelineId(2)], WalKeep::All, "a running backup may be on it");
     }
 
+    /// Two chains, full1 <- incr <- incr and full2 <- diff: the older chain goes
+    /// as a whole, tips first; the newer one stays as a whole.
+    fn two_chains() -> (Model, [BackupId; 5]) {
+        use BackupType::{Diff, Incr};
+        let f1 = full(1, 2, 1, 100);
+        let i1 = chained(2, Incr, &f1.info.id, &[], 3, 200);
+        let i2 = chained(3, Incr, &i1.info.id, &[&f1.info.id], 4, 300);
+        let f2 = full(4, 6, 1, 400);
+        let d2 = chained(5, Diff, &f2.info.id, &[], 8, 500);
+        let ids = [&f1, &i1, &i2, &f2, &d2].map(|b| b.info.id.clone());
+        (model(vec![d2, i1, f2, i2, f1], one_timeline()), ids)
+    }
+
+    #[test]
+    fn chains_go_as_a_whole_dependents_first() {
+        let (m, [f1, i1, i2, f2, d2]) = two_chains();
+        let p = plan(&m, &Policy { retain_full: Some(1), retain_days: None }, at(1000)).expect("plan");
+        assert_eq!(p.keep, vec![f2.clone(), d2.clone()]);
+        assert_eq!(p.expire, vec![i2.clone(), i1.clone(), f1.clone()], "tip first, the full last");
+        assert_eq!(p.wal[&TimelineId(1)], WalKeep::From(SegmentNo(6)), "from the kept full's start");
+        let p = plan(&m, &Policy { retain_full: Some(2), retain_days: None }, at(1000)).expect("plan");
+        assert_eq!(
+            p.keep,
+            vec![f1.clone(), i1.clone(), i2.clone(), f2.clone(), d2.clone()],
+            "a kept full keeps its dependents"
+        );
+        // A window that holds only the newest incr of the old chain keeps its ancestry.
+        let mut m2 = m.clone();
+        m2.backups.retain(|b| b.info.id != f2 && b.info.id != d2);
+        let p = plan(&m2, &Policy { retain_full: None, retain_days: Some(1) }, at(300 + 3600)).expect("plan");
+        assert_eq!(p.keep, vec![f1.clone(), i1.clone(), i2.clone()]);
+        assert!(p.expire.is_empty());
+    }
+
+    #[test]
+    fn removal_of_one_backup() {
+        let (m, [f1, i1, i2, f2, d2]) = two_chains();
+        match plan_removal(&m, f1.as_str(), false) {
+            Err(PolicyError::HasDependents { backup, dependents }) => {
+                assert_eq!(backup, f1.to_string());
+                assert_eq!(dependents, format!("{i1}, {i2}"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let p = plan_removal(&m, f1.as_str(), true).expect("with dependents");
+        assert_eq!(p.expire, vec![i2.clone(), i1.clone(), f1.clone()]);
+        assert_eq!(p.keep, vec![f2.clone(), d2.clone()]);
+        assert_eq!(p.wal[&TimelineId(1)], WalKeep::From(SegmentNo(6)));
+        let p = plan_removal(&m, i2.as_str(), false).expect("a tip goes alone");
+        assert_eq!(p.expire, vec![i2.clone()]);
+        assert_eq!(p.wal[&TimelineId(1)], WalKeep::From(SegmentNo(2)));
+        assert_eq!(plan_removal(&m, d2.as_str(), false), Err(PolicyError::Newest(d2.to_string())));
+        assert_eq!(plan_removal(&m, f2.as_str(), true), Err(PolicyError::Newest(d2.to_string())));
+        assert_eq!(
+            plan_removal(&m, "20000101T000000F", true),
+            Err(PolicyError::UnknownBackup("20000101T000000F".into()))
+        );
+    }
+
     // ---- property test: expire never removes what a retained backup needs ----
 
     /// A repository built by a random history of events.
@@ -320,8 +535,10 @@ mod tests {
     enum Event {
         /// Archive this many segments on the current timeline.
         Archive(u8),
-        /// Take a backup on the current timeline, with an ID number.
-        Backup(u32),
+        /// Take a backup on the current timeline, with an ID number and a
+        /// type (0 full, 1 diff on the newest full, 2 incr on the newest
+        /// backup; full while there is none).
+        Backup(u32, u8),
         /// A promotion or point-in-time restore: a new timeline branching off
         /// a known one at a fraction of what it archived.
         Branch { from: u8, at_permille: u16 },
@@ -330,7 +547,7 @@ mod tests {
     fn event() -> impl Strategy<Value = Event> {
         prop_oneof![
             4 => (1u8..6).prop_map(Event::Archive),
-            2 => (0u32..1000).prop_map(Event::Backup),
+            2 => (0u32..1000, 0u8..3).prop_map(|(n, t)| Event::Backup(n, t)),
             1 => (any::<u8>(), 0u16..1000).prop_map(|(from, at_permille)| Event::Branch { from, at_permille }),
         ]
     }
@@ -354,10 +571,22 @@ mod tests {
                         *head += 1;
                     }
                 }
-                Event::Backup(n) => {
+                Event::Backup(n, t) => {
                     if !used_ids.insert(n) {
                         continue;
                     }
+                    let newest_full = sim.backups.iter().rev().find(|b| b.kind == BackupType::Full);
+                    let (kind, parent) = match (t, newest_full, sim.backups.last()) {
+                        (1, Some(f), _) => (BackupType::Diff, Some(f)),
+                        (2, _, Some(last)) => (BackupType::Incr, Some(last)),
+                        _ => (BackupType::Full, None),
+                    };
+                    // An incr's extents may also point into its chain's full.
+                    let refs: Vec<BackupId> = match (kind, newest_full) {
+                        (BackupType::Incr, Some(f)) if n % 2 == 0 => vec![f.info.id.clone()],
+                        _ => Vec::new(),
+                    };
+                    let parent = parent.map(|p| p.info.id.clone());
                     let head = heads.get_mut(&current).expect("current timeline");
                     let start = *head;
                     // The backup's WAL (start to stop) is archived before it completes.
@@ -365,15 +594,16 @@ mod tests {
                     *head += 1;
                     sim.backups.push(PlanBackup {
                         info: BackupInfo {
-                            id: id(n),
+                            id: id_of(n, kind),
                             stop_time: at(clock),
                             start_lsn: Lsn(start * SEG + 0x28),
                             stop_lsn: Lsn(start * SEG + 0x1000),
                             timeline: current,
                             stop_timeline: current,
                         },
-                        kind: BackupType::Full,
-                        parent: None,
+                        kind,
+                        parent,
+                        refs,
                     });
                 }
                 Event::Branch { from, at_permille } => {
@@ -448,6 +678,22 @@ mod tests {
             };
             // Every backup is either kept or expired, once; the newest is kept.
             prop_assert_eq!(p.keep.len() + p.expire.len(), sim.backups.len());
+            let kept: BTreeSet<&BackupId> = p.keep.iter().collect();
+            prop_assert!(p.expire.iter().all(|e| !kept.contains(e)), "nothing kept is deleted");
+            for b in &sim.backups {
+                let deps_kept = b.depends_on().all(|d| kept.contains(d));
+                if kept.contains(&b.info.id) {
+                    prop_assert!(deps_kept, "kept {} lost a dependency", b.info.id);
+                } else if b.kind != BackupType::Full {
+                    prop_assert!(!deps_kept, "{} goes though all it depends on stays", b.info.id);
+                }
+                // Deleted before everything it depends on.
+                if let Some(i) = p.expire.iter().position(|e| *e == b.info.id) {
+                    for d in b.depends_on() {
+                        prop_assert!(p.expire[..i].iter().all(|e| e != d), "{} deleted after its dependency {}", b.info.id, d);
+                    }
+                }
+            }
             let newest = sim.backups.iter().max_by_key(|b| rank(b)).expect("some");
             prop_assert!(p.keep.contains(&newest.info.id));
             if let Some(n) = retain_full {

@@ -106,6 +106,37 @@ pub async fn two_timelines(repo: &Repository) -> Result<Vec<String>> {
     Ok(ids)
 }
 
+/// Two chains on timeline 1 (segments 1..=40): full A (segment 5) with
+/// incr A1 (10) on it, full B (20) with incr B1 (25) on it; each incr's
+/// `PG_VERSION` lies in its full's pack (manifest format 2).
+///
+/// Returns the backup IDs A, A1, B, B1 (oldest stop time first).
+pub async fn two_chains(repo: &Repository) -> Result<Vec<String>> {
+    use pgwal::repo::backup::BackupType;
+    synthetic::init(repo, SYSID, size()).await?;
+    segments(repo, 1, 1..=40).await?;
+    let epoch = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")?.to_utc();
+    let mut ids = Vec::new();
+    for (full_seg, incr_seg, hours) in [(5u64, 10u64, 1i64), (20, 25, 3)] {
+        let at = |h: i64| epoch + chrono::Duration::hours(h);
+        let full =
+            synthetic::put_backup(repo, SYSID, TimelineId(1), lsn(full_seg, 0x28), lsn(full_seg, 0x8000), at(hours))
+                .await?;
+        let incr = synthetic::put_chained(
+            repo,
+            &full,
+            BackupType::Incr,
+            lsn(incr_seg, 0x28),
+            lsn(incr_seg, 0x8000),
+            at(hours + 1),
+        )
+        .await?;
+        ids.push(full.id.to_string());
+        ids.push(incr.id.to_string());
+    }
+    Ok(ids)
+}
+
 /// Every file below `root`, relative, sorted (a local repository's objects).
 pub fn files(root: &Path) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
