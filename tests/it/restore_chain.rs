@@ -98,5 +98,21 @@ fn an_incr_backup_restores_through_its_chain_and_recovers() -> Result<()> {
     let out = Pgwal::new(["--config", &config_arg, "drill", "--json", "--backup", &incr]).run()?;
     let record: serde_json::Value = serde_json::from_str(&out.stdout).with_context(|| format!("drill: {out}"))?;
     ensure!(out.success() && record["passed"] == true && record["backup"] == incr.as_str(), "drill of {incr}: {out}");
+
+    // verify reads the chain the same way restore does: sound, then the full's pack gone is a finding naming the incr.
+    let out = Pgwal::new(["--config", &config_arg, "verify", "--backup", &incr]).run()?;
+    ensure!(out.success(), "verify of the sound chain {incr}: {out}");
+    let pack = repo.join("backup").join(&full).join("pack").join("000000");
+    std::fs::remove_file(&pack).with_context(|| format!("remove {}", pack.display()))?;
+    let out = Pgwal::new(["--config", &config_arg, "verify", "--backup", &incr]).run()?;
+    ensure!(
+        out.code() == Some(3)
+            && (out.stdout.contains(&format!("which backup '{incr}' reads"))
+                || out.stderr.contains(&format!("which backup '{incr}' reads"))),
+        "verify names {incr}: {out}"
+    );
+    let target = dir.join("broken");
+    let out = Pgwal::new(["--config", &config_arg, "restore", "--backup", &incr, "--target-dir"]).arg(&target).run()?;
+    ensure!(!out.success() && !target.exists(), "restore of the broken chain refuses before writing: {out}");
     Ok(())
 }
