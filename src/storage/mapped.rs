@@ -133,6 +133,12 @@ impl HugeBuffer {
     }
 }
 
+impl AsRef<[u8]> for HugeBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl Drop for HugeBuffer {
     fn drop(&mut self) {
         if self.map_len > 0 {
