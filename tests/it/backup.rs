@@ -390,11 +390,17 @@ fn concurrent_backups_are_locked_out_and_killed_ones_never_show() -> Result<()> 
 fn usage_errors() -> Result<()> {
     let dir = TestDir::new()?;
     let config = file_repo_config(&dir)?;
-    for kind in ["incr", "diff"] {
-        let out = Pgwal::new(["--config", &cfg(&config), "backup", "--type", kind]).run()?;
-        ensure!(out.code() == Some(2) && out.stderr.contains("not implemented yet"), "{out}");
-        ensure!(!dir.join("repo").exists(), "a refused backup creates nothing");
-    }
+    let out = Pgwal::new(["--config", &cfg(&config), "backup", "--type", "weekly"]).run()?;
+    ensure!(out.code() == Some(2) && out.stderr.contains("'weekly'"), "{out}");
+    ensure!(!dir.join("repo").exists(), "a refused backup creates nothing");
+    let bad_type = dir.join("bad-type.toml");
+    write_private_file(
+        &bad_type,
+        &format!("repo = \"file://{}\"\n[backup]\ntype = \"weekly\"\n", dir.join("repo").display()),
+    )?;
+    let out = Pgwal::new(["--config", &cfg(&bad_type), "backup"]).run()?;
+    ensure!(out.code() == Some(2) && out.stderr.contains("invalid backup.type 'weekly'"), "{out}");
+    ensure!(out.stderr.contains("hint:") && !dir.join("repo").exists(), "{out}");
     let out = Pgwal::new(["--config", &cfg(&config), "list"]).run()?;
     ensure!(out.code() == Some(1) && out.stderr.contains("no pgwal repository"), "{out}");
     ensure!(!dir.join("repo").exists(), "list creates nothing");
