@@ -425,13 +425,13 @@ ID, ...'; 'nothing to expire' first when nothing goes). Refuses (exit 2, nothing
     Expire(ExpireArgs),
     /// Run backups, expire, verify and drills on a schedule, and serve Prometheus metrics
     #[command(long_about = "A long-running service for one repository (see config/pgwal.service \
-for a systemd unit). It runs the jobs of the config file's [schedule] section: full, expire, verify and \
-drill, each a 5-field cron expression in local time (minute hour day-of-month month day-of-week, e.g. \
-\"0 1 * * *\"; names, ranges, steps and @daily work too). diff and incr are refused at start until \
-those backup types exist. A bad expression stops the daemon at start (exit 2) with one line naming the key.\n\n\
-Jobs run one at a time from a queue, jobs due in the same minute in the order full, expire, verify, drill; a \
-job that comes due while it still waits or runs is not queued twice. Each job is this pgwal executable run \
-as 'pgwal backup --type full', 'pgwal expire', 'pgwal verify' or 'pgwal drill', with the daemon's \
+for a systemd unit). It runs the jobs of the config file's [schedule] section: full, diff, incr, expire, \
+verify and drill, each a 5-field cron expression in local time (minute hour day-of-month month day-of-week, \
+e.g. \"0 1 * * *\"; names, ranges, steps and @daily work too); a weekly full with daily incrementals is \
+full = \"30 1 * * 0\" and incr = \"30 1 * * 1-6\". A bad expression stops the daemon at start (exit 2) with one line naming the key.\n\n\
+Jobs run one at a time from a queue, jobs due in the same minute in the order full, diff, incr, expire, verify, \
+drill; a job that comes due while it still waits or runs is not queued twice. Each job is this pgwal \
+executable run as 'pgwal backup --type full|diff|incr', 'pgwal expire', 'pgwal verify' or 'pgwal drill', with the daemon's \
 --config, --repo, --pgdata, --conninfo and --log-level passed in the environment: it takes the same locks \
 and follows the same output rules as that command run by hand, its stdout and stderr go where the \
 daemon's go (the journal), and its failure or crash is logged and never stops the daemon. One line on \
