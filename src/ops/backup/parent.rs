@@ -263,4 +263,21 @@ mod tests {
         assert_eq!(f.extents[1].backup.as_ref(), Some(&p.id), "own extents name the parent");
         assert!(index.file(Some(1), "base/5/16384").is_none());
     }
+
+    /// `expire` takes no lock: a parent removed while the child runs fails the child.
+    #[test]
+    fn a_parent_removed_meanwhile_fails_the_backup() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let repo = Repository::in_memory();
+        let f = manifest("20261101T010000F", BackupType::Full, None, "2026-11-01T01:10:00Z");
+        let child: BackupId = "20261102T010000I".parse().expect("id");
+        rt.block_on(async {
+            repo.store_json(&manifest_key(&f.id), &f).await.expect("store");
+            check_still_there(&repo, &child, std::slice::from_ref(&f.id)).await.expect("there");
+            repo.delete(&[manifest_key(&f.id)]).await.expect("delete");
+            let e = check_still_there(&repo, &child, std::slice::from_ref(&f.id)).await.expect_err("gone");
+            assert!(e.to_string().contains("was removed while it was taken"), "{e}");
+            assert!(matches!(e, Error::Unreachable { .. }));
+        });
+    }
 }
