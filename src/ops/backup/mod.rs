@@ -282,8 +282,8 @@ async fn base_of(repo: &Repository, kind: BackupType, system_identifier: u64, ma
             crate::log_notice!("{why}");
             Ok(full)
         }
-        parent::Choice::On { parent, chain } => {
-            let index = parent::ParentIndex::load(repo, &parent).await?;
+        parent::Choice::On { parent, chain, packs } => {
+            let index = parent::ParentIndex::load(repo, &parent, &packs).await?;
             crate::log_info!("{kind} backup: building on backup '{}' (only what changed since is stored)", parent.id);
             Ok(Base { kind, parent: std::sync::Arc::new(index), chain })
         }

@@ -557,6 +557,8 @@ mod tests {
         }
     }
 
+    use crate::ops::backup::parent::packs_of;
+
     /// A manifest holding what `pack_files` produced, as the parent of the next backup.
     fn manifest_of(id: &BackupId, parent: Option<&BackupId>, packed: &Packed) -> crate::repo::backup::Manifest {
         use crate::repo::backup::{BackupType, Manifest, MANIFEST_FORMAT, MANIFEST_FORMAT_CHAINED};
@@ -649,7 +651,7 @@ mod tests {
         write("16385", &rel(1, 9000));
         write("postgresql.conf", b"shared_buffers = 256MB\n");
         std::fs::remove_file(dir.path().join("16386")).expect("drop");
-        let index = rt.block_on(ParentIndex::load(&repo, &full_m)).expect("index");
+        let index = rt.block_on(ParentIndex::load(&repo, &full_m, &packs_of([&full_m]))).expect("index");
         let incr = rt
             .block_on(pack_files(&repo, &i1, files(&all), Arc::new(index), &opts, &Progress::hidden()))
             .expect("incr");
@@ -667,7 +669,7 @@ mod tests {
         assert!(big.extents.len() <= 8, "unchanged runs coalesce: {:?}", big.extents);
 
         let incr_m = manifest_of(&i1, Some(&f), &incr);
-        let index = rt.block_on(ParentIndex::load(&repo, &incr_m)).expect("index");
+        let index = rt.block_on(ParentIndex::load(&repo, &incr_m, &packs_of([&full_m, &incr_m]))).expect("index");
         let again = rt
             .block_on(pack_files(&repo, &i2, files(&all), Arc::new(index), &opts, &Progress::hidden()))
             .expect("incr of incr");

@@ -14,6 +14,17 @@ use crate::repo::catalog::{Backups, Catalog, ManifestState, Scope, Unreadable};
 use crate::repo::frame;
 use crate::repo::Repository;
 
+/// The original size of every pack of a chain, by (backup, pack number).
+pub type Packs = HashMap<(BackupId, u32), u64>;
+
+/// The packs the manifests list.
+pub fn packs_of<'a>(manifests: impl IntoIterator<Item = &'a Manifest>) -> Packs {
+    manifests
+        .into_iter()
+        .flat_map(|m| m.packs.iter().map(move |p| ((m.id.clone(), p.number), p.original_size)))
+        .collect()
+}
+
 /// What a diff/incr request becomes.
 #[derive(Debug)]
 pub enum Choice {
@@ -24,6 +35,8 @@ pub enum Choice {
         parent: Box<Manifest>,
         /// The parent and each backup it depends on.
         chain: Vec<BackupId>,
+        /// Their packs, which every reference must lie in.
+        packs: Packs,
     },
     /// Taken full instead, for this reason (a notice line).
     Full(String),
@@ -76,7 +89,8 @@ pub fn choose(kind: BackupType, backups: &[(BackupId, ManifestState)], system_id
         todo.extend(m.referenced_backups());
         chain.push(id);
     }
-    Choice::On { parent: Box::new((*parent).clone()), chain }
+    let packs = packs_of(chain.iter().filter_map(|id| complete.get(id).copied()));
+    Choice::On { parent: Box::new((*parent).clone()), chain, packs }
 }
 
 /// Loads every backup's manifest state (a damaged one just cannot be a parent).
@@ -100,8 +114,13 @@ impl ParentIndex {
         self.files.get(&(tablespace, path.to_string()))
     }
 
-    /// Builds the index from the parent's manifest and its decoded map objects.
-    pub fn build(parent: &Manifest, maps: &HashMap<u32, Vec<u8>>) -> ParentIndex {
+    /// Builds the index from the parent's manifest, its decoded map objects
+    /// and the packs of its chain. A file whose extents do not hold together
+    /// or leave those packs is left out (and so stored whole): a reference
+    /// must never point at bytes that are not there. Returns the index and
+    /// how many files were left out that way.
+    pub fn build(parent: &Manifest, maps: &HashMap<u32, Vec<u8>>, packs: &Packs) -> (ParentIndex, usize) {
+        let mut left_out = 0;
         let files = parent
             .files
             .iter()
@@ -111,17 +130,30 @@ impl ParentIndex {
                     let end = e.offset.checked_add(e.size)?;
                     data.get(e.offset as usize..usize::try_from(end).ok()?).map(<[u8]>::to_vec)
                 });
-                let resolved = ParentFile::resolve(&parent.id, f.size, &f.sha256, &f.extents, map)?;
-                Some(((f.tablespace, f.path.clone()), resolved))
+                let inside = |r: &ParentFile| {
+                    r.extents.iter().all(|e| {
+                        let holder = e.source(&parent.id).clone();
+                        packs
+                            .get(&(holder, e.pack))
+                            .is_some_and(|&len| e.offset.checked_add(e.size).is_some_and(|end| end <= len))
+                    })
+                };
+                match ParentFile::resolve(&parent.id, f.size, &f.sha256, &f.extents, map).filter(inside) {
+                    Some(resolved) => Some(((f.tablespace, f.path.clone()), resolved)),
+                    None => {
+                        left_out += 1;
+                        None
+                    }
+                }
             })
             .collect();
-        ParentIndex { id: Some(parent.id.clone()), files }
+        (ParentIndex { id: Some(parent.id.clone()), files }, left_out)
     }
 
     /// Reads the parent's block maps (each checked against its SHA-256) and
     /// builds the index. A missing or damaged map fails the backup: the
     /// parent is damaged, and building on it would hide that.
-    pub async fn load(repo: &Repository, parent: &Manifest) -> Result<ParentIndex> {
+    pub async fn load(repo: &Repository, parent: &Manifest, packs: &Packs) -> Result<ParentIndex> {
         let mut maps = HashMap::new();
         for info in &parent.maps {
             let key = map_key(&parent.id, info.number);
@@ -137,7 +169,16 @@ impl ParentIndex {
             let data = frame::decode(&object).map_err(|e| corrupt(e.to_string()))?;
             maps.insert(info.number, data);
         }
-        Ok(ParentIndex::build(parent, &maps))
+        let (index, left_out) = ParentIndex::build(parent, &maps, packs);
+        if left_out > 0 {
+            crate::log_warn!(
+                "{left_out} file(s) of backup '{}' have extents outside the packs of its chain: they are stored \
+                 whole (hint: run 'pgwal verify --backup {}')",
+                parent.id,
+                parent.id
+            );
+        }
+        Ok(index)
     }
 }
 
@@ -256,12 +297,19 @@ mod tests {
             block_map: Some(Extent::own(0, 16, 32)),
         });
         let maps = HashMap::from([(0u32, (0u8..48).collect::<Vec<u8>>())]);
-        let index = ParentIndex::build(&p, &maps);
+        let mut packs: Packs = HashMap::from([((full.clone(), 3), 8192), ((p.id.clone(), 0), 8192)]);
+        let (index, left_out) = ParentIndex::build(&p, &maps, &packs);
+        assert_eq!(left_out, 0);
         let f = index.file(None, "base/5/16384").expect("indexed");
         assert_eq!(f.map.as_deref(), Some(&(16u8..48).collect::<Vec<u8>>()[..]));
         assert_eq!(f.extents[0].backup.as_ref(), Some(&full));
         assert_eq!(f.extents[1].backup.as_ref(), Some(&p.id), "own extents name the parent");
         assert!(index.file(Some(1), "base/5/16384").is_none());
+        // An extent past the end of its pack (a damaged parent): the file is not referenced, but stored.
+        packs.insert((full, 3), 4096);
+        let (index, left_out) = ParentIndex::build(&p, &maps, &packs);
+        assert_eq!(left_out, 1);
+        assert!(index.file(None, "base/5/16384").is_none());
     }
 
     /// `expire` takes no lock: a parent removed while the child runs fails the child.
