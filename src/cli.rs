@@ -132,8 +132,11 @@ the next fetch.prefetch segments (default 8; 0 turns prefetching off) in the spo
 on the timeline PostgreSQL will ask for them on (the newest timeline in the repository whose history \
 agrees with the segment just asked for, else that segment's timeline). Each spooled segment is checked \
 against its SHA-256 before it appears under its name, beside a sidecar NAME.meta naming the repository, \
-the system identifier, the boot, and the file's inode, size and time. fetch serves NAME from the spool \
-with a rename only if all of these match (and global/pg_control holds that system identifier); \
+the system identifier, the boot, and the file's inode, size and time, and only once it is fsynced \
+(a second thread of the prefetcher fsyncs up to 4 at once while the next ones are decoded, and the \
+spool directory after them), so that PostgreSQL's own fsync of every file restore_command hands it \
+finds nothing left to write. fetch serves NAME from the spool \
+with a rename (which keeps it on disk) only if all of these match (and global/pg_control holds that system identifier); \
 anything else is deleted and NAME is fetched from the repository. A segment the prefetcher could not \
 fetch or check is simply not spooled, so a corrupt object or an unreachable repository fails fetch \
 exactly as without prefetching. The prefetcher removes the spool and exits when recovery ends \

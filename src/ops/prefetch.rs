@@ -19,6 +19,15 @@
 //! name just asked for (that is what `recovery_target_timeline = 'latest'`,
 //! the default, does) and otherwise the asked name's own timeline.
 //!
+//! Durable ahead: PostgreSQL's startup process, which also replays the WAL,
+//! fsyncs every file restore_command hands it before it replays it
+//! (`KeepFileRestoredFromArchive`). A segment is therefore fsynced by a
+//! second thread of the prefetcher before it is published in the spool, up
+//! to [`DURABLE_AHEAD`] waiting at once while the next ones are decoded, and
+//! the spool directory after each batch: when `fetch` renames it into
+//! pg_wal, PostgreSQL's fsync finds nothing left to write and replay does
+//! not wait for the disk.
+//!
 //! A segment the prefetcher cannot fetch or check (missing, corrupt,
 //! unreachable repository) simply does not appear in the spool: `fetch` then
 //! reads the repository itself and fails, or reports "not in the archive",
@@ -26,7 +35,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -53,6 +63,11 @@ const SERVER_CHECK: Duration = Duration::from_millis(250);
 
 /// How long before a segment that was not in the repository is asked for again.
 const MISSING_RETRY: Duration = Duration::from_secs(1);
+
+/// How many decoded segments may wait for their fsync at once: enough that
+/// decoding never waits for the disk, few enough that the memory and the
+/// dirty pages of the window stay small.
+pub const DURABLE_AHEAD: usize = 4;
 
 /// The name of the hidden subcommand that runs the prefetcher.
 pub const SUBCOMMAND: &str = "prefetch-wal";
@@ -120,9 +135,31 @@ fn spawn(spool: &Spool, repo_url: &str, config: Option<&Path>) -> std::io::Resul
 
 /// What happened to one segment the prefetcher tried.
 enum Attempt {
-    Spooled,
+    /// Decoded and checked into its temp file, waiting to be made durable.
+    Decoded(Decoded),
     Missing,
     Corrupt(String),
+}
+
+/// A segment decoded into its temp file in the spool, its content checked
+/// against the stored SHA-256, not yet durable nor published.
+struct Decoded {
+    name: WalFileName,
+    tmp: PathBuf,
+    file: File,
+    sha256: String,
+}
+
+/// Why the prefetcher stops.
+enum Stop {
+    RecoveryEnded,
+    ServerStopped(i32),
+    Idle,
+}
+
+/// How the publisher makes a segment durable (tests watch and fail it).
+fn sync_all(_: &WalFileName, file: &File) -> std::io::Result<()> {
+    file.sync_all()
 }
 
 /// The data directory the prefetcher fills the spool of: the one it runs in
@@ -147,13 +184,6 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
         key: keys::cluster().to_string(),
         reason: format!("segment size {}", identity.wal_segment_size),
     })?;
-    let mut histories = rt.block_on(load_histories(repo))?;
-    let mut last = spool.last();
-    let mut last_change = Instant::now();
-    let mut missing: HashMap<WalFileName, Instant> = HashMap::new();
-    let mut corrupt: HashSet<WalFileName> = HashSet::new();
-    let started_in_recovery = walspool::in_recovery(data_dir);
-    let idle_exit = if started_in_recovery { IDLE_EXIT } else { IDLE_EXIT_OUTSIDE_RECOVERY };
     // The prefetcher serves one running server: it lives in its own session
     // (so PostgreSQL's shutdown does not signal it) and must not outlive it.
     let Some(server) = walspool::running_postmaster(data_dir) else {
@@ -161,18 +191,63 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
         crate::log_info!("prefetcher: no server runs in '{}'; not prefetching", data_dir.display());
         return Ok(());
     };
+    let sysid = identity.system_identifier;
+    let stop = std::thread::scope(|s| {
+        let (jobs, queued) = mpsc::sync_channel::<Decoded>(DURABLE_AHEAD);
+        let (published, done) = mpsc::channel();
+        let (spool, url) = (&spool, url.as_str());
+        s.spawn(move || publish_durably(spool, url, sysid, &queued, &published, &sync_all));
+        // `jobs` is dropped when `watch` returns: the publisher then ends.
+        watch(rt, repo, spool, size, depth, server, jobs, &done)
+    })?;
+    // Only now that nothing is being published any more.
+    let _ = std::fs::remove_dir_all(&spool.dir);
+    match stop {
+        Stop::RecoveryEnded => crate::log_info!("prefetcher: recovery ended; spool removed"),
+        Stop::ServerStopped(pid) => crate::log_info!("prefetcher: the server (PID {pid}) stopped; spool removed"),
+        Stop::Idle => {}
+    }
+    Ok(())
+}
+
+/// Keeps the window after the last request decoded (handing each segment to
+/// the publisher) until recovery ends, the server stops or nobody asks.
+#[allow(clippy::too_many_arguments)]
+fn watch(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    spool: &Spool,
+    size: WalSegmentSize,
+    depth: usize,
+    server: i32,
+    jobs: mpsc::SyncSender<Decoded>,
+    done: &mpsc::Receiver<(WalFileName, std::io::Result<()>)>,
+) -> Result<Stop> {
+    let data_dir = spool.data_dir();
+    let mut histories = rt.block_on(load_histories(repo))?;
+    let mut last = spool.last();
+    let mut last_change = Instant::now();
+    let mut missing: HashMap<WalFileName, Instant> = HashMap::new();
+    let mut corrupt: HashSet<WalFileName> = HashSet::new();
+    // Decoded and handed to the publisher, not yet published.
+    let mut in_flight: HashSet<WalFileName> = HashSet::new();
+    let started_in_recovery = walspool::in_recovery(data_dir);
+    let idle_exit = if started_in_recovery { IDLE_EXIT } else { IDLE_EXIT_OUTSIDE_RECOVERY };
     let mut server_checked = Instant::now();
     loop {
+        while let Ok((name, result)) = done.try_recv() {
+            in_flight.remove(&name);
+            if let Err(e) = result {
+                crate::log_info!("prefetcher: cannot make '{name}' durable: {e}");
+                missing.insert(name, Instant::now());
+            }
+        }
         if started_in_recovery && !walspool::in_recovery(data_dir) {
-            let _ = std::fs::remove_dir_all(&spool.dir);
-            crate::log_info!("prefetcher: recovery ended; spool removed");
-            return Ok(());
+            return Ok(Stop::RecoveryEnded);
         }
         if server_checked.elapsed() >= SERVER_CHECK {
             if walspool::running_postmaster(data_dir) != Some(server) {
-                let _ = std::fs::remove_dir_all(&spool.dir);
-                crate::log_info!("prefetcher: the server (PID {server}) stopped; spool removed");
-                return Ok(());
+                return Ok(Stop::ServerStopped(server));
             }
             server_checked = Instant::now();
         }
@@ -182,8 +257,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
             last_change = Instant::now();
         }
         if last_change.elapsed() > idle_exit {
-            let _ = std::fs::remove_dir_all(&spool.dir);
-            return Ok(());
+            return Ok(Stop::Idle);
         }
         let window = last.map(|l| plan(&l, depth, &histories, size)).unwrap_or_default();
         // What PostgreSQL no longer needs (replayed, or another timeline).
@@ -192,7 +266,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
                 spool.discard(&name);
             }
         }
-        let next = window.iter().find(|n| !corrupt.contains(n) && !spool.file(n).exists());
+        let next = window.iter().find(|n| !corrupt.contains(n) && !in_flight.contains(n) && !spool.file(n).exists());
         let Some(&next) = next else {
             std::thread::sleep(POLL);
             continue;
@@ -201,9 +275,15 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
             std::thread::sleep(POLL);
             continue;
         }
-        match rt.block_on(fetch_into(repo, &spool, &next, &url, identity.system_identifier)) {
-            Ok(Attempt::Spooled) => {
+        match rt.block_on(fetch_into(repo, spool, &next)) {
+            Ok(Attempt::Decoded(decoded)) => {
                 missing.remove(&next);
+                in_flight.insert(next);
+                if jobs.send(decoded).is_err() {
+                    return Err(Error::io("cannot publish into", &spool.dir)(std::io::Error::other(
+                        "the publishing thread ended",
+                    )));
+                }
             }
             Ok(Attempt::Missing) => {
                 // Perhaps not archived yet, or a timeline switch: look again later.
@@ -224,32 +304,60 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
     }
 }
 
+/// The publisher thread: makes each decoded segment durable (`sync`) and
+/// only then publishes it, so that every segment `fetch` can take from the
+/// spool is already on disk; takes whatever has queued up as one batch and
+/// fsyncs the spool directory once per batch. A segment that cannot be made
+/// durable or published is removed and reported on `done`, as is each one
+/// published; returns when `queued` is closed and drained.
+fn publish_durably(
+    spool: &Spool,
+    url: &str,
+    sysid: u64,
+    queued: &mpsc::Receiver<Decoded>,
+    done: &mpsc::Sender<(WalFileName, std::io::Result<()>)>,
+    sync: &(dyn Fn(&WalFileName, &File) -> std::io::Result<()> + Sync),
+) {
+    while let Ok(first) = queued.recv() {
+        let mut batch = vec![first];
+        batch.extend(queued.try_iter());
+        for d in batch {
+            let result = sync(&d.name, &d.file).and_then(|()| spool.publish(&d.tmp, &d.name, url, sysid, d.sha256));
+            drop(d.file);
+            if result.is_err() {
+                let _ = std::fs::remove_file(&d.tmp);
+            }
+            let _ = done.send((d.name, result));
+        }
+        // The renames above: what PostgreSQL's fsync of pg_wal would
+        // otherwise commit along with its own rename. Best effort.
+        let _ = crate::storage::pgdata::sync_dir(&spool.dir);
+    }
+}
+
 /// Every timeline history in the repository.
 async fn load_histories(repo: &Repository) -> Result<Histories> {
     let scope = Scope { wal: WalListing::Top, histories: true, ..Scope::default() };
     Catalog::load(repo, &scope).await?.readable_histories()
 }
 
-/// Fetches `name` into the spool: decoded into a temp file, checked against
-/// its SHA-256, then published under its name.
-async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName, url: &str, sysid: u64) -> Result<Attempt> {
+/// Fetches `name` into the spool's temp file for it, decoded and checked
+/// against its SHA-256 (not yet durable nor published: see [`publish_durably`]).
+async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName) -> Result<Attempt> {
     let key = keys::wal(name);
     let Some(object) = repo.get(&key).await? else { return Ok(Attempt::Missing) };
     let tmp = spool.temp_file(name);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
     let result = wal_file::decode_into(&object, &file);
-    drop(file);
     let outcome = match result {
-        Ok(Ok(header)) => spool
-            .publish(&tmp, name, url, sysid, frame::hex(&header.sha256))
-            .map(|()| Attempt::Spooled)
-            .map_err(Error::io("cannot publish", &tmp)),
+        Ok(Ok(header)) => {
+            return Ok(Attempt::Decoded(Decoded { name: *name, tmp, file, sha256: frame::hex(&header.sha256) }))
+        }
         Ok(Err(io)) => Err(Error::io("cannot write", &tmp)(io)),
         Err(e) => Ok(Attempt::Corrupt(e.to_string())),
     };
-    if !matches!(outcome, Ok(Attempt::Spooled)) {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    drop(file);
+    let _ = std::fs::remove_file(&tmp);
     outcome
 }
 
@@ -269,7 +377,7 @@ mod tests {
     const SIZE: WalSegmentSize = WalSegmentSize::DEFAULT;
 
     /// A stored object that does not match its SHA-256 is reported, and
-    /// nothing of it stays in the spool; a sound one is spooled whole.
+    /// nothing of it stays in the spool; a sound one is decoded whole.
     #[test]
     fn a_corrupt_object_is_not_spooled() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -287,14 +395,87 @@ mod tests {
             repo.put_create(&keys::wal(&good), object.into(), &header).await.expect("put");
             repo.put_create(&keys::wal(&bad), corrupt.into(), &header).await.expect("put");
         });
-        let url = repo.url().to_string();
-        let attempt = rt.block_on(fetch_into(&repo, &spool, &bad, &url, 42)).expect("fetch");
+        let attempt = rt.block_on(fetch_into(&repo, &spool, &bad)).expect("fetch");
         assert!(matches!(attempt, Attempt::Corrupt(_)));
         assert!(spool.entries().is_empty(), "{:?}", std::fs::read_dir(&spool.dir).map(|d| d.count()));
         assert_eq!(std::fs::read_dir(&spool.dir).expect("dir").count(), 0, "no temp file left");
-        let attempt = rt.block_on(fetch_into(&repo, &spool, &good, &url, 42)).expect("fetch");
-        assert!(matches!(attempt, Attempt::Spooled));
-        assert_eq!(std::fs::read(spool.file(&good)).expect("spooled"), content);
+        let Attempt::Decoded(decoded) = rt.block_on(fetch_into(&repo, &spool, &good)).expect("fetch") else {
+            panic!("a sound object is decoded")
+        };
+        assert_eq!(std::fs::read(&decoded.tmp).expect("decoded"), content);
+        assert!(spool.entries().is_empty(), "not offered before it is durable");
+    }
+
+    /// Every segment the spool offers was fsynced before it was published
+    /// (the sync sees it unpublished and not takeable, and every published
+    /// one was synced); one whose fsync fails is never offered and leaves no
+    /// temp file, and the others still are.
+    #[test]
+    fn segments_are_durable_before_they_are_offered() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let repo = Repository::in_memory();
+        let data = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(data.path().join("global")).expect("mkdir");
+        let mut control = 42u64.to_le_bytes().to_vec();
+        control.resize(8192, 0);
+        std::fs::write(data.path().join("global/pg_control"), control).expect("control");
+        let spool = Spool::new(data.path());
+        std::fs::create_dir_all(&spool.dir).expect("mkdir");
+        let url = repo.url().to_string();
+        let segments: Vec<(WalFileName, Vec<u8>)> = (1..=5u32)
+            .map(|i| (name(&format!("0000000100000000000000{i:02X}")), vec![i as u8; 1_000_000 + i as usize]))
+            .collect();
+        let (jobs, queued) = mpsc::sync_channel(DURABLE_AHEAD);
+        for (n, content) in &segments {
+            let (object, header) = frame::encode(content, frame::Compression::Zstd(1)).expect("encode");
+            rt.block_on(repo.put_create(&keys::wal(n), object.into(), &header)).expect("put");
+            let Attempt::Decoded(d) = rt.block_on(fetch_into(&repo, &spool, n)).expect("fetch") else {
+                panic!("decoded")
+            };
+            if jobs.try_send(d).is_err() {
+                break; // the rest go through the thread below
+            }
+        }
+        let failing = segments[2].0;
+        let synced = std::sync::Mutex::new(Vec::new());
+        let sync = |n: &WalFileName, f: &File| {
+            assert!(!spool.file(n).exists(), "{n} published before its fsync");
+            assert!(!spool.entries().contains(n));
+            synced.lock().expect("lock").push(*n);
+            if *n == failing {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            f.sync_all()
+        };
+        let (published, done) = mpsc::channel();
+        std::thread::scope(|s| {
+            let (spool, url, sync) = (&spool, url.as_str(), &sync);
+            s.spawn(move || publish_durably(spool, url, 42, &queued, &published, sync));
+            // Whatever did not fit in the queue goes in while the publisher runs.
+            for (n, _) in segments.iter().skip(DURABLE_AHEAD) {
+                let Attempt::Decoded(d) = rt.block_on(fetch_into(&repo, spool, n)).expect("fetch") else {
+                    panic!("decoded")
+                };
+                jobs.send(d).expect("send");
+            }
+            drop(jobs);
+        });
+        let results: Vec<(WalFileName, bool)> = done.try_iter().map(|(n, r)| (n, r.is_ok())).collect();
+        let expected: Vec<(WalFileName, bool)> = segments.iter().map(|(n, _)| (*n, *n != failing)).collect();
+        assert_eq!(results, expected, "each reported once, in order");
+        let synced = synced.into_inner().expect("lock");
+        assert_eq!(synced, segments.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "every segment fsynced once");
+        let mut offered: Vec<String> = spool.entries().iter().map(|n| n.to_string()).collect();
+        offered.sort();
+        assert_eq!(offered, expected.iter().filter(|e| e.1).map(|e| e.0.to_string()).collect::<Vec<_>>());
+        assert!(!spool.temp_file(&failing).exists(), "no temp file of the failed one");
+        let dest = data.path().join("RECOVERYXLOG");
+        for (n, content) in &segments {
+            assert_eq!(spool.take(n, &url, &dest), *n != failing, "{n}");
+            if *n != failing {
+                assert_eq!(&std::fs::read(&dest).expect("read"), content, "{n}");
+            }
+        }
     }
 
     #[test]
