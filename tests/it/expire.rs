@@ -380,8 +380,10 @@ fn retention_across_a_promotion_keeps_every_point_recoverable() -> Result<()> {
 
 /// Real PostgreSQL: a backup is held after its files are stored (archiving
 /// fails, so it waits for its WAL with the lock held and no manifest yet).
-/// `expire` meanwhile leaves every pack of that backup alone; once archiving
-/// works again the backup completes and restores with all its rows.
+/// `expire` meanwhile deletes nothing at all and exits 4 naming the backup
+/// that holds the lock; `--dry-run` runs and leaves the backup's packs out.
+/// Once archiving works again the backup completes, restores with all its
+/// rows, and expire then takes the lock and expires the older full.
 #[test]
 fn expire_never_touches_a_backup_being_taken() -> Result<()> {
     let dir = TestDir::new()?;
@@ -426,12 +428,23 @@ fn expire_never_touches_a_backup_being_taken() -> Result<()> {
     let held: std::collections::BTreeSet<String> = in_progress(&files(&root)?).into_iter().collect();
     ensure!(!held.iter().any(|f| f.ends_with("/manifest")), "no manifest yet");
 
-    let out = expire(&config, &["--retain-full", "1"])?.ensure_success()?;
-    let after = files(&root)?;
-    for pack in &held {
-        ensure!(after.contains(pack), "expire deleted {pack} of the backup being taken:\n{out}");
-    }
-    ensure!(after.contains(&format!("backup/{a}/manifest")), "the only complete backup stays:\n{out}");
+    let before = files(&root)?;
+    let refused = expire(&config, &["--retain-full", "1"])?;
+    ensure!(refused.code() == Some(4) && refused.stdout.is_empty(), "expire is refused with exit 4: {refused}");
+    let line = refused.stderr.lines().find(|l| l.starts_with("pgwal: error:")).unwrap_or_default();
+    ensure!(
+        line.contains("another backup of this repository is running")
+            && line.contains("'pgwal backup'")
+            && line.contains(&child.0.as_ref().context("child")?.id().to_string()),
+        "one line naming the backup that holds the lock: {refused}"
+    );
+    ensure!(files(&root)? == before, "expire deleted nothing while the backup ran: {refused}");
+    let dry = expire(&config, &["--retain-full", "1", "--dry-run"])?.ensure_success()?;
+    ensure!(
+        !held.iter().any(|p| dry.stdout.contains(p.split('/').nth(1).unwrap_or("?"))),
+        "the dry run leaves it out:\n{dry}"
+    );
+    ensure!(files(&root)? == before, "a dry run deletes nothing");
 
     // Archiving works again: the held backup completes and restores.
     pg.sql("ALTER SYSTEM RESET archive_command")?;
@@ -441,6 +454,16 @@ fn expire_never_touches_a_backup_being_taken() -> Result<()> {
     ensure!(output.status.success(), "backup failed: {}", String::from_utf8_lossy(&output.stderr));
     let b = String::from_utf8_lossy(&output.stdout).trim().to_string();
     ensure!(files(&root)?.contains(&format!("backup/{b}/manifest")), "backup {b} completed");
+    ensure!(!files(&root)?.contains("lock/backup"), "the backup released its lock");
+    // Now expire takes the lock: the older full goes, the new one and all its packs stay.
+    let out = expire(&config, &["--retain-full", "1"])?.ensure_success()?;
+    ensure!(out.stdout.contains(&format!("removed backup {a} (")), "the older full is expired:\n{out}");
+    let after = files(&root)?;
+    ensure!(!after.iter().any(|f| f.starts_with(&format!("backup/{a}/"))), "nothing of {a} is left");
+    for pack in &held {
+        ensure!(after.contains(pack), "{pack} of the kept backup stays:\n{out}");
+    }
+    ensure!(!after.contains("lock/backup"), "expire released its lock");
     pg.stop()?;
     ensure!(restore_and_read(&dir, &config, "b", &["--backup", &b])? == "1,2 2000", "backup {b} restores");
     verify(&config, &[])?.ensure_success()?;
