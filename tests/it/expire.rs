@@ -730,3 +730,80 @@ fn expire_one_backup_and_its_dependents() -> Result<()> {
     ensure!(out.code() == Some(2) && out.stderr.contains(&ids[3]), "{out}");
     Ok(())
 }
+
+/// Writes the lock object a live `pgwal expire` on another host holds
+/// (young, so it is not stale), as that process would.
+fn plant_expire_lock(config: &Path, root: &Path) -> Result<()> {
+    let info = pgwal::repo::lock::LockInfo {
+        command: "expire".into(),
+        host: "other-host".into(),
+        pid: 4242,
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        token: "theirs".into(),
+    };
+    let (object, _) = pgwal::repo::frame::encode(&serde_json::to_vec(&info)?, pgwal::repo::frame::Compression::None)?;
+    let repo = open(config)?;
+    let key = pgwal::repo::backup::backup_lock_key();
+    ensure!(rt().block_on(repo.create_once(&key, bytes::Bytes::from(object)))?, "no lock before");
+    give_to_run_as(root)
+}
+
+/// Real PostgreSQL: while an expire (of another host) holds the repository
+/// lock, an incr backup stores nothing and exits 4 naming that expire, and
+/// a second expire deletes nothing and exits 4 too. Once the lock is gone,
+/// expire removes the older full and the incr builds on the kept one,
+/// restoring to the primary's rows.
+#[test]
+fn backup_and_expire_are_refused_while_an_expire_holds_the_lock() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "repo")?;
+    let (mut pg, a) = primary_with_backup_a(&dir, &config)?;
+    let b = take_backup(&pg, &config)?;
+    insert_batch(&pg, 3)?;
+    archive_now(&pg)?;
+    plant_expire_lock(&config, &root)?;
+    let before = files(&root)?;
+
+    let incr = |pg: &PgCluster| {
+        Pgwal::new(["--config", &cfg(&config), "backup", "--type", "incr", "--checkpoint", "fast", "--conninfo"])
+            .arg(pg.conninfo())
+            .arg("--pgdata")
+            .arg(pg.data_dir())
+            .run()
+    };
+    let refused = incr(&pg)?;
+    ensure!(refused.code() == Some(4) && refused.stdout.is_empty(), "the backup is refused with exit 4: {refused}");
+    let line = refused.stderr.lines().find(|l| l.starts_with("pgwal: error:")).unwrap_or_default();
+    ensure!(
+        line.contains("another expire of this repository is running")
+            && line.contains("'pgwal expire', PID 4242 on host 'other-host'"),
+        "one line naming the expire: {refused}"
+    );
+    ensure!(files(&root)? == before, "the refused backup stored nothing");
+
+    let refused = expire(&config, &["--retain-full", "1"])?;
+    ensure!(refused.code() == Some(4) && refused.stdout.is_empty(), "expire is refused with exit 4: {refused}");
+    ensure!(refused.stderr.contains("another expire of this repository is running"), "{refused}");
+    ensure!(files(&root)? == before, "the refused expire deleted nothing");
+
+    // The other expire ended: its lock is gone.
+    std::fs::remove_file(root.join("lock/backup"))?;
+    let out = expire(&config, &["--retain-full", "1"])?.ensure_success()?;
+    ensure!(out.stdout.contains(&format!("removed backup {a} (")), "{out}");
+    ensure!(out.stdout.contains(&format!("kept 1 backup(s): {b}")), "{out}");
+    let c = incr(&pg)?.ensure_success()?.stdout.trim().to_string();
+    ensure!(c.ends_with('I'), "an incr: {c}");
+    let listing: serde_json::Value = serde_json::from_str(
+        &Pgwal::new(["--config", &cfg(&config), "list", "--json"]).run()?.ensure_success()?.stdout,
+    )?;
+    let parent = listing["backups"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["id"] == c.as_str()))
+        .map(|x| x["parent"].clone());
+    ensure!(parent == Some(serde_json::Value::String(b.clone())), "the incr builds on {b}: {listing}");
+    ensure!(!files(&root)?.contains("lock/backup"), "every lock released");
+    pg.stop()?;
+    ensure!(restore_and_read(&dir, &config, "c", &["--backup", &c])? == "1,2,3 3000", "the incr restores");
+    verify(&config, &[])?.ensure_success()?;
+    Ok(())
+}
