@@ -214,6 +214,83 @@ fn killed_expire_leaves_a_repository_that_verifies() -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM (the daemon stopping, systemctl stop) while expire holds its
+/// lock stops it before its next deletion: it exits 1 saying so, releases
+/// the lock (the next expire need not take it over), the repository
+/// verifies, and expire run again reaches exactly what an uninterrupted
+/// one does.
+#[test]
+fn sigterm_stops_expire_between_deletions_and_releases_the_lock() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "pristine")?;
+    let repo = open(&config)?;
+    rt().block_on(async {
+        pgwal::repo::synthetic::init(&repo, SYSID, size()).await?;
+        segments(&repo, 1, 1..=900).await?;
+        for (i, start) in [10u64, 300, 600, 850].iter().enumerate() {
+            backup(&repo, BackupSpec { start_seg: *start, tli: 1, hours: i as i64 }).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    give_to_run_as(&root)?;
+    let pristine = files(&root)?;
+    let reference_dir = dir.join("reference");
+    copy_tree(&root, &reference_dir)?;
+    let ref_config = dir.join("reference.toml");
+    write_private_file(&ref_config, &format!("repo = \"file://{}\"\n", reference_dir.display()))?;
+    expire(&ref_config, &["--retain-full", "1"])?.ensure_success()?;
+    let expected = files(&reference_dir)?;
+
+    let work = dir.join("work");
+    let work_config = dir.join("work.toml");
+    write_private_file(&work_config, &format!("repo = \"file://{}\"\n", work.display()))?;
+    let mut interrupted = 0;
+    // A round whose expire ends before the signal proves nothing: try again.
+    for round in 0..5 {
+        if work.exists() {
+            std::fs::remove_dir_all(&work)?;
+        }
+        copy_tree(&root, &work)?;
+        let child = Pgwal::new(["--config", &cfg(&work_config), "expire", "--retain-full", "1"])
+            .command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut child = KillOnDrop(Some(child));
+        let pid = child.0.as_ref().context("child")?.id();
+        // Its lock exists only once its signal handlers are in place.
+        wait_until(Duration::from_secs(60), "expire to take its lock or end", || {
+            let c = child.0.as_mut().context("child")?;
+            Ok(c.try_wait()?.is_some() || work.join("lock/backup").exists())
+        })?;
+        // SIGTERM to our own child, by its PID (not reaped yet, so still its own).
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        ensure!(status.success(), "kill -TERM {pid}");
+        let output = child.0.take().context("child")?.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            ensure!(files(&work)? == expected, "round {round}: it ended first, and completely");
+            continue;
+        }
+        interrupted += 1;
+        ensure!(output.status.code() == Some(1), "round {round}: exit 1 after SIGTERM: {stderr}");
+        ensure!(
+            stderr.contains("interrupted by SIGTERM; expire stopped before its next deletion"),
+            "round {round}: says so: {stderr}"
+        );
+        let now = files(&work)?;
+        ensure!(!now.contains("lock/backup"), "round {round}: the lock is released");
+        ensure!(now.len() > expected.len() && now.len() <= pristine.len(), "round {round}: stopped before the end");
+        verify(&work_config, &[])?.ensure_success()?;
+        let again = expire(&work_config, &["--retain-full", "1"])?.ensure_success()?;
+        ensure!(!again.stderr.contains("taking over"), "no stale lock to take over: {again}");
+        ensure!(files(&work)? == expected, "round {round}: a second expire finishes the job exactly");
+        break;
+    }
+    ensure!(interrupted == 1, "no round was interrupted mid-way");
+    Ok(())
+}
+
 /// The same on the S3 test server: expire, then verify finds a needed segment missing.
 #[test]
 fn expire_and_verify_on_s3() -> Result<()> {

@@ -485,33 +485,28 @@ pub async fn expire(
         plan::validate(&opts.policy).map_err(policy_error)?;
     }
     if opts.dry_run {
-        return expire_planned(repo, opts, now, out, None).await;
+        return expire_planned(repo, opts, now, out, false).await;
     }
     if !repo.identity().await?.format_exists {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }
+    // From here on SIGTERM / SIGINT (the daemon stopping, Ctrl-C) are only
+    // noted: expire stops before its next deletion and releases the lock.
+    // Installed before the lock is taken, so no signal can leave it behind.
+    crate::interrupt::install();
     let lock = BackupLock::acquire(repo, opts.lock_stale_after, LockFor::Expire).await?;
-    // From here on SIGTERM / SIGINT (the daemon stopping, Ctrl-C) only note
-    // the signal: expire stops before its next deletion and releases the lock.
-    let signal = std::sync::Arc::new(std::sync::OnceLock::new());
-    let watcher = tokio::spawn({
-        let signal = signal.clone();
-        async move {
-            let _ = signal.set(crate::interrupt::received().await);
-        }
-    });
-    let result = expire_planned(repo, opts, now, out, Some(&signal)).await;
-    watcher.abort();
+    let result = expire_planned(repo, opts, now, out, true).await;
     let released = lock.release(repo).await;
     let outcome = result?;
     released?;
     Ok(outcome)
 }
 
-/// Fails with [`Error::Interrupted`] once a signal was noted.
-fn stop_if_signalled(signal: Option<&std::sync::OnceLock<&'static str>>) -> Result<()> {
-    match signal.and_then(|s| s.get()) {
-        Some(&signal) => Err(Error::Interrupted {
+/// Fails with [`Error::Interrupted`] once a signal was noted (`locked`:
+/// the signals are being noted, see [`crate::interrupt::install`]).
+fn stop_if_signalled(locked: bool) -> Result<()> {
+    match crate::interrupt::pending().filter(|_| locked) {
+        Some(signal) => Err(Error::Interrupted {
             signal,
             what: "expire stopped before its next deletion (what went is named above) and released the lock; \
                    run it again to finish"
@@ -521,16 +516,16 @@ fn stop_if_signalled(signal: Option<&std::sync::OnceLock<&'static str>>) -> Resu
     }
 }
 
-/// [`expire`] once the lock is held (`signal` is then set) or for a dry run.
+/// [`expire`] once the lock is held (`locked`) or for a dry run.
 async fn expire_planned(
     repo: &Repository,
     opts: &ExpireOptions,
     now: DateTime<Utc>,
     out: &mut dyn Write,
-    signal: Option<&std::sync::OnceLock<&'static str>>,
+    locked: bool,
 ) -> Result<Outcome> {
-    let (model, incomplete, dirs, mut notes) = model(repo, opts.lock_stale_after, signal.is_some()).await?;
-    stop_if_signalled(signal)?;
+    let (model, incomplete, dirs, mut notes) = model(repo, opts.lock_stale_after, locked).await?;
+    stop_if_signalled(locked)?;
     let plan = match &opts.backup {
         Some(id) => plan::plan_removal(&model, id, opts.with_dependents),
         None => plan::plan(&model, &opts.policy, now),
@@ -581,7 +576,7 @@ async fn expire_planned(
         .chain(outcome.wal_runs.iter().map(Unit::Wal))
         .collect();
     for unit in &units {
-        stop_if_signalled(signal)?;
+        stop_if_signalled(locked)?;
         if opts.dry_run {
             record(out, &unit.line("would remove"))?;
             continue;
