@@ -7,13 +7,13 @@
 //! it reads the catalog until its last deletion.
 //!
 //! The object holds who took it (the command, host, PID, start time, a
-//! random token). A
-//! lock is stale, and is taken over, when its PID no longer runs a pgwal on
-//! this host (a killed backup), or when it comes from another host and is
-//! older than `backup.lock_stale_after`. Taking over is delete-then-create:
-//! two processes taking over the same stale lock at the same instant could
-//! both succeed (object stores have no conditional delete); release only
-//! deletes a lock that still holds this process's token.
+//! random token). A lock is stale, and is taken over, when its PID no longer
+//! runs a pgwal on this host (a killed backup or expire), or when it comes
+//! from another host and is older than `backup.lock_stale_after`. Taking
+//! over is delete-then-create: two processes taking over the same stale
+//! lock at the same instant could both succeed (object stores have no
+//! conditional delete); release only deletes a lock that still holds this
+//! process's token.
 
 use std::time::Duration;
 
