@@ -163,9 +163,10 @@ page LSNs, decides, so hint-bit-only changes (clusters without data checksums an
 copied with STRATEGY FILE_COPY, reused relfilenodes, truncated and re-extended files and pages torn while \
 read are all stored as read; dropped files are simply not in the new backup. With no usable backup to \
 build on (none yet, or the newest depends on one that is gone), a full backup is taken, a notice on stderr \
-says why, and its ID ends in F. Restore, verify and expire find the chain by themselves. A diff/incr checks \
-just before and after storing its manifest that every backup it builds on is still there (expire does not \
-wait for the lock), and fails, removing what it stored, if one was removed meanwhile.\n\n\
+says why, and its ID ends in F. Restore, verify and expire find the chain by themselves. The lock (below) keeps \
+expire out while a backup runs; as a second line of defence a diff/incr checks just before and after storing \
+its manifest that every backup it builds on is still there, and fails, removing what it stored, if one was \
+removed meanwhile.\n\n\
 Connects with --conninfo / PGWAL_CONNINFO and the usual PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE; \
 reads files from --pgdata / PGDATA, else from the server's data_directory. Refuses a server whose system \
 identifier is not the repository's cluster (the first backup into an empty repository records it).\n\n\
@@ -199,9 +200,11 @@ pg_switch_wal(). After pg_backup_stop pgwal connects there again and calls pg_sw
 backup's stop LSN and its archive_command stores it in the repository even when the primary is quiet. \
 Without --primary-conninfo a backup from a standby is refused at once (exit 2): it would wait for a segment \
 that a quiet primary may not finish for hours. --primary-conninfo is ignored when the server is a primary.\n\n\
-Two backups of one repository never run at once: the lock object lock/backup names its holder, and the \
-second backup fails with an error naming it. A lock left by a killed backup on the same host is taken over \
-at once; one from another host after backup.lock_stale_after (default 6h). A backup stopped by SIGTERM or \
+Two backups of one repository never run at once, nor a backup and an expire: the lock object lock/backup \
+names its holder (backup or expire, PID, host, start time), and a backup that finds it held fails at once \
+with exit 4 and an error naming it ('another expire of this repository is running (...)'), storing \
+nothing. A lock left by a killed backup or expire on the same host is taken over at once; one from another \
+host after backup.lock_stale_after (default 6h). A backup stopped by SIGTERM or \
 SIGINT (systemctl stop, the daemon stopping, Ctrl-C) ends its session (PostgreSQL aborts the backup), \
 removes the packs it stored, releases the lock and exits 1 ('interrupted by SIGTERM'). A backup killed \
 otherwise (SIGKILL, a crash) leaves packs without a manifest, which nothing reads and expire removes; run \
@@ -409,8 +412,18 @@ to any point after the backup, on the backup's timeline and every timeline desce
 older segments, .partial and .backup files go. The WAL of a timeline no retained backup reaches goes too, \
 unless a backup is being taken or the timeline's history file is missing. .history files are never \
 deleted (they are tiny, and PostgreSQL's search for the newest timeline stops at the first missing one).\n\n\
-A backup being taken is never touched: a backup directory without a manifest is removed only while no \
-backup holds the lock lock/backup (a lock left by a killed backup does not count).\n\n\
+Expire never interleaves with a backup: it takes the repository lock lock/backup (as a backup does) \
+before it reads the backups and holds it until its last deletion, so no backup can choose as its parent, \
+or build on, a backup expire is deleting, and expire never plans from a list that lacks a backup being \
+stored. While a backup (or another expire) holds the lock, expire reads and deletes nothing and fails at \
+once with exit 4 and one line naming the holder ('another backup of this repository is running (lock \
+'lock/backup' held by 'pgwal backup', PID ... on host ..., since ...)'); run it again once the backup has \
+ended (the daemon runs its jobs one at a time, so its own backups and expires never collide; a cron line \
+'pgwal backup && pgwal expire' neither). A lock left by a killed backup or expire on this host is taken \
+over at once, one from another host after backup.lock_stale_after. Holding the lock, expire removes the \
+packs of backup directories without a manifest (killed backups); --dry-run takes no lock, runs while a \
+backup does and leaves that backup's directory out. SIGTERM or SIGINT stops expire before its next \
+deletion; it releases the lock and exits 1.\n\n\
 Deletion order keeps the repository consistent at every step: each expired backup's manifest first \
 (from then on the backup does not exist), then its packs, then its drill results (drill/ID/); dependents \
 before the backups they depend on, otherwise oldest backup first; then packs of backups without a manifest, and drill results whose backup is gone; then WAL, oldest segment first on each timeline, so what is kept never gets a hole. \

@@ -129,10 +129,12 @@ pub enum Error {
         #[source]
         source: Option<tokio_postgres::Error>,
     },
-    /// Another backup holds the repository's backup lock.
-    #[error("another backup of this repository is running ({holder})")]
+    /// Another backup or expire holds the repository's lock.
+    #[error("another {running} of this repository is running ({holder})")]
     Locked {
-        /// Who holds the lock: host, PID, start time.
+        /// The command holding it (`backup`, `expire`).
+        running: String,
+        /// Who holds the lock: command, host, PID, start time.
         holder: String,
     },
     /// WAL a backup or check waited for did not reach the repository in time.
@@ -286,11 +288,10 @@ impl Error {
                 "check --conninfo / PGWAL_CONNINFO (or PGHOST, PGPORT, PGUSER, PGPASSWORD) and that the server runs"
                     .into(),
             ),
-            Error::Locked { .. } => Some(
-                "wait for that backup to end; a lock left by a killed backup on this host is taken over at once, \
-                 one from another host after backup.lock_stale_after"
-                    .into(),
-            ),
+            Error::Locked { running, .. } => Some(format!(
+                "nothing was done: run it again once that {running} has ended; a lock left by a killed pgwal on \
+                 this host is taken over at once, one from another host after backup.lock_stale_after"
+            )),
             Error::WalMissing { archiver, .. } => Some(format!(
                 "is archive_command set to 'pgwal archive %p' with this repository? {}",
                 archiver.as_deref().unwrap_or("see pg_stat_archiver and the PostgreSQL log")
@@ -509,6 +510,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `verify`: the repository has errors (each was listed).
     pub const PROBLEMS: u8 = 3;
+    /// `backup`, `expire`: another backup or expire holds the repository lock; nothing was done.
+    pub const LOCKED: u8 = 4;
     /// `fetch` outside standby mode: a stored object is corrupt.
     pub const FETCH_CORRUPT: u8 = 200;
     /// `fetch` outside standby mode: the repository is unreachable or missing.
@@ -525,6 +528,10 @@ pub mod exit {
         (FAILURE, "failure; for fetch exactly \"not in the archive\""),
         (USAGE, "bad usage or configuration"),
         (PROBLEMS, "verify: the repository has errors (each is listed); drill: a check failed (recorded and listed)"),
+        (
+            LOCKED,
+            "backup, expire: another backup or expire of the repository is running; nothing was done, run it again later",
+        ),
         (FETCH_CORRUPT, "fetch outside standby mode: a stored object is corrupt (checksum, size or format)"),
         (FETCH_UNREACHABLE, "fetch outside standby mode: the repository is unreachable or missing"),
         (FETCH_USAGE, "fetch outside standby mode: bad usage or configuration"),
@@ -550,6 +557,7 @@ pub fn exit_code(err: &Error, rules: ExitRules) -> u8 {
         ExitRules::Plain => match err {
             Error::Usage(_) | Error::Config { .. } | Error::BadRequest { .. } => exit::USAGE,
             Error::VerifyFailed { .. } | Error::DrillFailed { .. } => exit::PROBLEMS,
+            Error::Locked { .. } => exit::LOCKED,
             _ => exit::FAILURE,
         },
         ExitRules::FetchStandby => exit::FAILURE,
@@ -626,7 +634,7 @@ mod tests {
         errors.extend([
             Error::DbConnect { target: "t".into(), detail: "d".into() },
             Error::Database { what: "w".into(), detail: "d".into(), source: None },
-            Error::Locked { holder: "h".into() },
+            Error::Locked { running: "backup".into(), holder: "h".into() },
             Error::WalMissing {
                 segment: "000000010000000000000002".parse().expect("name"),
                 seconds: 1,
@@ -683,7 +691,7 @@ mod tests {
         assert_eq!(exit_code(&i, ExitRules::Plain), 1);
     }
 
-    /// Backup and check failures are plain failures (exit 1), never retried,
+    /// Backup and check failures are plain failures (exit 1; a held lock 4), never retried,
     /// and each says what to do.
     #[test]
     fn backup_and_check_failures() {
@@ -694,7 +702,7 @@ mod tests {
                 detail: "ERROR: permission denied".into(),
                 source: None,
             },
-            Error::Locked { holder: "PID 7".into() },
+            Error::Locked { running: "backup".into(), holder: "PID 7".into() },
             Error::WalMissing {
                 segment: "000000010000000000000002".parse().expect("name"),
                 seconds: 300,
@@ -703,7 +711,8 @@ mod tests {
             Error::ChecksFailed { failed: 1, total: 8 },
         ];
         for (i, e) in errors.iter().enumerate() {
-            assert_eq!(exit_code(e, ExitRules::Plain), 1, "{e}");
+            let code = if matches!(e, Error::Locked { .. }) { exit::LOCKED } else { exit::FAILURE };
+            assert_eq!(exit_code(e, ExitRules::Plain), code, "{e}");
             assert!(!e.is_transient(), "{e}");
             assert_eq!(e.hint().is_some(), i != 1 && i != 4, "{e}");
             assert!(!e.to_string().contains('\n'), "{e}");

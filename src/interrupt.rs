@@ -6,7 +6,8 @@
 //! - [`received`], a future, for async work that waits on it beside the
 //!   work with `select!` (backup);
 //! - [`install`] and [`pending`], a flag set by a handler that does nothing
-//!   else, for synchronous loops that look at it between steps (drill).
+//!   else, for loops that look at it between steps (drill; expire, between
+//!   two deletions).
 //!
 //! A process uses one form, not both: [`install`] replaces the process's
 //! handlers, the future's among them.

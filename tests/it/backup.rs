@@ -352,7 +352,7 @@ fn concurrent_backups_are_locked_out_and_killed_ones_never_show() -> Result<()> 
     let first_pid = first.id();
     wait_until(Duration::from_secs(60), "the first backup to take the lock", || Ok(lock.exists()))?;
     let second = backup_cmd(&config, &pg).run()?;
-    ensure!(second.code() == Some(1) && second.stdout.is_empty(), "the second backup fails: {second}");
+    ensure!(second.code() == Some(4) && second.stdout.is_empty(), "the second backup fails (exit 4): {second}");
     ensure!(
         second.stderr.contains("another backup of this repository is running")
             && second.stderr.contains(&first_pid.to_string()),
@@ -380,7 +380,7 @@ fn concurrent_backups_are_locked_out_and_killed_ones_never_show() -> Result<()> 
     ensure!(listing["incomplete"].as_array().is_some_and(|a| a.len() == 1), "but counted as incomplete: {listing}");
 
     let out = backup_cmd(&config, &pg).run()?.ensure_success()?;
-    ensure!(out.stderr.contains("taking over the stale backup lock"), "{out}");
+    ensure!(out.stderr.contains("taking over the stale repository lock"), "{out}");
     let third_id = out.stdout.trim().to_string();
     ensure!(backup_ids(&list_json(&config, &[])?) == vec![first_id, third_id], "both complete backups are listed");
     ensure!(!lock.exists(), "released again");

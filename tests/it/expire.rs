@@ -194,7 +194,8 @@ fn killed_expire_leaves_a_repository_that_verifies() -> Result<()> {
             .stderr(std::process::Stdio::null())
             .spawn()?;
         wait_until(Duration::from_secs(60), "expire to delete enough or end", || {
-            Ok(child.try_wait()?.is_some() || pristine.len() - files(&work)?.len() >= *after)
+            // The expire's lock object is one file more than the pristine copy had.
+            Ok(child.try_wait()?.is_some() || pristine.len().saturating_sub(files(&work)?.len()) >= *after)
         })?;
         if child.try_wait()?.is_none() {
             interrupted += 1;
@@ -204,11 +205,89 @@ fn killed_expire_leaves_a_repository_that_verifies() -> Result<()> {
         child.wait()?;
         let out = verify(&work_config, &[])?;
         ensure!(out.success(), "round {round} (killed after {after} deletions): verify fails:\n{out}");
+        // The killed expire's lock (a dead PID on this host) is taken over at once.
         expire(&work_config, &["--retain-full", "2"])?.ensure_success()?;
         ensure!(files(&work)? == expected, "round {round}: a second expire must finish the job exactly");
         verify(&work_config, &[])?.ensure_success()?;
     }
     ensure!(interrupted >= 3, "only {interrupted} rounds were interrupted mid-way");
+    Ok(())
+}
+
+/// SIGTERM (the daemon stopping, systemctl stop) while expire holds its
+/// lock stops it before its next deletion: it exits 1 saying so, releases
+/// the lock (the next expire need not take it over), the repository
+/// verifies, and expire run again reaches exactly what an uninterrupted
+/// one does.
+#[test]
+fn sigterm_stops_expire_between_deletions_and_releases_the_lock() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "pristine")?;
+    let repo = open(&config)?;
+    rt().block_on(async {
+        pgwal::repo::synthetic::init(&repo, SYSID, size()).await?;
+        segments(&repo, 1, 1..=900).await?;
+        for (i, start) in [10u64, 300, 600, 850].iter().enumerate() {
+            backup(&repo, BackupSpec { start_seg: *start, tli: 1, hours: i as i64 }).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    give_to_run_as(&root)?;
+    let pristine = files(&root)?;
+    let reference_dir = dir.join("reference");
+    copy_tree(&root, &reference_dir)?;
+    let ref_config = dir.join("reference.toml");
+    write_private_file(&ref_config, &format!("repo = \"file://{}\"\n", reference_dir.display()))?;
+    expire(&ref_config, &["--retain-full", "1"])?.ensure_success()?;
+    let expected = files(&reference_dir)?;
+
+    let work = dir.join("work");
+    let work_config = dir.join("work.toml");
+    write_private_file(&work_config, &format!("repo = \"file://{}\"\n", work.display()))?;
+    let mut interrupted = 0;
+    // A round whose expire ends before the signal proves nothing: try again.
+    for round in 0..5 {
+        if work.exists() {
+            std::fs::remove_dir_all(&work)?;
+        }
+        copy_tree(&root, &work)?;
+        let child = Pgwal::new(["--config", &cfg(&work_config), "expire", "--retain-full", "1"])
+            .command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut child = KillOnDrop(Some(child));
+        let pid = child.0.as_ref().context("child")?.id();
+        // Its lock exists only once its signal handlers are in place.
+        wait_until(Duration::from_secs(60), "expire to take its lock or end", || {
+            let c = child.0.as_mut().context("child")?;
+            Ok(c.try_wait()?.is_some() || work.join("lock/backup").exists())
+        })?;
+        // SIGTERM to our own child, by its PID (not reaped yet, so still its own).
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        ensure!(status.success(), "kill -TERM {pid}");
+        let output = child.0.take().context("child")?.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            ensure!(files(&work)? == expected, "round {round}: it ended first, and completely");
+            continue;
+        }
+        interrupted += 1;
+        ensure!(output.status.code() == Some(1), "round {round}: exit 1 after SIGTERM: {stderr}");
+        ensure!(
+            stderr.contains("interrupted by SIGTERM; expire stopped before its next deletion"),
+            "round {round}: says so: {stderr}"
+        );
+        let now = files(&work)?;
+        ensure!(!now.contains("lock/backup"), "round {round}: the lock is released");
+        ensure!(now.len() > expected.len() && now.len() <= pristine.len(), "round {round}: stopped before the end");
+        verify(&work_config, &[])?.ensure_success()?;
+        let again = expire(&work_config, &["--retain-full", "1"])?.ensure_success()?;
+        ensure!(!again.stderr.contains("taking over"), "no stale lock to take over: {again}");
+        ensure!(files(&work)? == expected, "round {round}: a second expire finishes the job exactly");
+        break;
+    }
+    ensure!(interrupted == 1, "no round was interrupted mid-way");
     Ok(())
 }
 
@@ -380,8 +459,10 @@ fn retention_across_a_promotion_keeps_every_point_recoverable() -> Result<()> {
 
 /// Real PostgreSQL: a backup is held after its files are stored (archiving
 /// fails, so it waits for its WAL with the lock held and no manifest yet).
-/// `expire` meanwhile leaves every pack of that backup alone; once archiving
-/// works again the backup completes and restores with all its rows.
+/// `expire` meanwhile deletes nothing at all and exits 4 naming the backup
+/// that holds the lock; `--dry-run` runs and leaves the backup's packs out.
+/// Once archiving works again the backup completes, restores with all its
+/// rows, and expire then takes the lock and expires the older full.
 #[test]
 fn expire_never_touches_a_backup_being_taken() -> Result<()> {
     let dir = TestDir::new()?;
@@ -426,12 +507,23 @@ fn expire_never_touches_a_backup_being_taken() -> Result<()> {
     let held: std::collections::BTreeSet<String> = in_progress(&files(&root)?).into_iter().collect();
     ensure!(!held.iter().any(|f| f.ends_with("/manifest")), "no manifest yet");
 
-    let out = expire(&config, &["--retain-full", "1"])?.ensure_success()?;
-    let after = files(&root)?;
-    for pack in &held {
-        ensure!(after.contains(pack), "expire deleted {pack} of the backup being taken:\n{out}");
-    }
-    ensure!(after.contains(&format!("backup/{a}/manifest")), "the only complete backup stays:\n{out}");
+    let before = files(&root)?;
+    let refused = expire(&config, &["--retain-full", "1"])?;
+    ensure!(refused.code() == Some(4) && refused.stdout.is_empty(), "expire is refused with exit 4: {refused}");
+    let line = refused.stderr.lines().find(|l| l.starts_with("pgwal: error:")).unwrap_or_default();
+    ensure!(
+        line.contains("another backup of this repository is running")
+            && line.contains("'pgwal backup'")
+            && line.contains(&child.0.as_ref().context("child")?.id().to_string()),
+        "one line naming the backup that holds the lock: {refused}"
+    );
+    ensure!(files(&root)? == before, "expire deleted nothing while the backup ran: {refused}");
+    let dry = expire(&config, &["--retain-full", "1", "--dry-run"])?.ensure_success()?;
+    ensure!(
+        !held.iter().any(|p| dry.stdout.contains(p.split('/').nth(1).unwrap_or("?"))),
+        "the dry run leaves it out:\n{dry}"
+    );
+    ensure!(files(&root)? == before, "a dry run deletes nothing");
 
     // Archiving works again: the held backup completes and restores.
     pg.sql("ALTER SYSTEM RESET archive_command")?;
@@ -441,6 +533,16 @@ fn expire_never_touches_a_backup_being_taken() -> Result<()> {
     ensure!(output.status.success(), "backup failed: {}", String::from_utf8_lossy(&output.stderr));
     let b = String::from_utf8_lossy(&output.stdout).trim().to_string();
     ensure!(files(&root)?.contains(&format!("backup/{b}/manifest")), "backup {b} completed");
+    ensure!(!files(&root)?.contains("lock/backup"), "the backup released its lock");
+    // Now expire takes the lock: the older full goes, the new one and all its packs stay.
+    let out = expire(&config, &["--retain-full", "1"])?.ensure_success()?;
+    ensure!(out.stdout.contains(&format!("removed backup {a} (")), "the older full is expired:\n{out}");
+    let after = files(&root)?;
+    ensure!(!after.iter().any(|f| f.starts_with(&format!("backup/{a}/"))), "nothing of {a} is left");
+    for pack in &held {
+        ensure!(after.contains(pack), "{pack} of the kept backup stays:\n{out}");
+    }
+    ensure!(!after.contains("lock/backup"), "expire released its lock");
     pg.stop()?;
     ensure!(restore_and_read(&dir, &config, "b", &["--backup", &b])? == "1,2 2000", "backup {b} restores");
     verify(&config, &[])?.ensure_success()?;
@@ -703,5 +805,82 @@ fn expire_one_backup_and_its_dependents() -> Result<()> {
     // A tip goes alone.
     let out = expire(&config, &["--backup", &ids[2]])?;
     ensure!(out.code() == Some(2) && out.stderr.contains(&ids[3]), "{out}");
+    Ok(())
+}
+
+/// Writes the lock object a live `pgwal expire` on another host holds
+/// (young, so it is not stale), as that process would.
+fn plant_expire_lock(config: &Path, root: &Path) -> Result<()> {
+    let info = pgwal::repo::lock::LockInfo {
+        command: "expire".into(),
+        host: "other-host".into(),
+        pid: 4242,
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        token: "theirs".into(),
+    };
+    let (object, _) = pgwal::repo::frame::encode(&serde_json::to_vec(&info)?, pgwal::repo::frame::Compression::None)?;
+    let repo = open(config)?;
+    let key = pgwal::repo::backup::backup_lock_key();
+    ensure!(rt().block_on(repo.create_once(&key, bytes::Bytes::from(object)))?, "no lock before");
+    give_to_run_as(root)
+}
+
+/// Real PostgreSQL: while an expire (of another host) holds the repository
+/// lock, an incr backup stores nothing and exits 4 naming that expire, and
+/// a second expire deletes nothing and exits 4 too. Once the lock is gone,
+/// expire removes the older full and the incr builds on the kept one,
+/// restoring to the primary's rows.
+#[test]
+fn backup_and_expire_are_refused_while_an_expire_holds_the_lock() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root) = file_config(&dir, "repo")?;
+    let (mut pg, a) = primary_with_backup_a(&dir, &config)?;
+    let b = take_backup(&pg, &config)?;
+    insert_batch(&pg, 3)?;
+    archive_now(&pg)?;
+    plant_expire_lock(&config, &root)?;
+    let before = files(&root)?;
+
+    let incr = |pg: &PgCluster| {
+        Pgwal::new(["--config", &cfg(&config), "backup", "--type", "incr", "--checkpoint", "fast", "--conninfo"])
+            .arg(pg.conninfo())
+            .arg("--pgdata")
+            .arg(pg.data_dir())
+            .run()
+    };
+    let refused = incr(&pg)?;
+    ensure!(refused.code() == Some(4) && refused.stdout.is_empty(), "the backup is refused with exit 4: {refused}");
+    let line = refused.stderr.lines().find(|l| l.starts_with("pgwal: error:")).unwrap_or_default();
+    ensure!(
+        line.contains("another expire of this repository is running")
+            && line.contains("'pgwal expire', PID 4242 on host 'other-host'"),
+        "one line naming the expire: {refused}"
+    );
+    ensure!(files(&root)? == before, "the refused backup stored nothing");
+
+    let refused = expire(&config, &["--retain-full", "1"])?;
+    ensure!(refused.code() == Some(4) && refused.stdout.is_empty(), "expire is refused with exit 4: {refused}");
+    ensure!(refused.stderr.contains("another expire of this repository is running"), "{refused}");
+    ensure!(files(&root)? == before, "the refused expire deleted nothing");
+
+    // The other expire ended: its lock is gone.
+    std::fs::remove_file(root.join("lock/backup"))?;
+    let out = expire(&config, &["--retain-full", "1"])?.ensure_success()?;
+    ensure!(out.stdout.contains(&format!("removed backup {a} (")), "{out}");
+    ensure!(out.stdout.contains(&format!("kept 1 backup(s): {b}")), "{out}");
+    let c = incr(&pg)?.ensure_success()?.stdout.trim().to_string();
+    ensure!(c.ends_with('I'), "an incr: {c}");
+    let listing: serde_json::Value = serde_json::from_str(
+        &Pgwal::new(["--config", &cfg(&config), "list", "--json"]).run()?.ensure_success()?.stdout,
+    )?;
+    let parent = listing["backups"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["id"] == c.as_str()))
+        .map(|x| x["parent"].clone());
+    ensure!(parent == Some(serde_json::Value::String(b.clone())), "the incr builds on {b}: {listing}");
+    ensure!(!files(&root)?.contains("lock/backup"), "every lock released");
+    pg.stop()?;
+    ensure!(restore_and_read(&dir, &config, "c", &["--backup", &c])? == "1,2,3 3000", "the incr restores");
+    verify(&config, &[])?.ensure_success()?;
     Ok(())
 }

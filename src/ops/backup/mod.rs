@@ -23,7 +23,9 @@
 //!    repository (the primary's `archive_command` ships them);
 //! 8. store the manifest, last: only now does the backup exist. A diff/incr
 //!    checks just before and just after that its parent and every backup
-//!    the parent reads from are still there (`expire` takes no lock).
+//!    the parent reads from are still there: `expire` takes the same lock,
+//!    so it cannot delete them meanwhile, but a lock taken over as stale
+//!    from another host (`backup.lock_stale_after`) could still let one in.
 //!
 //! A backup that fails after step 4 removes the packs it stored (they are
 //! not a backup) and says so; so does one stopped by SIGTERM or SIGINT, which
@@ -47,7 +49,7 @@ use crate::pg::control::ControlFile;
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::progress::Progress;
 use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST_FORMAT, MANIFEST_FORMAT_CHAINED};
-use crate::repo::lock::BackupLock;
+use crate::repo::lock::{BackupLock, LockFor};
 use crate::repo::{keys, ClusterIdentity, Repository};
 
 pub use crate::config::backup::BackupRequest;
@@ -60,7 +62,7 @@ pub fn backup(rt: &tokio::runtime::Runtime, repo: &Repository, req: &BackupReque
         if !format_exists {
             repo.create_format().await?;
         }
-        let lock = BackupLock::acquire(repo, req.opts.lock_stale_after).await?;
+        let lock = BackupLock::acquire(repo, req.opts.lock_stale_after, LockFor::Backup).await?;
         let chosen = std::sync::OnceLock::new();
         // SIGTERM / SIGINT (the daemon stopping, a systemd stop, Ctrl-C) drop
         // the backup where it is: its session ends, so PostgreSQL aborts the

@@ -183,15 +183,15 @@ impl ParentIndex {
 }
 
 /// Checks, just before (and after) the new manifest is stored, that every
-/// backup of `chain` still has its manifest: `expire` does not take the
-/// backup lock, so an `expire --backup` could have removed the parent.
+/// backup of `chain` still has its manifest. `expire` takes the same lock,
+/// so only something outside it can remove one meanwhile (a lock taken over
+/// as stale from another host, an older pgwal, a hand-made deletion): kept
+/// as a second line of defence.
 pub async fn check_still_there(repo: &Repository, id: &BackupId, chain: &[BackupId]) -> Result<()> {
     for b in chain {
         if repo.read_header(&manifest_key(b)).await?.is_none() {
             return Err(Error::Unreachable {
-                message: format!(
-                    "backup '{b}', which backup '{id}' builds on, was removed while it was taken (by 'pgwal expire'?)"
-                ),
+                message: format!("backup '{b}', which backup '{id}' builds on, was removed while it was taken"),
                 hint: Some("run the backup again: it builds on what the repository holds now".into()),
             });
         }
@@ -312,7 +312,7 @@ mod tests {
         assert!(index.file(None, "base/5/16384").is_none());
     }
 
-    /// `expire` takes no lock: a parent removed while the child runs fails the child.
+    /// A parent removed while the child runs (outside the lock) fails the child.
     #[test]
     fn a_parent_removed_meanwhile_fails_the_backup() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");

@@ -5,6 +5,17 @@
 //! backup (and the backups depending on it) and the WAL no remaining backup
 //! needs ([`plan::plan_removal`]); it leaves incomplete backups to a policy run.
 //!
+//! Except with `--dry-run`, expire holds the repository lock (`lock/backup`,
+//! [`crate::repo::lock`]) from before it reads the catalog until its last
+//! deletion, so it never interleaves with a backup: a backup choosing or
+//! storing an incr on a parent expire is about to delete, or an expire
+//! planning from a catalog that lacks the incr a backup is storing. While a
+//! backup holds the lock, expire deletes nothing and fails at once (exit 4,
+//! naming the holder); a cron or daemon run again later finishes the job.
+//! A lock left by a killed backup or expire is taken over as by a backup.
+//! SIGTERM or SIGINT stops it between two deletions (both named), then the
+//! lock is released.
+//!
 //! Order of deletion, so the repository is consistent after every step and
 //! an interrupted expire can simply be run again:
 //! 1. each expired backup, dependents before what they depend on (a diff or
@@ -12,8 +23,9 @@
 //!    first: its manifest (from then on the backup does not exist for list,
 //!    restore and verify), then its packs; so an interrupted expire never
 //!    leaves a listed backup without the packs it reads;
-//! 2. packs of backups without a manifest (interrupted backups or expires),
-//!    but only while no backup is being taken;
+//! 2. packs of backups without a manifest (interrupted backups or expires):
+//!    with the lock held, no backup is being taken (a dry run leaves them
+//!    out while one is);
 //! 3. WAL, timeline by timeline, oldest segment first, so what is kept never
 //!    gets a hole; `.history` files stay.
 //!
@@ -44,7 +56,7 @@ use crate::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::backup::{manifest_key, BackupId, Manifest};
 use crate::repo::catalog::{Backups, Catalog, HistoryState, Scope, Unreadable, WalListing};
 use crate::repo::keys::{self, parse_log_dir};
-use crate::repo::lock::live_holder;
+use crate::repo::lock::{live_holder, BackupLock, LockFor};
 use crate::repo::Repository;
 
 pub use crate::config::expire::ExpireOptions;
@@ -283,16 +295,22 @@ fn policy_error(e: PolicyError) -> Error {
 }
 
 /// Reads what the plan needs: the backups, the lock, the timeline tree.
-async fn model(repo: &Repository, stale_after: Duration) -> Result<(Model, Vec<String>, Vec<String>, Vec<String>)> {
+/// `locked`: this process holds the repository lock, so no backup runs.
+async fn model(
+    repo: &Repository,
+    stale_after: Duration,
+    locked: bool,
+) -> Result<(Model, Vec<String>, Vec<String>, Vec<String>)> {
     let crate::repo::RepoIdentity { format_exists: format, cluster: identity } = repo.identity().await?;
     if !format {
         return Err(Error::RepositoryMissing { url: repo.url().to_string() });
     }
-    // Listing first, lock second: a backup directory without a manifest seen
-    // here while no lock is held belongs to a backup that is gone.
+    // Listing first, lock second (a dry run, which holds no lock): a backup
+    // directory without a manifest seen here while no lock is held belongs
+    // to a backup that is gone. Holding the lock, no backup runs at all.
     let mut catalog = Catalog::load(repo, &Scope { backups: Backups::All, ..Scope::default() }).await?;
     catalog.complete_backups()?; // a corrupt manifest stops expire before anything else is read
-    let holder = live_holder(repo, stale_after).await?;
+    let holder = if locked { None } else { live_holder(repo, stale_after).await? };
     let size = identity.and_then(|i| WalSegmentSize::new(i.wal_segment_size)).unwrap_or(WalSegmentSize::DEFAULT);
     let wal_scope =
         Scope { wal: WalListing::Top, histories: true, unreadable_histories: Unreadable::Record, ..Scope::default() };
@@ -448,7 +466,9 @@ async fn wal_to_delete(repo: &Repository, dirs: &[String], plan: &Plan, size: Wa
 /// Plans and (unless `dry_run`) carries out the expiry. Each backup and
 /// each WAL run is named on `out` (flushed) as soon as it is gone, or, with
 /// `--dry-run`, as what would go; when a deletion fails, what of its unit
-/// went is named before the error is returned.
+/// went is named before the error is returned. Except for a dry run, it all
+/// happens under the repository lock: [`Error::Locked`] (nothing read or
+/// deleted) while a backup or another expire holds it.
 pub async fn expire(
     repo: &Repository,
     opts: &ExpireOptions,
@@ -464,7 +484,48 @@ pub async fn expire(
     if opts.backup.is_none() {
         plan::validate(&opts.policy).map_err(policy_error)?;
     }
-    let (model, incomplete, dirs, mut notes) = model(repo, opts.lock_stale_after).await?;
+    if opts.dry_run {
+        return expire_planned(repo, opts, now, out, false).await;
+    }
+    if !repo.identity().await?.format_exists {
+        return Err(Error::RepositoryMissing { url: repo.url().to_string() });
+    }
+    // From here on SIGTERM / SIGINT (the daemon stopping, Ctrl-C) are only
+    // noted: expire stops before its next deletion and releases the lock.
+    // Installed before the lock is taken, so no signal can leave it behind.
+    crate::interrupt::install();
+    let lock = BackupLock::acquire(repo, opts.lock_stale_after, LockFor::Expire).await?;
+    let result = expire_planned(repo, opts, now, out, true).await;
+    let released = lock.release(repo).await;
+    let outcome = result?;
+    released?;
+    Ok(outcome)
+}
+
+/// Fails with [`Error::Interrupted`] once a signal was noted (`locked`:
+/// the signals are being noted, see [`crate::interrupt::install`]).
+fn stop_if_signalled(locked: bool) -> Result<()> {
+    match crate::interrupt::pending().filter(|_| locked) {
+        Some(signal) => Err(Error::Interrupted {
+            signal,
+            what: "expire stopped before its next deletion (what went is named above) and released the lock; \
+                   run it again to finish"
+                .into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// [`expire`] once the lock is held (`locked`) or for a dry run.
+async fn expire_planned(
+    repo: &Repository,
+    opts: &ExpireOptions,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+    locked: bool,
+) -> Result<Outcome> {
+    let (model, incomplete, dirs, mut notes) = model(repo, opts.lock_stale_after, locked).await?;
+    stop_if_signalled(locked)?;
     let plan = match &opts.backup {
         Some(id) => plan::plan_removal(&model, id, opts.with_dependents),
         None => plan::plan(&model, &opts.policy, now),
@@ -515,6 +576,7 @@ pub async fn expire(
         .chain(outcome.wal_runs.iter().map(Unit::Wal))
         .collect();
     for unit in &units {
+        stop_if_signalled(locked)?;
         if opts.dry_run {
             record(out, &unit.line("would remove"))?;
             continue;
@@ -544,8 +606,10 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
     }
 
-    /// A backup being taken (live lock, packs without a manifest) is never
-    /// touched; once the lock is gone, its packs count as left behind.
+    /// While a backup is being taken (live lock, packs without a manifest)
+    /// expire deletes nothing and fails with the lock error; a dry run, which
+    /// takes no lock, leaves the backup's packs out. Once the lock is gone,
+    /// expire takes it, expires by the policy and removes the packs left behind.
     #[test]
     fn a_running_backup_is_left_alone() {
         rt().block_on(async {
@@ -563,7 +627,77 @@ mod tests {
             // A backup in progress: a pack, no manifest, and the lock held by this (live) process.
             let running: BackupId = "20261123T120000F".parse().expect("id");
             synthetic::put(&repo, &crate::repo::backup::pack_key(&running, 0), b"data").await.expect("pack");
-            let lock = BackupLock::acquire(&repo, Duration::from_secs(3600)).await.expect("lock");
+            let lock = BackupLock::acquire(&repo, Duration::from_secs(3600), LockFor::Backup).await.expect("lock");
+            let all = || async { repo.list_objects(&Path::from("")).await.expect("list").len() };
+            let before = all().await;
+            let mut opts = ExpireOptions {
+                policy: Policy { retain_full: Some(1), retain_days: None },
+                dry_run: false,
+                lock_stale_after: Duration::from_secs(3600),
+                backup: None,
+                with_dependents: false,
+            };
+            let mut out = Vec::new();
+            let err = expire(&repo, &opts, at(10), &mut out).await.expect_err("refused while the backup runs");
+            assert!(matches!(&err, Error::Locked { running, .. } if running == "backup"), "{err}");
+            assert!(out.is_empty() && all().await == before, "nothing deleted");
+            assert_eq!(read_lock_holder(&repo).await, "backup", "the backup's lock is untouched");
+
+            opts.dry_run = true;
+            let dry = expire(&repo, &opts, at(10), &mut Vec::new()).await.expect("a dry run needs no lock");
+            assert_eq!(dry.expired.len(), 1);
+            assert!(dry.orphans.is_empty(), "the running backup's packs would stay");
+            assert!(dry.notes.iter().any(|n| n.contains("a backup is being taken")), "{:?}", dry.notes);
+            assert_eq!(all().await, before, "a dry run deletes nothing");
+
+            // The backup ended without a manifest (killed): now its packs go too.
+            lock.release(&repo).await.expect("release");
+            opts.dry_run = false;
+            let out = expire(&repo, &opts, at(10), &mut Vec::new()).await.expect("expire");
+            assert_eq!(out.expired.len(), 1);
+            assert_eq!(out.orphans.len(), 1);
+            assert_eq!(out.wal.len(), 5, "segments 1-5 go, 6 on stay: {:?}", out.wal);
+            let pack = crate::repo::backup::pack_key(&running, 0);
+            assert!(repo.get(&pack).await.expect("get").is_none());
+            assert!(crate::repo::lock::read_lock(&repo).await.expect("read").is_none(), "expire released its lock");
+        });
+    }
+
+    async fn read_lock_holder(repo: &Repository) -> String {
+        let found = crate::repo::lock::read_lock(repo).await.expect("read").expect("a lock");
+        found.0.expect("readable").command
+    }
+
+    /// A lock left by a killed expire (a dead PID on this host) is taken
+    /// over; expire does its work and leaves no lock.
+    #[test]
+    fn a_killed_expires_lock_is_taken_over() {
+        rt().block_on(async {
+            let repo = Repository::in_memory();
+            let size = WalSegmentSize::new(1 << 20).expect("size");
+            synthetic::init(&repo, 7, size).await.expect("init");
+            for seg in 1..=8 {
+                synthetic::put_segment(&repo, TimelineId(1), SegmentNo(seg), 7, size).await.expect("segment");
+            }
+            let at = |h: i64| chrono::DateTime::from_timestamp(1_800_000_000 + h * 3600, 0).expect("time");
+            for (seg, h) in [(2u64, 1), (6, 2)] {
+                let start = Lsn(seg * size.bytes() + 0x28);
+                synthetic::put_backup(&repo, 7, TimelineId(1), start, Lsn(start.0 + 0x100), at(h)).await.expect("b");
+            }
+            let dead = crate::repo::lock::LockInfo {
+                command: "expire".into(),
+                host: crate::repo::lock::host_name(),
+                pid: u32::MAX - 1, // above pid_max: never runs
+                started: "2020-01-01T00:00:00Z".into(),
+                token: "t".into(),
+            };
+            let (object, _) = crate::repo::frame::encode(
+                &serde_json::to_vec(&dead).expect("json"),
+                crate::repo::frame::Compression::None,
+            )
+            .expect("frame");
+            let key = crate::repo::backup::backup_lock_key();
+            assert!(repo.create_once(&key, bytes::Bytes::from(object)).await.expect("plant"));
             let opts = ExpireOptions {
                 policy: Policy { retain_full: Some(1), retain_days: None },
                 dry_run: false,
@@ -571,18 +705,9 @@ mod tests {
                 backup: None,
                 with_dependents: false,
             };
-            let out = expire(&repo, &opts, at(10), &mut Vec::new()).await.expect("expire");
+            let out = expire(&repo, &opts, at(10), &mut Vec::new()).await.expect("stale lock taken over");
             assert_eq!(out.expired.len(), 1);
-            assert!(out.orphans.is_empty(), "the running backup's packs stay");
-            assert!(out.notes.iter().any(|n| n.contains("a backup is being taken")), "{:?}", out.notes);
-            let pack = crate::repo::backup::pack_key(&running, 0);
-            assert!(repo.get(&pack).await.expect("get").is_some());
-            assert_eq!(out.wal.len(), 5, "segments 1-5 go, 6 on stay: {:?}", out.wal);
-            // The backup ended without a manifest (killed): now its packs go.
-            lock.release(&repo).await.expect("release");
-            let out = expire(&repo, &opts, at(10), &mut Vec::new()).await.expect("expire");
-            assert_eq!(out.orphans.len(), 1);
-            assert!(repo.get(&pack).await.expect("get").is_none());
+            assert!(crate::repo::lock::read_lock(&repo).await.expect("read").is_none());
         });
     }
 
