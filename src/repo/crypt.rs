@@ -130,6 +130,22 @@ impl Envelope {
     }
 }
 
+/// The plain (framed) size of a sealed object of `sealed` bytes; `None` if
+/// no plain size seals to exactly that many bytes.
+pub fn plain_size(sealed: u64) -> Option<u64> {
+    let first = (ENVELOPE_LEN + TAG_LEN) as u64;
+    let r = sealed.checked_sub(first)?;
+    let plain = if r <= HEAD_CHUNK as u64 {
+        r
+    } else {
+        let rest = r - HEAD_CHUNK as u64;
+        let chunks = rest.div_ceil((CHUNK + TAG_LEN) as u64);
+        (rest - TAG_LEN as u64 * chunks) + HEAD_CHUNK as u64
+    };
+    let envelope = Envelope { generation: 0, salt: [0; 32], plain_size: plain };
+    (envelope.sealed_size() == sealed).then_some(plain)
+}
+
 /// The length of chunk 0 sealed: what a frame-header read fetches.
 pub const HEAD_READ: usize = ENVELOPE_LEN + HEAD_CHUNK + TAG_LEN;
 
@@ -290,6 +306,7 @@ mod tests {
             let pieces: Vec<&[u8]> = data.chunks(70_001).collect();
             let sealed = seal(&pieces, "wal/x", 7, &k);
             assert_eq!(Envelope::parse(&sealed).expect("envelope").sealed_size(), sealed.len() as u64);
+            assert_eq!(plain_size(sealed.len() as u64), Some(len as u64));
             let opened = open(&sealed, "wal/x", |g| (g == 7).then_some(&k)).expect("opens");
             assert!(opened == data, "len {len}");
             let head = open_head(&sealed[..HEAD_READ.min(sealed.len())], "wal/x", |_| Some(&k)).expect("head");

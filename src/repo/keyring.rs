@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::hkdf;
+use bytes::Bytes;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -223,10 +224,13 @@ struct WrappedKey {
     wrapped: String,
 }
 
-/// The pointer object's content.
+/// The pointer object's content: the tag of the keyring in use and a copy
+/// of it, so that opening a repository costs one read, made beside the
+/// format object's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pointer {
     keyring: String,
+    copy: KeyringObject,
 }
 
 /// The one line for a key that opens no keyring of the repository.
@@ -271,18 +275,18 @@ impl Repository {
         serde_json::from_slice(&json).map(Some).map_err(|e| corrupt(e.to_string()))
     }
 
-    async fn store_keyring(&self, keyring: &Keyring, key: &RepositoryKey, tag: &str) -> Result<()> {
+    async fn store_keyring(&self, keyring: &Keyring, key: &RepositoryKey, tag: &str) -> Result<KeyringObject> {
         let object = keyring.wrap(key, tag);
         let json = serde_json::to_vec_pretty(&object).expect("invariant: plain structs serialize");
         let (framed, header) = frame::encode(&json, Compression::None)
             .map_err(|e| Error::Corrupt { key: keys::keyring(tag).to_string(), reason: e.to_string() })?;
         self.put_create_plain(&keys::keyring(tag), framed.into(), &header).await?;
-        Ok(())
+        Ok(object)
     }
 
-    fn pointer_object(tag: &str) -> (Vec<u8>, frame::FrameHeader) {
-        let json =
-            serde_json::to_vec(&Pointer { keyring: tag.to_string() }).expect("invariant: plain structs serialize");
+    fn pointer_object(tag: &str, copy: KeyringObject) -> (Vec<u8>, frame::FrameHeader) {
+        let json = serde_json::to_vec_pretty(&Pointer { keyring: tag.to_string(), copy })
+            .expect("invariant: plain structs serialize");
         frame::encode(&json, Compression::None).expect("invariant: framing without compression cannot fail")
     }
 
@@ -297,14 +301,24 @@ impl Repository {
 
     /// Opens the keyring with `key`: the one the pointer names, else any
     /// other keyring present (an interrupted rekey). One line if none opens.
-    pub(super) async fn open_keyring(&self, key: &RepositoryKey) -> Result<Keyring> {
-        let pointer: Option<Pointer> = self.read_framed_json(&keys::keyring_pointer()).await?;
+    /// `pointer`: the pointer object as read already, if it was.
+    pub(super) async fn open_keyring(&self, key: &RepositoryKey, pointer: Option<Bytes>) -> Result<Keyring> {
+        let pointer_key = keys::keyring_pointer();
+        let pointer = match pointer {
+            Some(p) => Some(p),
+            None => self.get_plain(&pointer_key).await?,
+        };
+        let corrupt = |reason: String| Error::Corrupt { key: pointer_key.to_string(), reason };
+        let pointer: Option<Pointer> = pointer
+            .map(|p| {
+                let json = frame::decode(&p).map_err(|e| corrupt(e.to_string()))?;
+                serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+            })
+            .transpose()?;
         let mut tried = None;
         if let Some(p) = &pointer {
-            if let Some(object) = self.read_framed_json::<KeyringObject>(&keys::keyring(&p.keyring)).await? {
-                if let Some(keyring) = Keyring::unwrap(&object, &p.keyring, key) {
-                    return Ok(keyring);
-                }
+            if let Some(keyring) = Keyring::unwrap(&p.copy, &p.keyring, key) {
+                return Ok(keyring);
             }
             tried = Some(p.keyring.clone());
         }
@@ -333,17 +347,17 @@ impl Repository {
     /// pointer exists already (a concurrent or an interrupted creation):
     /// then that keyring must open with `key`.
     pub(super) async fn create_keyring(&self, key: &RepositoryKey) -> Result<Keyring> {
-        if self.get_plain(&keys::keyring_pointer()).await?.is_some() {
-            return self.open_keyring(key).await;
+        if let Some(pointer) = self.get_plain(&keys::keyring_pointer()).await? {
+            return self.open_keyring(key, Some(pointer)).await;
         }
         let keyring = Keyring::fresh();
-        self.store_keyring(&keyring, key, &keyring.tag).await?;
-        let (pointer, header) = Repository::pointer_object(&keyring.tag);
+        let object = self.store_keyring(&keyring, key, &keyring.tag).await?;
+        let (pointer, header) = Repository::pointer_object(&keyring.tag, object);
         match self.put_create_plain(&keys::keyring_pointer(), pointer.into(), &header).await {
             Ok(_) => Ok(keyring),
             // Another process created the repository first: use its keyring
             // (ours stays unused; the next rekey deletes it).
-            Err(Error::Conflict { .. }) => self.open_keyring(key).await,
+            Err(Error::Conflict { .. }) => self.open_keyring(key, None).await,
             Err(e) => Err(e),
         }
     }
@@ -354,13 +368,13 @@ impl Repository {
     pub async fn rekey(&self, new_key: &RepositoryKey, stop_after: Option<RekeyStep>) -> Result<RekeyOutcome> {
         let keyring = self.keyring().await?;
         let tag = new_tag();
-        self.store_keyring(&keyring, new_key, &tag).await?;
+        let object = self.store_keyring(&keyring, new_key, &tag).await?;
         let mut outcome =
             RekeyOutcome { keyring: tag.clone(), retired: Vec::new(), generations: keyring.generations() };
         if stop_after == Some(RekeyStep::NewKeyringStored) {
             return Ok(outcome);
         }
-        let (pointer, _) = Repository::pointer_object(&tag);
+        let (pointer, _) = Repository::pointer_object(&tag, object);
         self.put_overwrite_plain(&keys::keyring_pointer(), pointer.into()).await?;
         if stop_after == Some(RekeyStep::PointerReplaced) {
             return Ok(outcome);

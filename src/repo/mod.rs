@@ -188,12 +188,34 @@ impl Repository {
         if let Some(o) = self.opened.get() {
             return Ok(Some(o));
         }
-        let Some(raw) = self.get_plain(&keys::format()).await? else { return Ok(None) };
-        let keyring = match (self.format_says_encrypted(&raw)?, &self.key) {
-            (true, Some(key)) => Some(Arc::new(self.open_keyring(key).await?)),
+        let (format, pointer) = self.read_format_and_pointer().await?;
+        let Some(format) = format else { return Ok(None) };
+        self.open_with(&format, pointer).await.map(Some)
+    }
+
+    /// The format object and, when a key is configured and the keyring is
+    /// not open yet, the keyring pointer, read concurrently (one round trip).
+    async fn read_format_and_pointer(&self) -> Result<(Option<Bytes>, Option<Bytes>)> {
+        if self.key.is_none() || self.opened.get().is_some() {
+            return Ok((self.get_plain(&keys::format()).await?, None));
+        }
+        let (format_key, pointer_key) = (keys::format(), keys::keyring_pointer());
+        let (format, pointer) = tokio::join!(self.get_plain(&format_key), self.get_plain(&pointer_key));
+        Ok((format?, pointer?))
+    }
+
+    /// Checks the format object `format` against the key and, once per
+    /// handle, opens the keyring (from `pointer` if it was read already).
+    async fn open_with(&self, format: &[u8], pointer: Option<Bytes>) -> Result<&Opened> {
+        let encrypted = self.format_says_encrypted(format)?;
+        if let Some(o) = self.opened.get() {
+            return Ok(o);
+        }
+        let keyring = match (encrypted, &self.key) {
+            (true, Some(key)) => Some(Arc::new(self.open_keyring(key, pointer).await?)),
             _ => None,
         };
-        Ok(Some(self.opened.get_or_init(|| async { Opened { keyring } }).await))
+        Ok(self.opened.get_or_init(|| async { Opened { keyring } }).await)
     }
 
     /// Checks a format object: its version, and that the configured key
@@ -259,6 +281,24 @@ impl Repository {
             Some(o) => Ok(o.keyring.clone()),
             None if self.key.is_some() => Err(Error::RepositoryMissing { url: self.url.to_string() }),
             None => Ok(None),
+        }
+    }
+
+    /// Whether the object at `key` is sealed, as far as is known without a
+    /// request (for sizes from listings and HEAD requests).
+    fn sealed_now(&self, key: &Path) -> bool {
+        !(*key == keys::format() || key.prefix_matches(&keys::keyrings_prefix()))
+            && self.opened.get().is_some_and(|o| o.keyring.is_some())
+    }
+
+    /// The size of the framed object behind a stored size: what the
+    /// manifests record (a sealed size that fits no framed size stays as
+    /// it is, and so is reported as a mismatch).
+    fn framed_size(&self, key: &Path, stored: u64) -> u64 {
+        if self.sealed_now(key) {
+            crypt::plain_size(stored).unwrap_or(stored)
+        } else {
+            stored
         }
     }
 
@@ -455,11 +495,14 @@ impl Repository {
         }
     }
 
-    /// The stored size of an object (one HEAD request, retried); `None` if
-    /// there is none.
+    /// The size of an object (one HEAD request, retried); `None` if there
+    /// is none. In an encrypted repository, the size of the framed object
+    /// inside its envelope, as manifests record it.
     pub async fn object_size(&self, key: &Path) -> Result<Option<u64>> {
         use object_store::ObjectStoreExt;
-        self.retry
+        self.sealing_for(key).await?;
+        let size = self
+            .retry
             .run(&format!("reading '{key}'"), || async {
                 match self.store.objects.head(key).await {
                     Ok(meta) => Ok(Some(meta.size)),
@@ -467,7 +510,8 @@ impl Repository {
                     Err(e) => Err(storage_err("head", key)(e)),
                 }
             })
-            .await
+            .await?;
+        Ok(size.map(|s| self.framed_size(key, s)))
     }
 
     /// When an object was stored, in one attempt; `None` if that cannot be
@@ -523,14 +567,21 @@ impl Repository {
         })
     }
 
-    /// Every object below `prefix`, recursively.
+    /// Every object below `prefix`, recursively (sizes as [`Self::object_size`]).
     pub async fn list_objects(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
         use futures::TryStreamExt;
-        self.retry
+        // Learns whether the repository is encrypted, for the sizes below.
+        self.opened().await?;
+        let mut listed: Vec<object_store::ObjectMeta> = self
+            .retry
             .run(&format!("listing '{prefix}'"), || async {
                 self.store.objects.list(Some(prefix)).try_collect().await.map_err(storage_err("list", prefix))
             })
-            .await
+            .await?;
+        for o in &mut listed {
+            o.size = self.framed_size(&o.location, o.size);
+        }
+        Ok(listed)
     }
 
     /// Reads and checks a framed JSON object; `None` if there is none.
@@ -588,10 +639,9 @@ impl Repository {
     /// The format object is read afresh each time (it is small); the
     /// keyring is opened once.
     pub async fn check_format(&self) -> Result<bool> {
-        let Some(raw) = self.get_plain(&keys::format()).await? else { return Ok(false) };
-        if self.format_says_encrypted(&raw)? {
-            self.opened().await?;
-        }
+        let (format, pointer) = self.read_format_and_pointer().await?;
+        let Some(format) = format else { return Ok(false) };
+        self.open_with(&format, pointer).await?;
         Ok(true)
     }
 
@@ -636,12 +686,30 @@ impl Repository {
     /// objects are read concurrently: this runs once per archived segment.
     pub async fn identity(&self) -> Result<RepoIdentity> {
         let cluster_key = keys::cluster();
-        let (format, identity) = tokio::join!(self.check_format(), self.get_json::<ClusterIdentity>(&cluster_key));
-        let format = format?;
-        if !format {
-            self.probe_store().await?;
-        }
-        Ok(RepoIdentity { format_exists: format, cluster: identity? })
+        let (found, cluster) = tokio::join!(self.read_format_and_pointer(), self.get_plain(&cluster_key));
+        let (format, pointer) = found?;
+        let keyring = match &format {
+            Some(format) => self.open_with(format, pointer).await?.keyring.clone(),
+            None => {
+                self.probe_store().await?;
+                None
+            }
+        };
+        let cluster = match cluster? {
+            // Without a format object only a plaintext cluster object is read as one.
+            Some(_) if format.is_none() && self.key.is_some() => None,
+            Some(stored) => {
+                let object = match &keyring {
+                    Some(k) => Self::unseal(k, &cluster_key, &stored)?,
+                    None => stored,
+                };
+                let corrupt = |reason: String| Error::Corrupt { key: cluster_key.to_string(), reason };
+                let json = frame::decode(&object).map_err(|e| corrupt(e.to_string()))?;
+                Some(serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok(RepoIdentity { format_exists: format.is_some(), cluster })
     }
 
     /// A tag for this repository instance: the SHA-256 (hex, 32 digits) of its
