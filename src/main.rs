@@ -60,6 +60,12 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         encryption_key_file: cli.global.encryption_key_file.clone(),
     };
     let cfg = config::load(&overrides)?;
+    if let Some(key_file) = &cfg.encryption_key_file {
+        // Children (the prefetcher, the daemon's jobs) use the same key file
+        // however this process was given it. Its path only, never the key.
+        // Set before any other thread exists.
+        std::env::set_var("PGWAL_ENCRYPTION_KEY_FILE", key_file);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -54,6 +54,19 @@ impl RepositoryKey {
         &self.source
     }
 
+    /// A public name of this key (16 hex digits, one-way from it): tags what
+    /// pgwal keeps in the data directory, so that a spooled segment is only
+    /// handed out under the key it was fetched with.
+    pub fn fingerprint(&self) -> String {
+        let mut out = [0u8; 8];
+        hkdf::Salt::new(hkdf::HKDF_SHA256, b"pgwal key fingerprint v1")
+            .extract(&self.bytes[..])
+            .expand(&[b"fingerprint"], FingerprintLen)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("invariant: HKDF-SHA256 yields 8 bytes");
+        hex(&out)
+    }
+
     /// The key-encryption key of a keyring with this salt.
     fn kek(&self, salt: &[u8]) -> LessSafeKey {
         let mut out = Zeroizing::new([0u8; 32]);
@@ -63,6 +76,14 @@ impl RepositoryKey {
             .and_then(|okm| okm.fill(&mut out[..]))
             .expect("invariant: HKDF-SHA256 yields 32 bytes");
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &out[..]).expect("invariant: 32-byte AES-256 key"))
+    }
+}
+
+struct FingerprintLen;
+
+impl hkdf::KeyType for FingerprintLen {
+    fn len(&self) -> usize {
+        8
     }
 }
 
@@ -429,6 +450,17 @@ mod tests {
             out.push((m.location.to_string(), b.to_vec()));
         }
         out
+    }
+
+    /// What a fetch with one key spooled is never handed to a fetch with
+    /// another key, or none; the tag does not show the key.
+    #[test]
+    fn spool_tags_differ_by_key() {
+        let store = Store::in_memory();
+        let tags: Vec<String> = [None, Some(1), Some(2)].iter().map(|k| repo(&store, *k).cache_tag()).collect();
+        assert!(tags[0] != tags[1] && tags[1] != tags[2] && tags[0] != tags[2], "{tags:?}");
+        assert_eq!(repo(&store, Some(1)).cache_tag(), tags[1]);
+        assert!(!tags[1].contains(&hex(&[1u8; 32])[..16]));
     }
 
     #[test]

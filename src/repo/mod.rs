@@ -328,6 +328,16 @@ impl Repository {
         &self.url
     }
 
+    /// What the data directory's spool records as the source of a segment:
+    /// the URL, and the configured key's fingerprint, so that a fetch with
+    /// another key (or none) never takes what a fetch with this one spooled.
+    pub fn cache_tag(&self) -> String {
+        match &self.key {
+            Some(k) => format!("{} (key {})", self.url, k.fingerprint()),
+            None => self.url.to_string(),
+        }
+    }
+
     /// Reads a whole object, opened if the repository is encrypted; `None`
     /// if there is none.
     pub async fn get(&self, key: &Path) -> Result<Option<Bytes>> {
@@ -716,8 +726,13 @@ impl Repository {
     /// format object, which holds a random tag since it was created; `None`
     /// if there is no repository yet.
     pub async fn instance_tag(&self) -> Result<Option<String>> {
-        let Some(object) = self.get_plain(&keys::format()).await? else { return Ok(None) };
-        Ok(Some(frame::hex(&frame::sha256(&object))[..32].to_string()))
+        // With a key, the keyring is opened too (one round trip with the
+        // format object): an archive marker must not vouch for a segment to
+        // a caller whose key does not open the repository.
+        let (format, pointer) = self.read_format_and_pointer().await?;
+        let Some(format) = format else { return Ok(None) };
+        self.open_with(&format, pointer).await?;
+        Ok(Some(frame::hex(&frame::sha256(&format))[..32].to_string()))
     }
 
     /// Creates the format object if missing (first use of a repository).
