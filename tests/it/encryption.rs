@@ -464,5 +464,11 @@ fn local_repository_hides_everything_refuses_bad_keys_and_rekeys() -> Result<()>
     .with_context(|| copy.log_tail(30))?;
     ensure!(copy.sql(FINGERPRINT)? == t.expected, "the rekeyed repository restores the exact rows");
     copy.stop()?;
+    // list, verify and expire work on the rekeyed repository.
+    let with3 = |args: &[&str]| Pgwal::new(["--config", &cfg, "--encryption-key-file"]).arg(&key3).args(args).run();
+    let listed = with3(&["list"])?.ensure_success()?;
+    ensure!(listed.stdout.contains(&backup_id), "list shows the backup: {listed}");
+    with3(&["verify"])?.ensure_success()?;
+    with3(&["expire", "--retain-full", "1"])?.ensure_success()?;
     Ok(())
 }
