@@ -85,6 +85,9 @@ pub struct GlobalArgs {
     /// libpq connection string (key=value); PGHOST, PGPORT, PGUSER... also apply
     #[arg(long, global = true, env = "PGWAL_CONNINFO", value_name = "STR", hide_env_values = true)]
     pub conninfo: Option<String>,
+    /// Repository key file (32 random bytes as hex or base64, mode 0600): required by an encrypted repository, refused by a plaintext one
+    #[arg(long, global = true, env = "PGWAL_ENCRYPTION_KEY_FILE", value_name = "FILE", hide_env_values = true)]
+    pub encryption_key_file: Option<PathBuf>,
     /// How much to say on stderr: error, warn, info (default) or debug
     #[arg(long, global = true, env = "PGWAL_LOG_LEVEL", value_name = "LEVEL", hide_env_values = true)]
     pub log_level: Option<crate::log::Level>,
@@ -439,6 +442,22 @@ half way. --dry-run prints the same lines as 'would remove ...'. Then the backup
 ID, ...'; 'nothing to expire' first when nothing goes). Refuses (exit 2, nothing deleted) --retain-full 0, \
 --retain-days 0 or negative, and a repository without any complete backup.")]
     Expire(ExpireArgs),
+    /// Change the key of an encrypted repository (no data object is rewritten)
+    #[command(long_about = "Changes the repository key of an encrypted repository: the data keys \
+that encrypt the objects are wrapped with the key of --new-key-file into a new keyring object \
+(keyring/TAG, stored create-only), the pointer keyring/current is replaced to name it (the one object \
+pgwal ever overwrites), then the older keyrings are deleted. No data object is read or rewritten, so \
+rekey takes a moment whatever the repository's size. Afterwards the new key opens the repository and the \
+old one does not: point [encryption] key_file (or PGWAL_ENCRYPTION_KEY_FILE) of every server, standby \
+and restore_command at the new key file, and keep a copy of it; the old key file can then be destroyed. \
+The current key is the configured one (--encryption-key-file, PGWAL_ENCRYPTION_KEY_FILE or [encryption] \
+key_file).\n\n\
+An interrupted rekey (killed, or the storage failed) leaves a repository that opens with the old or \
+the new key: run rekey again with whichever opens it. Rekey takes the backup lock lock/backup, so it \
+does not run beside a backup, an expire or another rekey.\n\n\
+Rekey protects against a key file that is lost or leaked from now on; whoever read both the old key and \
+the old keyring before the rekey knows the data keys, which rekey keeps (see pgwal-repository(5)).")]
+    Rekey(RekeyArgs),
     /// Run backups, expire, verify and drills on a schedule, and serve Prometheus metrics
     #[command(long_about = "A long-running service for one repository (see config/pgwal.service \
 for a systemd unit). It runs the jobs of the config file's [schedule] section: full, diff, incr, expire, \
@@ -529,6 +548,14 @@ pub struct VerifyArgs {
     /// Objects read in parallel [default: 4]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: Option<u32>,
+}
+
+/// Arguments of `rekey`.
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// The new repository key file (32 random bytes as hex or base64, mode 0600)
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: PathBuf,
 }
 
 /// Arguments of `expire`.

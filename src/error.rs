@@ -66,6 +66,15 @@ pub enum Error {
         /// The repository URL.
         url: String,
     },
+    /// The repository's encryption key is missing, wrong, refused (its file's
+    /// mode) or given to a repository that is not encrypted. Never names the key.
+    #[error("{message}")]
+    Key {
+        /// What is wrong, naming the key file or the repository.
+        message: String,
+        /// How to fix it.
+        hint: Option<String>,
+    },
     /// The repository was written by a newer pgwal.
     #[error("repository '{url}' has format {found}; this pgwal reads format {supported}")]
     UnsupportedFormat {
@@ -251,7 +260,7 @@ impl Error {
     /// What the user can do about it, where there is something.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::Config { hint, .. } => hint.clone(),
+            Error::Config { hint, .. } | Error::Key { hint, .. } => hint.clone(),
             Error::WrongCluster { .. } => Some(
                 "each repository holds one cluster: give this cluster its own repository (another path or prefix)"
                     .into(),
@@ -520,6 +529,8 @@ pub mod exit {
     pub const FETCH_USAGE: u8 = 202;
     /// `fetch` outside standby mode: any other failure (e.g. cannot write DEST).
     pub const FETCH_OTHER: u8 = 203;
+    /// `fetch` outside standby mode: the encryption key is missing or wrong.
+    pub const FETCH_KEY: u8 = 204;
 
     /// Every exit status and its meaning: the one table behind `--help`'s
     /// "Exit status" and the man pages' EXIT STATUS (tests/man_pages.rs).
@@ -536,6 +547,7 @@ pub mod exit {
         (FETCH_UNREACHABLE, "fetch outside standby mode: the repository is unreachable or missing"),
         (FETCH_USAGE, "fetch outside standby mode: bad usage or configuration"),
         (FETCH_OTHER, "fetch outside standby mode: any other failure (e.g. DEST cannot be written)"),
+        (FETCH_KEY, "fetch outside standby mode: the encryption key is missing, wrong or refused"),
     ];
 }
 
@@ -555,7 +567,7 @@ pub enum ExitRules {
 pub fn exit_code(err: &Error, rules: ExitRules) -> u8 {
     match rules {
         ExitRules::Plain => match err {
-            Error::Usage(_) | Error::Config { .. } | Error::BadRequest { .. } => exit::USAGE,
+            Error::Usage(_) | Error::Config { .. } | Error::BadRequest { .. } | Error::Key { .. } => exit::USAGE,
             Error::VerifyFailed { .. } | Error::DrillFailed { .. } => exit::PROBLEMS,
             Error::Locked { .. } => exit::LOCKED,
             _ => exit::FAILURE,
@@ -563,6 +575,7 @@ pub fn exit_code(err: &Error, rules: ExitRules) -> u8 {
         ExitRules::FetchStandby => exit::FAILURE,
         ExitRules::FetchRecovery => match err {
             Error::NotInArchive(_) => exit::FAILURE,
+            Error::Key { .. } => exit::FETCH_KEY,
             Error::Usage(_) | Error::Config { .. } => exit::FETCH_USAGE,
             Error::Corrupt { .. } | Error::UnsupportedFormat { .. } => exit::FETCH_CORRUPT,
             Error::RepositoryMissing { .. } | Error::Storage { .. } | Error::DeadlineExceeded { .. } => {
@@ -610,14 +623,15 @@ mod tests {
                 last: Box::new(Error::Storage { op: "put", key: "k".into(), source: store_err() }),
             },
             Error::Io { action: "cannot read", path: "p".into(), source: std::io::Error::other("x") },
+            Error::Key { message: "m".into(), hint: None },
         ]
     }
 
     /// The exit-code table: the API PostgreSQL and scripts rely on.
     #[test]
     fn exit_code_table() {
-        let expected_recovery = [202, 202, 203, 203, 203, 1, 200, 201, 200, 201, 201, 203];
-        let expected_plain = [2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+        let expected_recovery = [202, 202, 203, 203, 203, 1, 200, 201, 200, 201, 201, 203, 204];
+        let expected_plain = [2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2];
         for (i, err) in all_kinds().iter().enumerate() {
             assert_eq!(exit_code(err, ExitRules::FetchRecovery), expected_recovery[i], "recovery: {err}");
             assert_eq!(exit_code(err, ExitRules::Plain), expected_plain[i], "plain: {err}");

@@ -9,7 +9,9 @@ use clap::Parser;
 use pgwal::cli::{Cli, Command};
 use pgwal::error::{exit, exit_code, Caller, Error, ExitRules};
 use pgwal::local::{backlog, data_dir};
-use pgwal::ops::{archive, backup, check, daemon, drill, expire, fetch, list, prefetch, restore, standby, verify};
+use pgwal::ops::{
+    archive, backup, check, daemon, drill, expire, fetch, list, prefetch, rekey, restore, standby, verify,
+};
 use pgwal::repo::Repository;
 use pgwal::storage::{self, Access, RetryPolicy};
 use pgwal::{config, Result};
@@ -55,8 +57,15 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         repo: cli.global.repo.clone(),
         pgdata: cli.global.pgdata.clone(),
         conninfo: cli.global.conninfo.clone(),
+        encryption_key_file: cli.global.encryption_key_file.clone(),
     };
     let cfg = config::load(&overrides)?;
+    if let Some(key_file) = &cfg.encryption_key_file {
+        // Children (the prefetcher, the daemon's jobs) use the same key file
+        // however this process was given it. Its path only, never the key.
+        // Set before any other thread exists.
+        std::env::set_var("PGWAL_ENCRYPTION_KEY_FILE", key_file);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,6 +127,13 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             }
             Ok(())
         }
+        Command::Rekey(args) => {
+            let new_key = config::encryption::load_key(&args.new_key_file)?;
+            let repo = open_repo(&cfg, Access::WriteExisting, cfg.backup.retry_deadline, false)?;
+            let outcome = rt.block_on(rekey::rekey(&repo, &new_key, cfg.backup.lock_stale_after))?;
+            print!("{}", rekey::render(&outcome));
+            Ok(())
+        }
         Command::Expire(args) => {
             let opts = config::expire::expire_options(&cfg, args);
             let repo = open_repo(&cfg, Access::WriteExisting, cfg.backup.retry_deadline, false)?;
@@ -150,7 +166,8 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             drill::catch_signals();
             let deadline = config::restore::RESTORE_RETRY_DEADLINE;
             let store = storage::open_as_caller(&req.repo, &cfg.store, Access::MustExist, deadline)?;
-            let repo = Repository::new(store, req.repo.clone(), RetryPolicy::with_deadline(deadline));
+            let repo = Repository::new(store, req.repo.clone(), RetryPolicy::with_deadline(deadline))
+                .with_key(cfg.repository_key()?);
             let outcome = drill::drill(&rt, &repo, &req)?;
             if let Some(kept) = &outcome.kept {
                 pgwal::log_notice!("kept the scratch directory '{}' (the server is stopped)", kept.display());
@@ -176,9 +193,10 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
 /// `quiet` for `archive` and `fetch`, whose stderr is PostgreSQL's log.
 fn open_repo(cfg: &config::Config, access: Access, deadline: std::time::Duration, quiet: bool) -> Result<Repository> {
     let url = cfg.require_repo()?;
+    let key = cfg.repository_key()?;
     let store = storage::open_as_caller(url, &cfg.store, access, deadline)?;
     let retry = RetryPolicy::with_deadline(deadline);
-    Ok(Repository::new(store, url.clone(), if quiet { retry.quiet() } else { retry }))
+    Ok(Repository::new(store, url.clone(), if quiet { retry.quiet() } else { retry }).with_key(key))
 }
 
 /// Notices and the summary on stderr, the backup ID alone on stdout.

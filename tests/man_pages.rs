@@ -25,6 +25,11 @@ const ENVIRONMENT: &str = r#".SH ENVIRONMENT
 Defaults for \-\-config, \-\-repo, \-\-pgdata, \-\-conninfo and \-\-log\-level. A flag beats the
 environment, which beats the config file.
 .TP
+\fBPGWAL_ENCRYPTION_KEY_FILE\fR
+Default for \-\-encryption\-key\-file: the repository key file of an encrypted
+repository (mode 0600 or stricter; see \fBpgwal\-repository\fR(5), ENCRYPTION).
+It overrides [encryption] key_file of the config file.
+.TP
 \fBPGWAL_PRIMARY_CONNINFO\fR
 Default for \-\-primary\-conninfo: of standby (the primary the new standby
 streams from) and of backup (the primary on which a backup taken from a standby
@@ -47,7 +52,7 @@ The config file when neither \-\-config nor PGWAL_CONFIG names one; optional.
 An annotated example ships as config/pgwal.toml. Unknown keys are refused, and
 so is a file holding secrets that every user can read.
 .SH "SEE ALSO"
-\fBpgwal\fR(1), \fBpgwal\-archive\fR(1), \fBpgwal\-fetch\fR(1), \fBpgwal\-backup\fR(1), \fBpgwal\-list\fR(1), \fBpgwal\-check\fR(1), \fBpgwal\-restore\fR(1), \fBpgwal\-standby\fR(1), \fBpgwal\-verify\fR(1), \fBpgwal\-drill\fR(1), \fBpgwal\-expire\fR(1), \fBpgwal\-daemon\fR(1), \fBpgwal\-repository\fR(5)
+\fBpgwal\fR(1), \fBpgwal\-archive\fR(1), \fBpgwal\-fetch\fR(1), \fBpgwal\-backup\fR(1), \fBpgwal\-list\fR(1), \fBpgwal\-check\fR(1), \fBpgwal\-restore\fR(1), \fBpgwal\-standby\fR(1), \fBpgwal\-verify\fR(1), \fBpgwal\-drill\fR(1), \fBpgwal\-expire\fR(1), \fBpgwal\-rekey\fR(1), \fBpgwal\-daemon\fR(1), \fBpgwal\-repository\fR(5)
 "#;
 
 /// The sections clap_mangen renders, then pgwal's own: exit status (from the

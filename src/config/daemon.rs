@@ -175,6 +175,9 @@ pub fn child_env(
     if let Some(conninfo) = &o.conninfo {
         env.push(("PGWAL_CONNINFO".into(), conninfo.into()));
     }
+    if let Some(key_file) = &o.encryption_key_file {
+        env.push(("PGWAL_ENCRYPTION_KEY_FILE".into(), key_file.into()));
+    }
     if let Some(level) = level {
         env.push(("PGWAL_LOG_LEVEL".into(), format!("{level:?}").to_lowercase().into()));
     }
@@ -333,10 +336,12 @@ mod tests {
             repo: Some("s3://b/p".into()),
             pgdata: None,
             conninfo: Some("host=/run password=secret".into()),
+            encryption_key_file: Some("/etc/pgwal/repo.key".into()),
         };
         let env = child_env(&o, Some(Path::new("/etc/pgwal/other.toml")), Some(crate::log::Level::Warn));
         let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.to_string_lossy().into_owned());
         assert_eq!(get("PGWAL_CONFIG").as_deref(), Some("/etc/pgwal/other.toml"));
+        assert_eq!(get("PGWAL_ENCRYPTION_KEY_FILE").as_deref(), Some("/etc/pgwal/repo.key"));
         assert_eq!(get("PGWAL_REPO").as_deref(), Some("s3://b/p"));
         assert_eq!(get("PGWAL_CONNINFO").as_deref(), Some("host=/run password=secret"));
         assert_eq!(get("PGWAL_LOG_LEVEL").as_deref(), Some("warn"));

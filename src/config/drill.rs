@@ -87,6 +87,8 @@ pub struct DrillRequest {
     pub repo: RepoUrl,
     /// The config file in use, absolute, for `restore_command`.
     pub config_file: Option<PathBuf>,
+    /// The repository key file in use, for `restore_command`.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 /// Validated request of `drill`.
@@ -119,6 +121,7 @@ pub fn drill_request(args: &DrillArgs, cfg: &Config) -> Result<DrillRequest> {
         keep: args.keep,
         repo: cfg.require_repo()?.clone(),
         config_file: cfg.file.as_deref().map(super::restore::absolute).transpose()?,
+        encryption_key_file: cfg.encryption_key_file.clone(),
     })
 }
 

@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod daemon;
 pub mod drill;
+pub mod encryption;
 pub mod expire;
 pub mod restore;
 pub mod verify;
@@ -61,6 +62,8 @@ pub struct Overrides {
     pub pgdata: Option<PathBuf>,
     /// `--conninfo` / `PGWAL_CONNINFO`.
     pub conninfo: Option<String>,
+    /// `--encryption-key-file` / `PGWAL_ENCRYPTION_KEY_FILE`.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 /// Options of `archive`.
@@ -175,6 +178,9 @@ pub struct Config {
     pub drill: drill::DrillOptions,
     /// `[schedule]`, `[metrics]` and `[health]`, checked by `daemon` alone.
     pub daemon: daemon::DaemonSections,
+    /// The repository key file (absolute), if configured anywhere; read
+    /// only when a command opens the repository ([`Config::repository_key`]).
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +211,8 @@ struct FileConfig {
     metrics: daemon::MetricsSection,
     #[serde(default)]
     health: daemon::HealthSection,
+    #[serde(default)]
+    encryption: encryption::EncryptionSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -473,6 +481,12 @@ pub fn load(o: &Overrides) -> Result<Config> {
     let drill = drill::drill_options(&file.drill, &shown)?;
     // The [s3], [gcs] and [azure] sections are the storage options themselves.
     let store = StoreOptions { s3: file.s3, gcs: file.gcs, azure: file.azure };
+    let encryption_key_file = o
+        .encryption_key_file
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
+        .or(file.encryption.key_file.filter(|p| !p.as_os_str().is_empty()))
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
     Ok(Config {
         file: file_path,
         repo,
@@ -485,6 +499,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         store,
         drill,
         daemon: daemon::DaemonSections { schedule: file.schedule, metrics: file.metrics, health: file.health },
+        encryption_key_file,
     })
 }
 
@@ -493,6 +508,11 @@ impl Config {
     /// (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`...).
     pub fn conn_target(&self) -> Result<crate::db::ConnTarget> {
         crate::db::ConnTarget::new(self.conninfo.as_deref(), &crate::db::PgEnv::from_process())
+    }
+
+    /// The repository key, read from its file, if one is configured.
+    pub fn repository_key(&self) -> Result<Option<crate::repo::keyring::RepositoryKey>> {
+        self.encryption_key_file.as_deref().map(encryption::load_key).transpose()
     }
 
     /// The repository, or the error that says how to configure one.

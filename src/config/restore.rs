@@ -52,6 +52,9 @@ pub struct RestoreOptions {
     pub repo: RepoUrl,
     /// The config file in use, absolute, for `restore_command`.
     pub config_file: Option<PathBuf>,
+    /// The repository key file in use, absolute, for `restore_command`
+    /// (its path, never the key).
+    pub encryption_key_file: Option<PathBuf>,
     /// How long storage calls are retried.
     pub retry_deadline: Duration,
 }
@@ -126,6 +129,7 @@ fn common(dir: &TargetDirArgs, cfg: &Config) -> Result<RestoreOptions> {
         standby: None,
         repo,
         config_file,
+        encryption_key_file: cfg.encryption_key_file.clone(),
         retry_deadline: RESTORE_RETRY_DEADLINE,
     })
 }

@@ -56,8 +56,9 @@ pub fn fetch_prefetching(
         return fetch(rt, repo, name, dest);
     };
     let url = repo.url().to_string();
-    let taken = spool.take(name, &url, dest)
-        || (spool.wait_while_fetching(name, PREFETCH_WAIT) && spool.take(name, &url, dest));
+    let tag = repo.cache_tag();
+    let taken = spool.take(name, &tag, dest)
+        || (spool.wait_while_fetching(name, PREFETCH_WAIT) && spool.take(name, &tag, dest));
     if !taken {
         fetch(rt, repo, name, dest)?;
     }

@@ -12,6 +12,7 @@ pub mod expire;
 pub mod fetch;
 pub mod list;
 pub mod prefetch;
+pub mod rekey;
 pub mod restore;
 pub mod standby;
 pub mod verify;
@@ -22,9 +23,9 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     /// The commands: the only modules directly in `src/ops/`.
-    const COMMANDS: [&str; 12] = [
-        "archive", "backup", "check", "daemon", "drill", "expire", "fetch", "list", "prefetch", "restore", "standby",
-        "verify",
+    const COMMANDS: [&str; 13] = [
+        "archive", "backup", "check", "daemon", "drill", "expire", "fetch", "list", "prefetch", "rekey", "restore",
+        "standby", "verify",
     ];
 
     fn ops_dir() -> PathBuf {

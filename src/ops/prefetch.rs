@@ -177,7 +177,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
         return Ok(()); // another prefetcher runs
     }
     std::fs::create_dir_all(&spool.dir).map_err(Error::io("cannot create", &spool.dir))?;
-    let url = repo.url().to_string();
+    let url = repo.cache_tag();
     let identity = rt.block_on(repo.identity())?.cluster;
     let Some(identity) = identity else { return Ok(()) };
     let size = WalSegmentSize::new(identity.wal_segment_size).ok_or_else(|| Error::Corrupt {

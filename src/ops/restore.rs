@@ -364,7 +364,10 @@ fn write_recovery_files(opts: &RestoreOptions, m: &Manifest, stamp: &str) -> Res
     let label = dir.join("backup_label");
     pgdata::write_file(&label, m.backup_label.as_bytes(), 0o600).map_err(Error::io("cannot write", &label))?;
     let exe = std::env::current_exe().map_err(Error::io("cannot find the pgwal binary", "/proc/self/exe"))?;
-    let settings = recovery_settings(opts, &restore_command(&exe, &opts.repo, opts.config_file.as_deref()));
+    let settings = recovery_settings(
+        opts,
+        &restore_command(&exe, &opts.repo, opts.config_file.as_deref(), opts.encryption_key_file.as_deref()),
+    );
     let auto = dir.join("postgresql.auto.conf");
     let existing = match std::fs::read_to_string(&auto) {
         Ok(text) => text,
@@ -429,13 +432,19 @@ fn shell_quote(s: &str) -> String {
 
 /// The `restore_command` that runs this pgwal binary with the same
 /// repository and config file. `%` in them is doubled: PostgreSQL reads
-/// `%f`, `%p` and `%%` in the command.
-pub fn restore_command(exe: &Path, repo: &RepoUrl, config: Option<&Path>) -> String {
+/// `%f`, `%p` and `%%` in the command. An encryption key is passed as the
+/// path of its file, never as the key: the command line is in `ps` output
+/// and `postgresql.auto.conf`.
+pub fn restore_command(exe: &Path, repo: &RepoUrl, config: Option<&Path>, key_file: Option<&Path>) -> String {
     let literal = |s: &str| shell_quote(s).replace('%', "%%");
     let mut parts = vec![literal(&exe.to_string_lossy()), "--repo".into(), literal(&repo.to_string())];
     if let Some(c) = config {
         parts.push("--config".into());
         parts.push(literal(&c.to_string_lossy()));
+    }
+    if let Some(k) = key_file {
+        parts.push("--encryption-key-file".into());
+        parts.push(literal(&k.to_string_lossy()));
     }
     parts.push("fetch %f %p".into());
     parts.join(" ")

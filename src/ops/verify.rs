@@ -378,7 +378,14 @@ async fn check_packs(
         .map(|r| {
             let key = r.key();
             async move {
-                let object = repo.get(&key).await?;
+                let object = match repo.get(&key).await {
+                    Ok(object) => object,
+                    // An encrypted object that does not open is a finding, like one that does not decode.
+                    Err(Error::Corrupt { reason, .. }) => {
+                        return Ok((r, Some((0, Err(frame::FrameError::Sealed(reason))))))
+                    }
+                    Err(e) => return Err(e),
+                };
                 let Some(object) = object else { return Ok::<_, Error>((r, None)) };
                 let stored = object.len() as u64;
                 // decode checks the content against the header's SHA-256, so
@@ -700,7 +707,12 @@ async fn read_wal(
     let results: Vec<WalCheck> = futures::stream::iter(names)
         .map(|name| async move {
             let key = keys::wal(&name);
-            let Some(object) = repo.get(&key).await? else { return Ok::<_, Error>((name, None)) };
+            let object = match repo.get(&key).await {
+                Ok(object) => object,
+                Err(Error::Corrupt { reason, .. }) => return Ok((name, Some((0, 0, Err(reason))))),
+                Err(e) => return Err(e),
+            };
+            let Some(object) = object else { return Ok::<_, Error>((name, None)) };
             let stored = object.len() as u64;
             let checked = tokio::task::spawn_blocking(move || check_wal_object(&name, &object, sysid, size))
                 .await

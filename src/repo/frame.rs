@@ -100,6 +100,9 @@ pub enum FrameError {
     /// The content's SHA-256 differs from the header's.
     #[error("SHA-256 mismatch: header says {expected}, content hashes to {actual}")]
     Checksum { expected: String, actual: String },
+    /// The object's encryption envelope does not open (see `crypt`).
+    #[error("{0}")]
+    Sealed(String),
     /// Compression failed (out of memory, bad level).
     #[error("compression failed: {0}")]
     Compress(String),

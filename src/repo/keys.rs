@@ -11,6 +11,8 @@
 //! backup/20261123T074000F/pack/000000         its packs
 //! lock/backup                                 the backup lock
 //! drill/20261123T074000F/20261124T031500Z     one drill's result (framed JSON)
+//! keyring/current                             encrypted repositories: names the keyring in use
+//! keyring/<tag>                               the data keys, wrapped by the repository key
 //! ```
 //!
 //! WAL is grouped by timeline and log file (the first 16 hex digits of a
@@ -132,6 +134,22 @@ pub fn backup_lock_key() -> Path {
     Path::from("lock/backup")
 }
 
+/// The pointer naming the keyring in use (encrypted repositories): the one
+/// object pgwal replaces in place (`rekey`).
+pub fn keyring_pointer() -> Path {
+    Path::from("keyring/current")
+}
+
+/// Where the keyrings live.
+pub fn keyrings_prefix() -> Path {
+    Path::from("keyring")
+}
+
+/// One keyring (`tag` is random hex, see [`keyring_pointer`]).
+pub fn keyring(tag: &str) -> Path {
+    Path::from(format!("keyring/{tag}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +182,8 @@ mod tests {
         assert_eq!(backup_lock_key().as_ref(), "lock/backup");
         assert_eq!(drill_record_key(&id, "20261124T031500Z").as_ref(), "drill/20261123T074000F/20261124T031500Z");
         assert_eq!(drills_of(&id).as_ref(), "drill/20261123T074000F");
+        assert_eq!(keyring_pointer().as_ref(), "keyring/current");
+        assert_eq!(keyring("ab12").as_ref(), "keyring/ab12");
     }
 
     /// Object keys are spelled here only: no other library file (outside
@@ -175,6 +195,8 @@ mod tests {
             "\"backup/",
             "\"lock/",
             "\"drill/",
+            "\"keyring/",
+            "(\"keyring\")",
             "(\"drill\")",
             "(\"wal\")",
             "(\"backup\")",

@@ -4,12 +4,16 @@
 pub mod backup;
 pub mod catalog;
 pub mod coverage;
+pub mod crypt;
 pub mod drill;
 pub mod frame;
+pub mod keyring;
 pub mod keys;
 pub mod lock;
 #[cfg(any(test, feature = "test-support"))]
 pub mod synthetic;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -17,14 +21,18 @@ use object_store::{GetOptions, GetRange, ObjectStoreExt, PutMode, PutOptions, Pu
 use serde::{Deserialize, Serialize};
 
 use self::frame::{Compression, FrameHeader};
+use self::keyring::{Keyring, RepositoryKey};
 use crate::error::{Error, Result};
 use crate::storage::{RepoUrl, RetryPolicy, Store};
 
 /// How many deletes [`Repository::delete`] has in flight.
 pub const DELETES_IN_FLIGHT: usize = 16;
 
-/// The repository format this build writes and reads.
+/// The repository format this build writes and reads (plaintext).
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of an encrypted repository: a pgwal that knows only format 1
+/// refuses it rather than write plaintext into it.
+pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
 
 /// The format version object's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +48,26 @@ pub struct FormatInfo {
     /// archive markers name the repository instance they vouch for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// How the repository is encrypted; absent in a plaintext repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
+}
+
+/// The format object's word on encryption (in cleartext: it is the one
+/// object that is never sealed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    /// The cipher every other object is sealed with: "aes-256-gcm".
+    pub cipher: String,
+    /// The pointer object naming the keyring in use.
+    pub keyring: String,
+}
+
+/// What the format object said, read once per process.
+#[derive(Debug)]
+struct Opened {
+    /// The keyring of an encrypted repository.
+    keyring: Option<Arc<Keyring>>,
 }
 
 /// What a repository says about itself: whether its format object exists
@@ -112,6 +140,10 @@ pub struct Repository {
     store: Store,
     url: RepoUrl,
     retry: RetryPolicy,
+    /// The configured repository key, if any.
+    key: Option<Arc<RepositoryKey>>,
+    /// The format object and the opened keyring, once read.
+    opened: Arc<tokio::sync::OnceCell<Opened>>,
 }
 
 fn storage_err(op: &'static str, key: &Path) -> impl FnOnce(object_store::Error) -> Error {
@@ -138,7 +170,150 @@ fn staging_swept(e: &object_store::Error) -> bool {
 impl Repository {
     /// Wraps an opened store.
     pub fn new(store: Store, url: RepoUrl, retry: RetryPolicy) -> Repository {
-        Repository { store, url, retry }
+        Repository { store, url, retry, key: None, opened: Arc::default() }
+    }
+
+    /// The same repository opened with the repository key `key` (required
+    /// for an encrypted repository, refused by a plaintext one).
+    pub fn with_key(self, key: Option<RepositoryKey>) -> Repository {
+        Repository { key: key.map(Arc::new), opened: Arc::default(), ..self }
+    }
+
+    /// Reads the format object once and, for an encrypted repository, opens
+    /// its keyring with the configured key; `None` while there is no
+    /// format object. Every read and write of any other object comes here
+    /// first, so no command reaches an encrypted repository's content
+    /// without the key, nor writes plaintext into it.
+    async fn opened(&self) -> Result<Option<&Opened>> {
+        if let Some(o) = self.opened.get() {
+            return Ok(Some(o));
+        }
+        let (format, pointer) = self.read_format_and_pointer().await?;
+        let Some(format) = format else { return Ok(None) };
+        self.open_with(&format, pointer).await.map(Some)
+    }
+
+    /// The format object and, when a key is configured and the keyring is
+    /// not open yet, the keyring pointer, read concurrently (one round trip).
+    async fn read_format_and_pointer(&self) -> Result<(Option<Bytes>, Option<Bytes>)> {
+        if self.key.is_none() || self.opened.get().is_some() {
+            return Ok((self.get_plain(&keys::format()).await?, None));
+        }
+        let (format_key, pointer_key) = (keys::format(), keys::keyring_pointer());
+        let (format, pointer) = tokio::join!(self.get_plain(&format_key), self.get_plain(&pointer_key));
+        Ok((format?, pointer?))
+    }
+
+    /// Checks the format object `format` against the key and, once per
+    /// handle, opens the keyring (from `pointer` if it was read already).
+    async fn open_with(&self, format: &[u8], pointer: Option<Bytes>) -> Result<&Opened> {
+        let encrypted = self.format_says_encrypted(format)?;
+        if let Some(o) = self.opened.get() {
+            return Ok(o);
+        }
+        let keyring = match (encrypted, &self.key) {
+            (true, Some(key)) => Some(Arc::new(self.open_keyring(key, pointer).await?)),
+            _ => None,
+        };
+        Ok(self.opened.get_or_init(|| async { Opened { keyring } }).await)
+    }
+
+    /// Checks a format object: its version, and that the configured key
+    /// agrees with it (a key for an encrypted repository, none for a
+    /// plaintext one); whether it says the repository is encrypted.
+    fn format_says_encrypted(&self, raw: &[u8]) -> Result<bool> {
+        let corrupt = |reason: String| Error::Corrupt { key: keys::format().to_string(), reason };
+        let json = frame::decode(raw).map_err(|e| corrupt(e.to_string()))?;
+        let info: FormatInfo = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        let url = self.url.to_string();
+        let encrypted = match (info.format, &info.encryption) {
+            (FORMAT_VERSION, None) => false,
+            (ENCRYPTED_FORMAT_VERSION, Some(e)) if e.cipher == "aes-256-gcm" => true,
+            (found, _) => {
+                return Err(Error::UnsupportedFormat { url, found, supported: ENCRYPTED_FORMAT_VERSION });
+            }
+        };
+        match (encrypted, &self.key) {
+            (true, None) => Err(Error::Key {
+                message: format!("repository '{url}' is encrypted, but no encryption key is configured"),
+                hint: Some(
+                    "set [encryption] key_file in the config file, PGWAL_ENCRYPTION_KEY_FILE or \
+                     --encryption-key-file to the repository's key file"
+                        .into(),
+                ),
+            }),
+            (false, Some(key)) => Err(Error::Key {
+                message: format!(
+                    "repository '{url}' is not encrypted, but an encryption key is configured ('{}')",
+                    key.source()
+                ),
+                hint: Some(
+                    "a repository is encrypted from its creation on: remove the key setting for this \
+                     repository, or archive and back up into a new repository with the key"
+                        .into(),
+                ),
+            }),
+            _ => Ok(encrypted),
+        }
+    }
+
+    /// The keyring of an encrypted repository (errors as [`Self::opened`]).
+    async fn keyring(&self) -> Result<Arc<Keyring>> {
+        match self.opened().await? {
+            Some(Opened { keyring: Some(k), .. }) => Ok(k.clone()),
+            Some(_) => Err(Error::Key {
+                message: format!("repository '{}' is not encrypted", self.url),
+                hint: Some("only an encrypted repository has a key to change".into()),
+            }),
+            None => Err(Error::RepositoryMissing { url: self.url.to_string() }),
+        }
+    }
+
+    /// Whether objects at `key` are sealed: every object of an encrypted
+    /// repository but the format object and the keyring objects. A key
+    /// configured for a repository not created yet cannot seal anything
+    /// before `create_format_for` stored the keyring.
+    async fn sealing_for(&self, key: &Path) -> Result<Option<Arc<Keyring>>> {
+        if *key == keys::format() || key.prefix_matches(&keys::keyrings_prefix()) {
+            return Ok(None);
+        }
+        match self.opened().await? {
+            Some(o) => Ok(o.keyring.clone()),
+            None if self.key.is_some() => Err(Error::RepositoryMissing { url: self.url.to_string() }),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the object at `key` is sealed, as far as is known without a
+    /// request (for sizes from listings and HEAD requests).
+    fn sealed_now(&self, key: &Path) -> bool {
+        !(*key == keys::format() || key.prefix_matches(&keys::keyrings_prefix()))
+            && self.opened.get().is_some_and(|o| o.keyring.is_some())
+    }
+
+    /// The size of the framed object behind a stored size: what the
+    /// manifests record (a sealed size that fits no framed size stays as
+    /// it is, and so is reported as a mismatch).
+    fn framed_size(&self, key: &Path, stored: u64) -> u64 {
+        if self.sealed_now(key) {
+            crypt::plain_size(stored).unwrap_or(stored)
+        } else {
+            stored
+        }
+    }
+
+    /// Opens a sealed object read from `key`.
+    fn unseal(keyring: &Keyring, key: &Path, sealed: &[u8]) -> Result<Bytes> {
+        crypt::open(sealed, key.as_ref(), |g| keyring.key(g))
+            .map(Bytes::from)
+            .map_err(|e| Error::Corrupt { key: key.to_string(), reason: e.to_string() })
+    }
+
+    /// Seals the framed `object` to be stored at `key`.
+    fn seal(keyring: &Keyring, key: &Path, object: &PutPayload) -> PutPayload {
+        let (generation, data_key) = keyring.current();
+        let parts: Vec<&[u8]> = object.iter().map(|b| &b[..]).collect();
+        PutPayload::from(crypt::seal(&parts, key.as_ref(), generation, data_key))
     }
 
     /// An empty repository in memory, for tests and benchmarks.
@@ -153,9 +328,30 @@ impl Repository {
         &self.url
     }
 
-    /// Reads a whole object; `None` if there is none. A local object is
-    /// mapped rather than copied: objects are never modified once created.
+    /// What the data directory's spool records as the source of a segment:
+    /// the URL, and the configured key's fingerprint, so that a fetch with
+    /// another key (or none) never takes what a fetch with this one spooled.
+    pub fn cache_tag(&self) -> String {
+        match &self.key {
+            Some(k) => format!("{} (key {})", self.url, k.fingerprint()),
+            None => self.url.to_string(),
+        }
+    }
+
+    /// Reads a whole object, opened if the repository is encrypted; `None`
+    /// if there is none.
     pub async fn get(&self, key: &Path) -> Result<Option<Bytes>> {
+        let keyring = self.sealing_for(key).await?;
+        let Some(stored) = self.get_plain(key).await? else { return Ok(None) };
+        match keyring {
+            Some(k) => Self::unseal(&k, key, &stored).map(Some),
+            None => Ok(Some(stored)),
+        }
+    }
+
+    /// Reads a whole object as stored; `None` if there is none. A local
+    /// object is mapped rather than copied: objects are never modified once created.
+    async fn get_plain(&self, key: &Path) -> Result<Option<Bytes>> {
         if let Some(mapped) = self.store.read_mapped(key) {
             return mapped;
         }
@@ -172,11 +368,12 @@ impl Repository {
 
     /// Reads only the frame header of an object; `None` if there is none.
     pub async fn read_header(&self, key: &Path) -> Result<Option<FrameHeader>> {
+        let keyring = self.sealing_for(key).await?;
+        let len = if keyring.is_some() { crypt::HEAD_READ } else { frame::HEADER_LEN };
         let bytes = self
             .retry
             .run(&format!("reading '{key}'"), || async {
-                let opts =
-                    GetOptions { range: Some(GetRange::Bounded(0..frame::HEADER_LEN as u64)), ..Default::default() };
+                let opts = GetOptions { range: Some(GetRange::Bounded(0..len as u64)), ..Default::default() };
                 match self.store.objects.get_opts(key, opts).await {
                     Ok(r) => r.bytes().await.map(Some).map_err(storage_err("get", key)),
                     Err(e) if crate::error::is_missing_object(&e) => Ok(None),
@@ -184,16 +381,31 @@ impl Repository {
                 }
             })
             .await?;
-        bytes
-            .map(|b| FrameHeader::parse(&b).map_err(|e| Error::Corrupt { key: key.to_string(), reason: e.to_string() }))
-            .transpose()
+        let corrupt = |reason: String| Error::Corrupt { key: key.to_string(), reason };
+        let Some(bytes) = bytes else { return Ok(None) };
+        let head = match keyring {
+            Some(k) => {
+                Bytes::from(crypt::open_head(&bytes, key.as_ref(), |g| k.key(g)).map_err(|e| corrupt(e.to_string()))?)
+            }
+            None => bytes,
+        };
+        FrameHeader::parse(&head).map(Some).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Stores a framed object create-only. If the key is taken, the stored
     /// object's checksum decides: identical is success (PostgreSQL calls again
     /// after a crash, and a retried PUT may find its own first attempt),
     /// different is a [`Error::Conflict`] and nothing changes.
+    /// In an encrypted repository the object is sealed first (see `crypt`).
     pub async fn put_create(&self, key: &Path, object: PutPayload, header: &FrameHeader) -> Result<PutOutcome> {
+        match self.sealing_for(key).await? {
+            Some(k) => self.put_create_plain(key, Self::seal(&k, key, &object), header).await,
+            None => self.put_create_plain(key, object, header).await,
+        }
+    }
+
+    /// [`Self::put_create`] of an object exactly as given.
+    async fn put_create_plain(&self, key: &Path, object: PutPayload, header: &FrameHeader) -> Result<PutOutcome> {
         let outcome = self
             .retry
             .run(&format!("storing '{key}'"), || {
@@ -236,8 +448,12 @@ impl Repository {
     /// retries: a retried create could find its own first attempt and could
     /// not tell it from another process's. `Ok(false)` if the key is taken.
     pub async fn create_once(&self, key: &Path, object: Bytes) -> Result<bool> {
+        let payload = match self.sealing_for(key).await? {
+            Some(k) => Self::seal(&k, key, &PutPayload::from(object)),
+            None => PutPayload::from(object),
+        };
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.objects.put_opts(key, PutPayload::from(object), opts).await {
+        match self.store.objects.put_opts(key, payload, opts).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(storage_err("put", key)(e)),
@@ -247,6 +463,7 @@ impl Repository {
     /// Reads an object and its modification time in one attempt; `None` if
     /// there is none (the lock: its reader decides what a failure means).
     pub async fn get_once(&self, key: &Path) -> Result<Option<(Bytes, chrono::DateTime<chrono::Utc>)>> {
+        let keyring = self.sealing_for(key).await?;
         let result = match self.store.objects.get(key).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -254,7 +471,30 @@ impl Repository {
         };
         let modified = result.meta.last_modified;
         let bytes = result.bytes().await.map_err(storage_err("get", key))?;
+        // A lock that does not open reads as one of unknown content (the
+        // lock's rules for those apply), not as an error.
+        let bytes = match keyring {
+            Some(k) => Self::unseal(&k, key, &bytes).unwrap_or_default(),
+            None => bytes,
+        };
         Ok(Some((bytes, modified)))
+    }
+
+    /// Replaces an object (only `rekey`'s keyring pointer), retried: the
+    /// one overwrite pgwal makes, of an object that holds only a name.
+    async fn put_overwrite_plain(&self, key: &Path, object: Bytes) -> Result<()> {
+        self.retry
+            .run(&format!("storing '{key}'"), || async {
+                let opts = PutOptions { mode: PutMode::Overwrite, ..Default::default() };
+                self.store
+                    .objects
+                    .put_opts(key, PutPayload::from(object.clone()), opts)
+                    .await
+                    .map_err(storage_err("put", key))
+            })
+            .await?;
+        self.store.sweep_staging(key);
+        Ok(())
     }
 
     /// Deletes one object in one attempt (the lock); one already gone counts as deleted.
@@ -265,11 +505,14 @@ impl Repository {
         }
     }
 
-    /// The stored size of an object (one HEAD request, retried); `None` if
-    /// there is none.
+    /// The size of an object (one HEAD request, retried); `None` if there
+    /// is none. In an encrypted repository, the size of the framed object
+    /// inside its envelope, as manifests record it.
     pub async fn object_size(&self, key: &Path) -> Result<Option<u64>> {
         use object_store::ObjectStoreExt;
-        self.retry
+        self.sealing_for(key).await?;
+        let size = self
+            .retry
             .run(&format!("reading '{key}'"), || async {
                 match self.store.objects.head(key).await {
                     Ok(meta) => Ok(Some(meta.size)),
@@ -277,7 +520,8 @@ impl Repository {
                     Err(e) => Err(storage_err("head", key)(e)),
                 }
             })
-            .await
+            .await?;
+        Ok(size.map(|s| self.framed_size(key, s)))
     }
 
     /// When an object was stored, in one attempt; `None` if that cannot be
@@ -333,14 +577,21 @@ impl Repository {
         })
     }
 
-    /// Every object below `prefix`, recursively.
+    /// Every object below `prefix`, recursively (sizes as [`Self::object_size`]).
     pub async fn list_objects(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
         use futures::TryStreamExt;
-        self.retry
+        // Learns whether the repository is encrypted, for the sizes below.
+        self.opened().await?;
+        let mut listed: Vec<object_store::ObjectMeta> = self
+            .retry
             .run(&format!("listing '{prefix}'"), || async {
                 self.store.objects.list(Some(prefix)).try_collect().await.map_err(storage_err("list", prefix))
             })
-            .await
+            .await?;
+        for o in &mut listed {
+            o.size = self.framed_size(&o.location, o.size);
+        }
+        Ok(listed)
     }
 
     /// Reads and checks a framed JSON object; `None` if there is none.
@@ -393,15 +644,14 @@ impl Repository {
     }
 
     /// Checks the format object: `Ok(false)` if there is none (no repository here).
+    /// An encrypted repository's keyring is opened here too, so a missing
+    /// or wrong key fails any command that checks the format.
+    /// The format object is read afresh each time (it is small); the
+    /// keyring is opened once.
     pub async fn check_format(&self) -> Result<bool> {
-        let Some(info) = self.get_json::<FormatInfo>(&keys::format()).await? else { return Ok(false) };
-        if info.format != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                url: self.url.to_string(),
-                found: info.format,
-                supported: FORMAT_VERSION,
-            });
-        }
+        let (format, pointer) = self.read_format_and_pointer().await?;
+        let Some(format) = format else { return Ok(false) };
+        self.open_with(&format, pointer).await?;
         Ok(true)
     }
 
@@ -446,20 +696,43 @@ impl Repository {
     /// objects are read concurrently: this runs once per archived segment.
     pub async fn identity(&self) -> Result<RepoIdentity> {
         let cluster_key = keys::cluster();
-        let (format, identity) = tokio::join!(self.check_format(), self.get_json::<ClusterIdentity>(&cluster_key));
-        let format = format?;
-        if !format {
-            self.probe_store().await?;
-        }
-        Ok(RepoIdentity { format_exists: format, cluster: identity? })
+        let (found, cluster) = tokio::join!(self.read_format_and_pointer(), self.get_plain(&cluster_key));
+        let (format, pointer) = found?;
+        let keyring = match &format {
+            Some(format) => self.open_with(format, pointer).await?.keyring.clone(),
+            None => {
+                self.probe_store().await?;
+                None
+            }
+        };
+        let cluster = match cluster? {
+            // Without a format object only a plaintext cluster object is read as one.
+            Some(_) if format.is_none() && self.key.is_some() => None,
+            Some(stored) => {
+                let object = match &keyring {
+                    Some(k) => Self::unseal(k, &cluster_key, &stored)?,
+                    None => stored,
+                };
+                let corrupt = |reason: String| Error::Corrupt { key: cluster_key.to_string(), reason };
+                let json = frame::decode(&object).map_err(|e| corrupt(e.to_string()))?;
+                Some(serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok(RepoIdentity { format_exists: format.is_some(), cluster })
     }
 
     /// A tag for this repository instance: the SHA-256 (hex, 32 digits) of its
     /// format object, which holds a random tag since it was created; `None`
     /// if there is no repository yet.
     pub async fn instance_tag(&self) -> Result<Option<String>> {
-        let Some(object) = self.get(&keys::format()).await? else { return Ok(None) };
-        Ok(Some(frame::hex(&frame::sha256(&object))[..32].to_string()))
+        // With a key, the keyring is opened too (one round trip with the
+        // format object): an archive marker must not vouch for a segment to
+        // a caller whose key does not open the repository.
+        let (format, pointer) = self.read_format_and_pointer().await?;
+        let Some(format) = format else { return Ok(None) };
+        self.open_with(&format, pointer).await?;
+        Ok(Some(frame::hex(&frame::sha256(&format))[..32].to_string()))
     }
 
     /// Creates the format object if missing (first use of a repository).
@@ -471,26 +744,35 @@ impl Repository {
     /// identifier if known. A repository created here is announced with one
     /// notice line (it lands in PostgreSQL's log for `archive`): a mistyped
     /// URL must not start a new repository in silence.
+    ///
+    /// With a key, the keyring is stored before the format object, so a
+    /// format object that says "encrypted" always has a keyring beside it.
     pub async fn create_format_for(&self, cluster: Option<u64>) -> Result<()> {
+        if self.opened().await?.is_some() {
+            return Ok(());
+        }
+        if let Some(key) = &self.key {
+            self.create_keyring(key).await?;
+        }
         let info = FormatInfo {
-            format: FORMAT_VERSION,
+            format: if self.key.is_some() { ENCRYPTED_FORMAT_VERSION } else { FORMAT_VERSION },
             created_by: format!("pgwal {}", env!("CARGO_PKG_VERSION")),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             instance: Some(random_tag()),
+            encryption: self
+                .key
+                .as_ref()
+                .map(|_| EncryptionInfo { cipher: "aes-256-gcm".into(), keyring: keys::keyring_pointer().to_string() }),
         };
-        let (stored, created) = self.create_json(&keys::format(), &info).await?;
+        let (_, created) = self.create_json(&keys::format(), &info).await?;
+        // Reads back what is stored (perhaps another process's format
+        // object): it must agree with the key, or nothing more is written.
+        self.opened().await?;
         if created {
             match cluster {
                 Some(id) => crate::log_notice!("created a new repository at '{}' for cluster {id}", self.url),
                 None => crate::log_notice!("created a new repository at '{}'", self.url),
             }
-        }
-        if stored.format != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                url: self.url.to_string(),
-                found: stored.format,
-                supported: FORMAT_VERSION,
-            });
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ mod cli;
 mod daemon;
 mod drill;
 mod e2e_archive_recovery;
+mod encryption;
 mod expire;
 mod first_day;
 mod harness_selftest;

@@ -313,6 +313,7 @@ fn restore_options(target_dir: &Path, url: &RepoUrl, config: &Path) -> RestoreOp
         standby: None,
         repo: url.clone(),
         config_file: Some(config.to_path_buf()),
+        encryption_key_file: None,
         retry_deadline: Duration::from_secs(10),
     }
 }

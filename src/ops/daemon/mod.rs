@@ -83,9 +83,10 @@ impl Refresher {
         }
         let (busy, again, state) = (self.busy.clone(), self.again.clone(), state.clone());
         let (url, store_opts, deadline) = (cfg.repo.clone(), cfg.store.clone(), cfg.fetch.retry_deadline);
+        let key_file = cfg.encryption_key_file.clone();
         tokio::spawn(async move {
             loop {
-                refresh_while_asked(&again, &url, &store_opts, deadline, &state).await;
+                refresh_while_asked(&again, &url, &store_opts, key_file.as_deref(), deadline, &state).await;
                 busy.store(false, Ordering::SeqCst);
                 // Asked again between the last read and `busy` going down: read once more.
                 if !again.load(Ordering::SeqCst) || busy.swap(true, Ordering::SeqCst) {
@@ -101,6 +102,7 @@ async fn refresh_while_asked(
     again: &AtomicBool,
     url: &Option<crate::storage::RepoUrl>,
     store_opts: &crate::storage::StoreOptions,
+    key_file: Option<&std::path::Path>,
     deadline: Duration,
     state: &Mutex<State>,
 ) {
@@ -108,7 +110,9 @@ async fn refresh_while_asked(
         let read = async {
             let url = url.clone().ok_or_else(|| Error::config("no repository configured", "set repo"))?;
             let store = storage::open_as_caller(&url, store_opts, Access::MustExist, deadline)?;
-            let repo = Repository::new(store, url, RetryPolicy::with_deadline(deadline).quiet());
+            // The key file is read afresh each time: a rekey may have replaced it.
+            let key = key_file.map(crate::config::encryption::load_key).transpose()?;
+            let repo = Repository::new(store, url, RetryPolicy::with_deadline(deadline).quiet()).with_key(key);
             Snapshot::read(&repo).await
         };
         let result = read.await;

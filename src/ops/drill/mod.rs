@@ -295,6 +295,7 @@ fn restore_options(req: &DrillRequest, plan: &plan::Plan, s: &Scratch) -> Restor
         standby: None,
         repo: req.repo.clone(),
         config_file: req.config_file.clone(),
+        encryption_key_file: req.encryption_key_file.clone(),
         retry_deadline: RESTORE_RETRY_DEADLINE,
     }
 }

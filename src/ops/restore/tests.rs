@@ -181,6 +181,7 @@ impl Fixture {
             standby: None,
             repo: "file:///mem/repo".parse().expect("url"),
             config_file: Some("/etc/pgwal/my config.toml".into()),
+            encryption_key_file: None,
             retry_deadline: Duration::from_secs(1),
         }
     }
@@ -444,16 +445,22 @@ fn standby_settings_and_signal() {
 fn restore_commands_quote_for_the_shell_and_for_postgres() {
     let url: RepoUrl = "s3://bucket/a%b".parse().expect("url");
     assert_eq!(
-        restore_command(Path::new("/usr/bin/pgwal"), &url, None),
+        restore_command(Path::new("/usr/bin/pgwal"), &url, None, None),
         "/usr/bin/pgwal --repo 's3://bucket/a%%b' fetch %f %p"
     );
     assert_eq!(
         restore_command(
             Path::new("/opt/my pgwal/pgwal"),
             &"file:///r".parse().expect("url"),
-            Some(Path::new("/c/it's.toml"))
+            Some(Path::new("/c/it's.toml")),
+            None
         ),
         r"'/opt/my pgwal/pgwal' --repo file:///r --config '/c/it'\''s.toml' fetch %f %p"
+    );
+    // The key travels as its file's path, never as the key.
+    assert_eq!(
+        restore_command(Path::new("/usr/bin/pgwal"), &url, None, Some(Path::new("/k/repo key"))),
+        "/usr/bin/pgwal --repo 's3://bucket/a%%b' --encryption-key-file '/k/repo key' fetch %f %p"
     );
 }
 
