@@ -141,7 +141,7 @@ pub enum Error {
     /// Another backup or expire holds the repository's lock.
     #[error("another {running} of this repository is running ({holder})")]
     Locked {
-        /// The command holding it (`backup`, `expire`).
+        /// The command holding it (`backup`, `expire`, `rekey`).
         running: String,
         /// Who holds the lock: command, host, PID, start time.
         holder: String,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::repo::keyring::{RekeyOutcome, RekeyStep, RepositoryKey};
-use crate::repo::lock::BackupLock;
+use crate::repo::lock::{BackupLock, LockFor};
 use crate::repo::Repository;
 
 /// Test hook: the process kills itself with SIGKILL right after this step
@@ -18,7 +18,7 @@ pub const CRASH_AFTER_ENV: &str = "PGWAL_TEST_REKEY_CRASH_AFTER";
 pub async fn rekey(repo: &Repository, new_key: &RepositoryKey, lock_stale_after: Duration) -> Result<RekeyOutcome> {
     // Opens the keyring with the current key before anything is written.
     repo.check_format().await?;
-    let lock = BackupLock::acquire(repo, lock_stale_after).await?;
+    let lock = BackupLock::acquire(repo, lock_stale_after, LockFor::Rekey).await?;
     let crash = crash_point();
     let result = repo.rekey(new_key, crash).await;
     if crash.is_some() && result.is_ok() {

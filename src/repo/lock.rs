@@ -32,6 +32,8 @@ pub enum LockFor {
     Backup,
     /// `pgwal expire` (not `--dry-run`).
     Expire,
+    /// `pgwal rekey` (two rekeys must not delete each other's keyrings).
+    Rekey,
 }
 
 impl LockFor {
@@ -40,6 +42,7 @@ impl LockFor {
         match self {
             LockFor::Backup => "backup",
             LockFor::Expire => "expire",
+            LockFor::Rekey => "rekey",
         }
     }
 }
@@ -52,7 +55,7 @@ fn backup_command() -> String {
 /// What the lock object holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
-    /// The command holding it: `backup` or `expire`.
+    /// The command holding it: `backup`, `expire` or `rekey`.
     #[serde(default = "backup_command")]
     pub command: String,
     /// Host name of the holder.
