@@ -605,6 +605,21 @@ mod tests {
     /// reference is one hop to the backup that holds the bytes.
     #[test]
     fn incr_stores_changed_blocks_only_and_assembles_exactly() {
+        incr_round_trip(memory_repo());
+    }
+
+    /// The same chain in an encrypted repository: maps and packs of every
+    /// backup of the chain are read back through the keyring.
+    #[test]
+    fn incr_assembles_exactly_in_an_encrypted_repository() {
+        let key = crate::repo::keyring::RepositoryKey::new([9; 32], "/keys/test");
+        let repo = memory_repo().with_key(Some(key));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(repo.create_format_for(Some(7))).expect("encrypted repository");
+        incr_round_trip(repo);
+    }
+
+    fn incr_round_trip(repo: Repository) {
         let dir = tempfile::tempdir().expect("tempdir");
         let block =
             |seed: usize| -> Vec<u8> { (0..BLOCK as usize).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect() };
@@ -629,7 +644,6 @@ mod tests {
                 .collect()
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let repo = memory_repo();
         let opts = PackOptions { compress_level: 1, workers: 2 };
         let (f, i1, i2): (BackupId, BackupId, BackupId) = (
             "20261123T074000F".parse().expect("id"),
