@@ -17,6 +17,7 @@ mod e2e_archive_recovery;
 mod expire;
 mod first_day;
 mod harness_selftest;
+mod incr;
 mod prefetch;
 mod readme_setup;
 mod restore;
