@@ -737,8 +737,11 @@ fn a_damaged_full_stops_restore_verify_and_drill_of_its_incr() -> Result<()> {
         fs::write(pack, bytes)?;
     }
     s.pgwal(&["verify", "--backup", &incr]).run()?.ensure_success()?;
-    fs::remove_file(&packs[0])?;
-    incr_refused(&s, &incr, "deleted pack", true)?;
+    // The full's packs deleted: the incr reads most of its blocks from them.
+    for pack in &packs {
+        fs::remove_file(pack)?;
+    }
+    incr_refused(&s, &incr, "deleted packs", true)?;
     Ok(())
 }
 
@@ -788,8 +791,12 @@ fn expire_keeps_the_newest_chain_whole_and_refuses_to_orphan_an_incr() -> Result
     let kept =
         vec![(full2.clone(), "full".to_string(), None), (incr2.clone(), "incr".to_string(), Some(full2.clone()))];
     ensure!(s.chain()? == kept, "after --retain-full 1: {:?}", s.chain()?);
-    let dirs = s.backup_dirs()?;
-    ensure!(!dirs.contains(&full1) && !dirs.contains(&incr1), "expired backups' objects are gone: {dirs:?}");
+    let left: Vec<String> = s
+        .objects()?
+        .into_keys()
+        .filter(|k| k.starts_with(&format!("backup/{full1}/")) || k.starts_with(&format!("backup/{incr1}/")))
+        .collect();
+    ensure!(left.is_empty(), "expired backups' objects are gone: {left:?}");
 
     // Every point after the kept full recovers: one between full2 and incr2, and the end.
     let home = s.dir.join("r_between");
@@ -866,6 +873,11 @@ fn an_incr_killed_after_storing_packs_leaves_nothing_half_made() -> Result<()> {
         chain == [(full.clone(), "full".to_string(), None), (incr.clone(), "incr".to_string(), Some(full.clone()))],
         "the new incr builds on the full: {chain:?}"
     );
+    // A policy run clears what the killed backup left.
+    s.pgwal(&["expire", "--retain-full", "1"]).run()?.ensure_success()?;
+    let left: Vec<String> =
+        s.objects()?.into_keys().filter(|k| k.starts_with(&format!("backup/{killed_id}/"))).collect();
+    ensure!(left.is_empty(), "expire removed the killed incr's objects: {left:?}");
     s.archive_now()?;
     let digests = pgbench_digests(&s.pg)?;
     let home = s.dir.join("restored");
