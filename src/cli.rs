@@ -150,6 +150,19 @@ repository: the files of the data directory and of every tablespace, read by par
 modification time and SHA-256, the start and stop LSN, timeline, times, PostgreSQL version and system \
 identifier. Files PostgreSQL's own base backup skips are skipped (pg_wal contents, postmaster.pid, \
 pg_replslot and pg_stat_tmp contents, temporary files, unlogged relations but their init fork...).\n\n\
+--type (backup.type, default full): full stores every file; incr stores only what changed since the \
+newest complete backup of the cluster (of any type), diff only what changed since the newest full backup. \
+Relation files (the forks and segments of tables and indexes in global/, base/ and tablespaces) are compared \
+block by block: every backup stores a block map of each (a 16-byte BLAKE3 fingerprint per 8 KiB page), and \
+a page whose content equals the parent's at the same place is not stored again but referenced where the \
+chain holds it; other files are stored whole when their content (SHA-256 and size) changed. Content, not \
+page LSNs, decides, so hint-bit-only changes (clusters without data checksums and wal_log_hints), databases \
+copied with STRATEGY FILE_COPY, reused relfilenodes, truncated and re-extended files and pages torn while \
+read are all stored as read; dropped files are simply not in the new backup. With no usable backup to \
+build on (none yet, or the newest depends on one that is gone), a full backup is taken, a notice on stderr \
+says why, and its ID ends in F. Restore, verify and expire find the chain by themselves. A diff/incr checks \
+just before and after storing its manifest that every backup it builds on is still there (expire does not \
+wait for the lock), and fails, removing what it stored, if one was removed meanwhile.\n\n\
 Connects with --conninfo / PGWAL_CONNINFO and the usual PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE; \
 reads files from --pgdata / PGDATA, else from the server's data_directory. Refuses a server whose system \
 identifier is not the repository's cluster (the first backup into an empty repository records it).\n\n\
@@ -412,13 +425,13 @@ ID, ...'; 'nothing to expire' first when nothing goes). Refuses (exit 2, nothing
     Expire(ExpireArgs),
     /// Run backups, expire, verify and drills on a schedule, and serve Prometheus metrics
     #[command(long_about = "A long-running service for one repository (see config/pgwal.service \
-for a systemd unit). It runs the jobs of the config file's [schedule] section: full, expire, verify and \
-drill, each a 5-field cron expression in local time (minute hour day-of-month month day-of-week, e.g. \
-\"0 1 * * *\"; names, ranges, steps and @daily work too). diff and incr are refused at start until \
-those backup types exist. A bad expression stops the daemon at start (exit 2) with one line naming the key.\n\n\
-Jobs run one at a time from a queue, jobs due in the same minute in the order full, expire, verify, drill; a \
-job that comes due while it still waits or runs is not queued twice. Each job is this pgwal executable run \
-as 'pgwal backup --type full', 'pgwal expire', 'pgwal verify' or 'pgwal drill', with the daemon's \
+for a systemd unit). It runs the jobs of the config file's [schedule] section: full, diff, incr, expire, \
+verify and drill, each a 5-field cron expression in local time (minute hour day-of-month month day-of-week, \
+e.g. \"0 1 * * *\"; names, ranges, steps and @daily work too); a weekly full with daily incrementals is \
+full = \"30 1 * * 0\" and incr = \"30 1 * * 1-6\". A bad expression stops the daemon at start (exit 2) with one line naming the key.\n\n\
+Jobs run one at a time from a queue, jobs due in the same minute in the order full, diff, incr, expire, verify, \
+drill; a job that comes due while it still waits or runs is not queued twice. Each job is this pgwal \
+executable run as 'pgwal backup --type full|diff|incr', 'pgwal expire', 'pgwal verify' or 'pgwal drill', with the daemon's \
 --config, --repo, --pgdata, --conninfo and --log-level passed in the environment: it takes the same locks \
 and follows the same output rules as that command run by hand, its stdout and stderr go where the \
 daemon's go (the journal), and its failure or crash is logged and never stops the daemon. One line on \
@@ -543,9 +556,9 @@ fn parse_retain_days(s: &str) -> Result<u32, String> {
 pub enum BackupKind {
     /// Every file
     Full,
-    /// Only what changed since the newest full backup (not implemented yet)
+    /// Only what changed since the newest full backup (a full one if there is none)
     Diff,
-    /// Only what changed since the newest backup (not implemented yet)
+    /// Only what changed since the newest complete backup of any type (a full one if there is none)
     Incr,
 }
 
@@ -561,9 +574,9 @@ pub enum CheckpointArg {
 /// Arguments of `backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Full, differential or incremental
-    #[arg(long = "type", value_enum, default_value = "full", value_name = "TYPE")]
-    pub kind: BackupKind,
+    /// Full, differential or incremental [default: backup.type, else full]
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub kind: Option<BackupKind>,
     /// The checkpoint the backup starts with [default: backup.checkpoint, else fast]
     #[arg(long, value_enum, value_name = "MODE")]
     pub checkpoint: Option<CheckpointArg>,
@@ -709,11 +722,11 @@ mod tests {
     fn backup_list_and_check_arguments() {
         let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
         match parse(&["pgwal", "backup"]).expect("backup").command {
-            Command::Backup(a) => assert_eq!(a.kind, BackupKind::Full),
+            Command::Backup(a) => assert_eq!(a.kind, None, "backup.type decides"),
             other => panic!("{other:?}"),
         }
         match parse(&["pgwal", "backup", "--type", "incr", "--conninfo", "host=/s"]).expect("incr").command {
-            Command::Backup(a) => assert_eq!(a.kind, BackupKind::Incr),
+            Command::Backup(a) => assert_eq!(a.kind, Some(BackupKind::Incr)),
             other => panic!("{other:?}"),
         }
         match parse(&["pgwal", "backup", "--checkpoint", "fast", "--primary-conninfo", "host=p"]).expect("fast").command
@@ -726,7 +739,7 @@ mod tests {
         }
         assert!(parse(&["pgwal", "backup", "--checkpoint", "immediate"]).is_err());
         match parse(&["pgwal", "backup", "--type", "diff"]).expect("diff").command {
-            Command::Backup(a) => assert_eq!(a.kind, BackupKind::Diff),
+            Command::Backup(a) => assert_eq!(a.kind, Some(BackupKind::Diff)),
             other => panic!("{other:?}"),
         }
         assert!(parse(&["pgwal", "backup", "--type", "delta"]).is_err());

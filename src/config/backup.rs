@@ -13,7 +13,7 @@ use crate::repo::backup::BackupType;
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct BackupRequest {
-    /// Full, differential or incremental (the last two refused for now).
+    /// Full, differential or incremental (`--type`, else `backup.type`).
     pub kind: BackupType,
     /// The data directory; asked from the server when `None`.
     pub pgdata: Option<PathBuf>,
@@ -26,14 +26,10 @@ pub struct BackupRequest {
 }
 
 impl BackupRequest {
-    /// Refuses what cannot be done before anything is opened or created.
+    /// Refuses what cannot be done before anything is opened or created
+    /// (nothing, for now: every type is taken; a diff/incr without a parent
+    /// becomes a full one).
     pub fn validate(&self) -> Result<()> {
-        if self.kind != BackupType::Full {
-            return Err(Error::Usage(format!(
-                "'--type {}' backups are not implemented yet; take a full backup with '--type full'",
-                self.kind
-            )));
-        }
         Ok(())
     }
 }
@@ -51,9 +47,10 @@ pub fn request(cfg: &Config, args: &BackupArgs) -> Result<BackupRequest> {
     }
     let request = BackupRequest {
         kind: match args.kind {
-            BackupKind::Full => BackupType::Full,
-            BackupKind::Diff => BackupType::Diff,
-            BackupKind::Incr => BackupType::Incr,
+            Some(BackupKind::Full) => BackupType::Full,
+            Some(BackupKind::Diff) => BackupType::Diff,
+            Some(BackupKind::Incr) => BackupType::Incr,
+            None => opts.kind,
         },
         pgdata: cfg.pgdata.clone(),
         conn: cfg.conn_target()?,

@@ -64,9 +64,9 @@ pub struct DaemonSections {
 pub enum Job {
     /// `pgwal backup --type full`.
     Full,
-    /// A differential backup (refused: not implemented yet).
+    /// A differential backup (`pgwal backup --type diff`).
     Diff,
-    /// An incremental backup (refused: not implemented yet).
+    /// An incremental backup (`pgwal backup --type incr`).
     Incr,
     /// `pgwal expire`.
     Expire,
@@ -224,19 +224,6 @@ pub fn daemon_options(cfg: &Config) -> Result<DaemonOptions> {
                 "check the day of month and month (e.g. \"0 1 30 2 *\" asks for 30 February)",
             ));
         }
-        if matches!(job, Job::Diff | Job::Incr) {
-            // Running them as full backups would store a full backup where
-            // an incremental one was planned: refuse rather than surprise.
-            return Err(Error::config(
-                format!(
-                    "schedule.{} in '{}': {} backups are not implemented yet",
-                    job.name(),
-                    shown.display(),
-                    if job == Job::Diff { "differential" } else { "incremental" }
-                ),
-                "schedule full backups only (schedule.full) and remove schedule.diff and schedule.incr",
-            ));
-        }
         schedule.push((job, cron));
     }
     let m = &cfg.daemon.metrics;
@@ -375,11 +362,17 @@ mod tests {
         assert!(e.to_string().contains("invalid schedule.full '0 25 * * *'"), "{e}");
         assert!(matches!(e, Error::Config { .. }));
         let cfg = config(
-            ScheduleSection { incr: Some("0 1 * * *".into()), ..Default::default() },
+            ScheduleSection { incr: Some("0 1 * * 1-6".into()), diff: Some("0 1 * * 3".into()), ..Default::default() },
             MetricsSection::default(),
             HealthSection::default(),
         );
-        assert!(daemon_options(&cfg).unwrap_err().to_string().contains("schedule.incr"));
+        assert!(daemon_options(&cfg).is_ok(), "diff and incr jobs are scheduled like full ones");
+        let cfg = config(
+            ScheduleSection { incr: Some("0 1 * *".into()), ..Default::default() },
+            MetricsSection::default(),
+            HealthSection::default(),
+        );
+        assert!(daemon_options(&cfg).unwrap_err().to_string().contains("invalid schedule.incr"));
         let cfg = config(ScheduleSection::default(), MetricsSection::default(), HealthSection::default());
         assert!(daemon_options(&cfg).unwrap_err().to_string().contains("nothing for the daemon to do"));
     }

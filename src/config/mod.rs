@@ -89,6 +89,8 @@ pub struct FetchOptions {
 /// Options of `backup`.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
+    /// The type `backup` takes when `--type` is not given (`backup.type`).
+    pub kind: crate::repo::backup::BackupType,
     /// zstd level for packs, 1-19.
     pub compress_level: i32,
     /// Files read, compressed and uploaded in parallel (at least 1).
@@ -224,6 +226,8 @@ struct FetchSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BackupSection {
+    #[serde(rename = "type")]
+    kind: Option<String>,
     compress_level: Option<i32>,
     workers: Option<usize>,
     retry_deadline: Option<String>,
@@ -405,6 +409,17 @@ pub fn load(o: &Overrides) -> Result<Config> {
     };
     let b = &file.backup;
     let backup = BackupOptions {
+        kind: match b.kind.as_deref() {
+            None | Some("full") => crate::repo::backup::BackupType::Full,
+            Some("diff") => crate::repo::backup::BackupType::Diff,
+            Some("incr") => crate::repo::backup::BackupType::Incr,
+            Some(other) => {
+                return Err(Error::config(
+                    format!("invalid backup.type '{other}' in '{}'", shown.display()),
+                    "give \"full\" (the default), \"diff\" (changes since the newest full) or \"incr\" (changes since the newest backup)",
+                ))
+            }
+        },
         compress_level: backup_level,
         workers,
         retry_deadline: backup_duration(
@@ -554,6 +569,7 @@ mod tests {
             "[backup]\nlock_stale_after = \"soon\"",
             "[backup]\nthreads = 2",
             "[backup]\ncheckpoint = \"immediate\"",
+            "[backup]\ntype = \"incremental\"",
             "[expire]\nretain_full = 0",
             "[expire]\nretain_days = -3",
             "[expire]\nretain_weeks = 2",
@@ -573,6 +589,15 @@ mod tests {
         let cfg = load_file(&write(text, 0o600)).expect("valid");
         assert_eq!(cfg.backup.checkpoint, CheckpointMode::Fast);
         assert_eq!(cfg.backup.primary_conninfo.as_deref(), Some("host=p user=u"));
+        assert_eq!(cfg.backup.kind, crate::repo::backup::BackupType::Full, "full unless told");
+        for (text, kind) in [
+            ("diff", crate::repo::backup::BackupType::Diff),
+            ("incr", crate::repo::backup::BackupType::Incr),
+            ("full", crate::repo::backup::BackupType::Full),
+        ] {
+            let cfg = load_file(&write(&format!("[backup]\ntype = \"{text}\"\n"), 0o600)).expect("valid");
+            assert_eq!(cfg.backup.kind, kind);
+        }
     }
 
     #[test]

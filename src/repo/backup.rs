@@ -374,6 +374,20 @@ impl PackBuilder {
         &self.data[extent.offset as usize..(extent.offset + extent.size) as usize]
     }
 
+    /// Moves `len` bytes of the current pack from `src` down to `dst`
+    /// (`dst <= src`): a diff/incr backup closes the gap a block it does not
+    /// store leaves.
+    pub fn move_down(&mut self, src: u64, dst: u64, len: u64) {
+        debug_assert!(dst <= src);
+        let (src, dst, len) = (src as usize, dst as usize, len as usize);
+        self.data.copy_within(src..src + len, dst);
+    }
+
+    /// Drops the current pack's bytes from `len` on.
+    pub fn truncate(&mut self, len: u64) {
+        self.data.truncate(len as usize);
+    }
+
     /// Number of the current pack.
     pub fn number(&self) -> u32 {
         self.number

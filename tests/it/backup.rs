@@ -7,7 +7,8 @@
 //! the data directory or a standby's directory is refused while connected
 //! to the primary; a backup from a standby on a quiet primary completes and
 //! restores; checkpoints are immediate unless told spread; every backup leaves a
-//! summary line on stderr.
+//! summary line on stderr; an incr killed half way never shows and the next
+//! one builds on the full.
 
 use crate::common;
 
@@ -386,15 +387,85 @@ fn concurrent_backups_are_locked_out_and_killed_ones_never_show() -> Result<()> 
     Ok(())
 }
 
+/// An incr killed (SIGKILL) after it stored packs and block maps, while it
+/// waits for its WAL: it is never listed, and the next incr succeeds, builds
+/// on the full (not on the killed one) and restores to the primary's rows.
+#[test]
+fn a_killed_incr_never_shows_and_the_next_one_builds_on_the_full() -> Result<()> {
+    let dir = TestDir::new()?;
+    let config = file_repo_config(&dir)?;
+    let slow_archive = format!(
+        "archive_command = {}",
+        conf_quote(&format!("sleep 2; {}", pgwal_shell_command(&["--config", &cfg(&config), "archive", "%p"])))
+    );
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&slow_archive])?;
+    pg.start()?;
+    pg.pgbench_init(1)?;
+    let repo_root = dir.join("repo");
+    let full = take_backup(backup_cmd(&config, &pg))?;
+    pg.pgbench(&["-n", "-t", "200"])?;
+
+    let mut c = backup_cmd(&config, &pg).args(["--type", "incr"]).command();
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut killed = c.spawn()?;
+    let stored_by_incr = || -> Result<Vec<PathBuf>> {
+        Ok(list_tree(&repo_root.join("backup"))?
+            .into_iter()
+            .filter(|p| p.parent().and_then(|d| d.parent()).is_some_and(|b| b.to_string_lossy().ends_with('I')))
+            .collect())
+    };
+    wait_until(Duration::from_secs(120), "the incr to store a pack and a block map", || {
+        let objects = stored_by_incr()?;
+        let has = |kind: &str| objects.iter().any(|p| p.to_string_lossy().contains(kind));
+        Ok(has("/pack/") && has("/map/"))
+    })?;
+    killed.kill()?; // SIGKILL to our own child, by its PID
+    ensure!(!killed.wait()?.success(), "killed");
+    ensure!(!stored_by_incr()?.iter().any(|p| p.ends_with("manifest")), "no manifest of the killed incr");
+    let listing = list_json(&config, &[])?;
+    ensure!(backup_ids(&listing) == vec![full.clone()], "the killed incr is not listed: {listing}");
+
+    let out = backup_cmd(&config, &pg).args(["--type", "incr"]).run()?.ensure_success()?;
+    let incr = out.stdout.trim().to_string();
+    ensure!(incr.ends_with('I') && out.stderr.contains(&format!("incr on top of {full}")), "{out}");
+    let listing = list_json(&config, &[])?;
+    ensure!(backup_ids(&listing) == vec![full.clone(), incr.clone()], "{listing}");
+    let expected =
+        pg.sql("SELECT (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts)")?;
+
+    let home = dir.join("restored");
+    Pgwal::new(["--config", &cfg(&config), "restore", "--backup", &incr, "--target-immediate"])
+        .args(["--target-action", "promote", "--target-dir"])
+        .arg(home.join(DATA_SUBDIR))
+        .run()?
+        .ensure_success()?;
+    let mut copy = PgCluster::existing(&home)?;
+    copy.set_conf(&["archive_mode = off"])?;
+    copy.start()?;
+    wait_until(Duration::from_secs(120), "recovery to end", || Ok(copy.sql("SELECT pg_is_in_recovery()")? == "f"))
+        .with_context(|| copy.log_tail(30))?;
+    let got = copy
+        .sql("SELECT (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts)")?;
+    ensure!(got == expected, "the incr restored to {got}, the primary had {expected}");
+    copy.stop()?;
+    Ok(())
+}
+
 #[test]
 fn usage_errors() -> Result<()> {
     let dir = TestDir::new()?;
     let config = file_repo_config(&dir)?;
-    for kind in ["incr", "diff"] {
-        let out = Pgwal::new(["--config", &cfg(&config), "backup", "--type", kind]).run()?;
-        ensure!(out.code() == Some(2) && out.stderr.contains("not implemented yet"), "{out}");
-        ensure!(!dir.join("repo").exists(), "a refused backup creates nothing");
-    }
+    let out = Pgwal::new(["--config", &cfg(&config), "backup", "--type", "weekly"]).run()?;
+    ensure!(out.code() == Some(2) && out.stderr.contains("'weekly'"), "{out}");
+    ensure!(!dir.join("repo").exists(), "a refused backup creates nothing");
+    let bad_type = dir.join("bad-type.toml");
+    write_private_file(
+        &bad_type,
+        &format!("repo = \"file://{}\"\n[backup]\ntype = \"weekly\"\n", dir.join("repo").display()),
+    )?;
+    let out = Pgwal::new(["--config", &cfg(&bad_type), "backup"]).run()?;
+    ensure!(out.code() == Some(2) && out.stderr.contains("invalid backup.type 'weekly'"), "{out}");
+    ensure!(out.stderr.contains("hint:") && !dir.join("repo").exists(), "{out}");
     let out = Pgwal::new(["--config", &cfg(&config), "list"]).run()?;
     ensure!(out.code() == Some(1) && out.stderr.contains("no pgwal repository"), "{out}");
     ensure!(!dir.join("repo").exists(), "list creates nothing");

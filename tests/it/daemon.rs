@@ -8,8 +8,8 @@
 //! without a drill, 200 after); SIGTERM during a drill job (recovery
 //! stalled on S3 WAL downloads) stops the daemon within 30 s with no
 //! throwaway server, no scratch directory and no drill record left; bad
-//! configuration (a bad cron expression, a non-loopback listen address, an
-//! incremental schedule) is refused at start with exit 2 and one error line.
+//! configuration (a bad cron expression, a non-loopback listen address) is
+//! refused at start with exit 2 and one error line.
 
 use crate::common;
 
@@ -320,7 +320,7 @@ fn refused(sections: &str, needle: &str) -> Result<()> {
 fn bad_configuration_is_refused_at_start() -> Result<()> {
     refused("[schedule]\nfull = \"0 25 * * *\"\n", "invalid schedule.full '0 25 * * *'")?;
     refused("[schedule]\nverify = \"0 0 1 * * *\"\n", "invalid schedule.verify '0 0 1 * * *'")?;
-    refused("[schedule]\nincr = \"0 1 * * *\"\n", "schedule.incr")?;
+    refused("[schedule]\nincr = \"0 1 * *\"\n", "invalid schedule.incr '0 1 * *'")?;
     refused(
         "[schedule]\nfull = \"0 1 * * *\"\n[metrics]\nlisten = \"0.0.0.0:9187\"\n",
         "metrics.listen '0.0.0.0:9187'",

@@ -288,6 +288,7 @@ fn backup_request(pg: &PgCluster) -> Result<pgwal::ops::backup::BackupRequest> {
         conn: ConnTarget::new(Some(&pg.conninfo()), &PgEnv::from_process())?,
         primary: None,
         opts: BackupOptions {
+            kind: BackupType::Full,
             compress_level: 1,
             workers: 2,
             retry_deadline: Duration::from_secs(10),

@@ -12,14 +12,18 @@
 //!    check that the directory's `pg_control` holds the checkpoint that
 //!    call just made (see [`live`]): before anything is stored;
 //! 5. walk the data directory and tablespaces, and store the files in packs
-//!    (see [`packer`]);
+//!    (see [`packer`]); a diff/incr backup stores only the blocks and files
+//!    that differ from its parent's (chosen in [`parent`], compared in
+//!    [`blocks`]) and references the rest where the chain holds it;
 //! 6. `pg_backup_stop`, which gives the `backup_label` and `tablespace_map`;
 //!    from a standby, switch WAL on the primary, so that the segment holding
 //!    the stop LSN is completed and archived even on a quiet primary (on a
 //!    primary, `pg_backup_stop` switches by itself);
 //! 7. wait until every WAL segment from the start to the stop LSN is in the
 //!    repository (the primary's `archive_command` ships them);
-//! 8. store the manifest, last: only now does the backup exist.
+//! 8. store the manifest, last: only now does the backup exist. A diff/incr
+//!    checks just before and just after that its parent and every backup
+//!    the parent reads from are still there (`expire` takes no lock).
 //!
 //! A backup that fails after step 4 removes the packs it stored (they are
 //! not a backup) and says so; so does one stopped by SIGTERM or SIGINT, which
@@ -27,8 +31,10 @@
 //! no manifest names, invisible to `list` and `restore`, and a lock the next
 //! backup takes over; `expire` removes those packs.
 
+pub mod blocks;
 pub mod live;
 pub mod packer;
+pub mod parent;
 pub mod walk;
 
 use std::path::{Path, PathBuf};
@@ -40,7 +46,7 @@ use crate::error::{Error, Result};
 use crate::pg::control::ControlFile;
 use crate::pg::{Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize};
 use crate::progress::Progress;
-use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST_FORMAT};
+use crate::repo::backup::{manifest_key, BackupId, BackupType, Manifest, MANIFEST_FORMAT, MANIFEST_FORMAT_CHAINED};
 use crate::repo::lock::BackupLock;
 use crate::repo::{keys, ClusterIdentity, Repository};
 
@@ -208,11 +214,11 @@ async fn check_primary(req: &BackupRequest, system_identifier: u64) -> Result<Co
     Ok(target)
 }
 
-/// A backup ID for now that no earlier, interrupted backup has used.
-async fn fresh_id(repo: &Repository) -> Result<(BackupId, chrono::DateTime<chrono::Utc>)> {
+/// A backup ID of `kind` for now that no earlier, interrupted backup has used.
+async fn fresh_id(repo: &Repository, kind: BackupType) -> Result<(BackupId, chrono::DateTime<chrono::Utc>)> {
     loop {
         let now = chrono::Utc::now();
-        let id = BackupId::new(now, BackupType::Full);
+        let id = BackupId::new(now, kind);
         let leftovers = repo.list_objects(&crate::repo::keys::backup_dir(id.as_str())).await?;
         if leftovers.is_empty() {
             return Ok((id, now));
@@ -242,7 +248,8 @@ async fn backup_locked(
     let (pgdata, origin, server_dir) =
         data_directory(&session, &req.conn, req.pgdata.as_deref(), system_identifier).await?;
     live::before_start(&session, &req.conn, &pgdata, origin, server_dir.as_deref()).await?;
-    let (id, started) = fresh_id(repo).await?;
+    let base = base_of(repo, req.kind, system_identifier, session.version_num() / 10000).await?;
+    let (id, started) = fresh_id(repo, base.kind).await?;
     let _ = chosen.set(id.clone());
     let fast = req.opts.checkpoint == CheckpointMode::Fast;
     if !fast {
@@ -252,8 +259,35 @@ async fn backup_locked(
     live::after_start(&session, &req.conn, &pgdata, origin, in_recovery, start_lsn).await?;
 
     let started_at = Started { id: &id, time: started, start_lsn, began, segment_size, system_identifier };
-    store(repo, req, &session, primary.as_ref(), &pgdata, &started_at).await?;
+    store(repo, req, &session, primary.as_ref(), &pgdata, &started_at, base).await?;
     Ok(id)
+}
+
+/// What a backup builds on: nothing (full), or a parent and its chain.
+struct Base {
+    kind: BackupType,
+    parent: std::sync::Arc<parent::ParentIndex>,
+    chain: Vec<BackupId>,
+}
+
+/// Chooses and loads the parent of a diff/incr backup; without a usable
+/// one, the backup is taken full and a notice says why.
+async fn base_of(repo: &Repository, kind: BackupType, system_identifier: u64, major: u32) -> Result<Base> {
+    let full = Base { kind: BackupType::Full, parent: Default::default(), chain: vec![] };
+    if kind == BackupType::Full {
+        return Ok(full);
+    }
+    match parent::choose(kind, &parent::catalog(repo).await?, system_identifier, major) {
+        parent::Choice::Full(why) => {
+            crate::log_notice!("{why}");
+            Ok(full)
+        }
+        parent::Choice::On { parent, chain } => {
+            let index = parent::ParentIndex::load(repo, &parent).await?;
+            crate::log_info!("{kind} backup: building on backup '{}' (only what changed since is stored)", parent.id);
+            Ok(Base { kind, parent: std::sync::Arc::new(index), chain })
+        }
+    }
 }
 
 /// What is known once the backup has started.
@@ -274,6 +308,7 @@ async fn store(
     primary: Option<&ConnTarget>,
     pgdata: &Path,
     st: &Started<'_>,
+    base: Base,
 ) -> Result<()> {
     let id = st.id;
     let major = session.version_num() / 10000;
@@ -283,7 +318,8 @@ async fn store(
         .map_err(|e| Error::io("cannot walk", pgdata)(std::io::Error::other(e.to_string())))??;
     let pack_opts = packer::PackOptions { compress_level: req.opts.compress_level, workers: req.opts.workers };
     let progress = Progress::new(format!("backup {id}"), walked.files.iter().map(|f| f.size).sum());
-    let packed = packer::pack_files(repo, id, walked.files, &pack_opts, &progress).await;
+    let packed =
+        packer::pack_files(repo, id, walked.files, std::sync::Arc::clone(&base.parent), &pack_opts, &progress).await;
     progress.finish();
     let mut packed = packed?;
 
@@ -321,12 +357,13 @@ async fn store(
 
     packed.files.sort_by(|a, b| (a.tablespace, &a.path).cmp(&(b.tablespace, &b.path)));
     packed.packs.sort_by_key(|p| p.number);
+    packed.maps.sort_by_key(|p| p.number);
     let rfc3339 = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let manifest = Manifest {
-        format: MANIFEST_FORMAT,
+        format: if base.kind == BackupType::Full { MANIFEST_FORMAT } else { MANIFEST_FORMAT_CHAINED },
         id: id.clone(),
-        kind: BackupType::Full,
-        parent: None,
+        kind: base.kind,
+        parent: base.parent.id.clone(),
         system_identifier: st.system_identifier.to_string(),
         server_version_num: session.version_num(),
         timeline,
@@ -341,11 +378,15 @@ async fn store(
         data_size: packed.files.iter().map(|f| f.size).sum(),
         stored_size: packed.packs.iter().map(|p| p.stored_size).sum(),
         packs: packed.packs,
-        maps: vec![],
+        maps: packed.maps,
         directories: walked.dirs,
         files: packed.files,
     };
+    parent::check_still_there(repo, id, &base.chain).await?;
     repo.store_json(&manifest_key(id), &manifest).await?;
+    // An expire that removed a parent while the manifest was being stored:
+    // the backup fails, and its cleanup removes the manifest with the packs.
+    parent::check_still_there(repo, id, &base.chain).await?;
     let first = WalFileName::segment(
         timeline,
         SegmentNo(*needed_segments(st.start_lsn, stop.lsn, st.segment_size).start()),
@@ -389,8 +430,9 @@ async fn switch_on_primary(target: &ConnTarget, last: &WalFileName, stop: Lsn) -
 /// The one line a cron log keeps of a backup.
 fn summary(m: &Manifest, took: Duration, first: &WalFileName, last: &WalFileName) -> String {
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let on = m.parent.as_ref().map(|p| format!(", {} on top of {p}", m.kind)).unwrap_or_default();
     format!(
-        "backup {} complete: {} files, {}, {} stored, {:.1}s, WAL {}..{} ({first}..{last})",
+        "backup {} complete: {} files, {}, {} stored, {:.1}s, WAL {}..{} ({first}..{last}){on}",
         m.id,
         m.files.len(),
         mib(m.data_size),

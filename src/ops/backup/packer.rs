@@ -7,10 +7,17 @@
 //! many slots; a worker takes one before it starts a pack, the upload gives
 //! it back). So a worker never waits for a slow store with more than one
 //! spare pack ready, and the store never waits for compression when one is.
+//!
+//! Relation files are read block by block: each block's fingerprint goes
+//! into the file's block map (`map/` objects, a few per backup), and in a
+//! diff/incr backup a block equal to the parent's is taken out of the pack
+//! again and referenced where the parent's bytes are (see [`super::blocks`]).
+//! A file the parent holds without a block map is hashed first and
+//! referenced whole when its SHA-256 and size are the parent's.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,15 +27,21 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use super::blocks::{self, Extents, ParentFile, Run, BLOCK};
+use super::parent::ParentIndex;
 use super::walk::FileToCopy;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::backup::{pack_key, BackupId, Extent, FileEntry, PackBuilder, PackInfo};
+use crate::repo::backup::{map_key, pack_key, BackupId, Extent, FileEntry, PackBuilder, PackInfo};
 use crate::repo::frame::{self, Compression, FrameHeader};
 use crate::repo::Repository;
 
 /// Largest read into a pack at once, so that an abort is noticed soon.
 const READ_CHUNK: usize = 4 << 20;
+
+/// Block-map bytes per `map/` object before a new one is started (a 1 GiB
+/// relation segment's map is 2 MiB, and one file's map is never split).
+const MAP_TARGET: usize = 8 << 20;
 
 /// How the packing runs.
 #[derive(Debug, Clone)]
@@ -46,23 +59,35 @@ pub struct Packed {
     pub files: Vec<FileEntry>,
     /// The packs stored, unsorted.
     pub packs: Vec<PackInfo>,
+    /// The block-map objects stored, unsorted.
+    pub maps: Vec<PackInfo>,
 }
 
 struct Shared {
     queue: Mutex<VecDeque<FileToCopy>>,
     next_pack: AtomicU32,
+    next_map: AtomicU32,
+    parent: Arc<ParentIndex>,
     abort: AtomicBool,
     slots: Arc<Semaphore>,
     level: i32,
     read_bytes: AtomicU64,
 }
 
-/// A compressed pack on its way to the store, holding its memory slot.
+/// Which kind of object an [`Encoded`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pack,
+    Map,
+}
+
+/// A compressed pack (holding its memory slot) or block map on its way to the store.
 struct Encoded {
+    kind: Kind,
     number: u32,
     object: Vec<u8>,
     header: FrameHeader,
-    _slot: OwnedSemaphorePermit,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// The pack a worker is filling.
@@ -71,11 +96,26 @@ struct OpenPack {
     _slot: OwnedSemaphorePermit,
 }
 
-/// Copies `files` into packs of backup `id`, stored in `repo`.
+/// The block-map object a worker is filling.
+struct OpenMap {
+    number: u32,
+    data: Vec<u8>,
+}
+
+/// What one worker has open.
+#[derive(Default)]
+struct Open {
+    pack: Option<OpenPack>,
+    map: Option<OpenMap>,
+}
+
+/// Copies `files` into packs of backup `id`, stored in `repo`, comparing
+/// against `parent` (empty for a full backup).
 pub async fn pack_files(
     repo: &Repository,
     id: &BackupId,
     files: Vec<FileToCopy>,
+    parent: Arc<ParentIndex>,
     opts: &PackOptions,
     progress: &Progress,
 ) -> Result<Packed> {
@@ -83,6 +123,8 @@ pub async fn pack_files(
     let shared = Arc::new(Shared {
         queue: Mutex::new(files.into()),
         next_pack: AtomicU32::new(0),
+        next_map: AtomicU32::new(0),
+        parent,
         abort: AtomicBool::new(false),
         slots: Arc::new(Semaphore::new(workers + 1)),
         level: opts.compress_level,
@@ -117,7 +159,8 @@ pub async fn pack_files(
                 None => receiving = false,
             },
             Some(done) = uploads.next(), if !uploads.is_empty() => match done {
-                Ok(info) => {
+                Ok((Kind::Map, info)) => out.maps.push(info),
+                Ok((Kind::Pack, info)) => {
                     stored_bytes += info.stored_size;
                     out.packs.push(info);
                     let read = shared.read_bytes.load(Ordering::Relaxed);
@@ -155,22 +198,26 @@ pub async fn pack_files(
     }
 }
 
-async fn upload(repo: &Repository, id: &BackupId, pack: Encoded) -> Result<PackInfo> {
-    let key = pack_key(id, pack.number);
+async fn upload(repo: &Repository, id: &BackupId, pack: Encoded) -> Result<(Kind, PackInfo)> {
+    let key = match pack.kind {
+        Kind::Pack => pack_key(id, pack.number),
+        Kind::Map => map_key(id, pack.number),
+    };
     let stored_size = pack.object.len() as u64;
     repo.put_create(&key, pack.object.into(), &pack.header).await?;
-    Ok(PackInfo {
+    let info = PackInfo {
         number: pack.number,
         original_size: pack.header.original_size,
         stored_size,
         sha256: frame::hex(&pack.header.sha256),
-    })
+    };
+    Ok((pack.kind, info))
     // The slot is released here, with `pack`.
 }
 
 /// One worker: takes files off the queue until it is empty.
 fn worker(shared: &Shared, tx: &mpsc::Sender<Encoded>) -> Result<Vec<FileEntry>> {
-    let mut open: Option<OpenPack> = None;
+    let mut open = Open::default();
     let mut entries = Vec::new();
     loop {
         if shared.abort.load(Ordering::Relaxed) {
@@ -182,18 +229,29 @@ fn worker(shared: &Shared, tx: &mpsc::Sender<Encoded>) -> Result<Vec<FileEntry>>
             entries.push(entry);
         }
     }
-    flush(shared, tx, &mut open)?;
+    flush(shared, tx, &mut open.pack)?;
+    flush_map(shared, tx, &mut open.map)?;
     Ok(entries)
 }
 
+/// What reading a file gave.
+struct Content {
+    extents: Vec<Extent>,
+    size: u64,
+    sha256: String,
+    /// The block map (relation files only).
+    map: Vec<u8>,
+}
+
 /// Copies one file into the open pack (and the next ones if it does not
-/// fit). Reads at most the size the file has when opened, as PostgreSQL's
-/// own base backup does: what is appended later is in the WAL. `None` if the
-/// file vanished (or the backup is being aborted).
+/// fit), or references the parent's copy of what did not change. Reads at
+/// most the size the file has when opened, as PostgreSQL's own base backup
+/// does: what is appended later is in the WAL. `None` if the file vanished
+/// (or the backup is being aborted).
 fn copy_file(
     shared: &Shared,
     tx: &mpsc::Sender<Encoded>,
-    open: &mut Option<OpenPack>,
+    open: &mut Open,
     file: &FileToCopy,
 ) -> Result<Option<FileEntry>> {
     let mut f = match File::open(&file.abs) {
@@ -206,14 +264,72 @@ fn copy_file(
         return Ok(None);
     }
     let limit = meta.len();
+    let parent = shared.parent.file(file.tablespace, &file.rel);
+    let mut content = None;
+    // The parent holds it at this size but has no block map to compare
+    // with (a non-relation file, or a parent without maps): unchanged
+    // exactly when the whole content hashes the same.
+    if let Some(p) = parent.filter(|p| p.size == limit && (p.map.is_none() || !file.relation)) {
+        let Some(hashed) = hash_whole(shared, &mut f, limit, file.relation, &file.abs)? else { return Ok(None) };
+        if hashed.size == p.size && hashed.sha256 == p.sha256 {
+            shared.read_bytes.fetch_add(hashed.size, Ordering::Relaxed);
+            content = Some(Content { extents: p.extents.clone(), ..hashed });
+        } else {
+            f.seek(SeekFrom::Start(0)).map_err(Error::io("cannot read", &file.abs))?;
+        }
+    }
+    let content = match content {
+        Some(c) => c,
+        None => {
+            let compare = parent.filter(|p| file.relation && p.map.is_some());
+            match copy_content(shared, tx, &mut open.pack, &mut f, file, limit, compare)? {
+                Some(c) => c,
+                None => return Ok(None),
+            }
+        }
+    };
+    let block_map = match file.relation && !content.map.is_empty() {
+        true => Some(add_map(shared, tx, &mut open.map, &content.map)?),
+        false => None,
+    };
+    Ok(Some(FileEntry {
+        path: file.rel.clone(),
+        tablespace: file.tablespace,
+        size: content.size,
+        sha256: content.sha256,
+        mode: meta.mode() & 0o7777,
+        mtime: meta.mtime(),
+        extents: content.extents,
+        block_map,
+    }))
+}
+
+/// Reads the file into packs. A relation file goes block by block: each
+/// block is fingerprinted and, when `parent` has the same block at the same
+/// place, taken out of the pack again and referenced in the parent's copy.
+fn copy_content(
+    shared: &Shared,
+    tx: &mpsc::Sender<Encoded>,
+    open: &mut Option<OpenPack>,
+    f: &mut File,
+    file: &FileToCopy,
+    limit: u64,
+    parent: Option<&ParentFile>,
+) -> Result<Option<Content>> {
+    let relation = file.relation;
     let mut hasher = Sha256::new();
-    let mut extents: Vec<Extent> = Vec::new();
+    let mut out = Extents::default();
+    let mut run = Run::default();
+    let mut map = Vec::with_capacity(if relation { blocks::blocks(limit) as usize * blocks::FINGERPRINT } else { 0 });
     let mut total = 0u64;
     while total < limit {
         if shared.abort.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        if open.as_ref().is_some_and(|p| p.builder.room() == 0) {
+        let left = limit - total;
+        // A relation file's blocks never straddle packs: each is one piece to fingerprint.
+        let need = if relation { left.min(BLOCK) } else { 1 };
+        if open.as_ref().is_some_and(|p| (p.builder.room() as u64) < need) {
             flush(shared, tx, open)?;
         }
         let pack = match open {
@@ -227,36 +343,111 @@ fn copy_file(
                 open.insert(OpenPack { builder: PackBuilder::new(number), _slot: slot })
             }
         };
-        let want = (limit - total).min(READ_CHUNK as u64) as usize;
-        let extent = pack.builder.push_from(&mut f, want).map_err(Error::io("cannot read", &file.abs))?;
+        let room = pack.builder.room() as u64;
+        let room = if relation && left >= BLOCK { room / BLOCK * BLOCK } else { room };
+        let want = left.min(READ_CHUNK as u64).min(room);
+        let extent = pack.builder.push_from(f, want as usize).map_err(Error::io("cannot read", &file.abs))?;
         if extent.size == 0 {
             // Truncated while we read: keep what was there.
             break;
         }
-        hasher.update(pack.builder.bytes(&extent));
-        total += extent.size;
         shared.read_bytes.fetch_add(extent.size, Ordering::Relaxed);
-        match extents.last_mut() {
-            Some(last)
-                if last.backup == extent.backup
-                    && last.pack == extent.pack
-                    && last.offset + last.size == extent.offset =>
-            {
-                last.size += extent.size
+        let short = extent.size < want;
+        if !relation {
+            hasher.update(pack.builder.bytes(&extent));
+            total += extent.size;
+            out.push(extent);
+            continue;
+        }
+        let (mut read, mut write, end) = (extent.offset, extent.offset, extent.offset + extent.size);
+        while read < end {
+            let len = (end - read).min(BLOCK);
+            let index = (total + read - extent.offset) / BLOCK;
+            let bytes = pack.builder.bytes(&Extent::own(extent.pack, read, len));
+            hasher.update(bytes);
+            let fp = blocks::fingerprint(bytes);
+            map.extend_from_slice(&fp);
+            match parent {
+                Some(p) if p.same_block(index, len, &fp) => run.add(p, index, len, &mut out),
+                _ => {
+                    if let Some(p) = parent {
+                        run.close(p, &mut out);
+                    }
+                    if write != read {
+                        pack.builder.move_down(read, write, len);
+                    }
+                    out.push(Extent::own(extent.pack, write, len));
+                    write += len;
+                }
             }
-            _ => extents.push(extent),
+            read += len;
+        }
+        pack.builder.truncate(write);
+        total += extent.size;
+        if short {
+            // Truncated while we read (a short read is the end of the file).
+            break;
         }
     }
-    Ok(Some(FileEntry {
-        path: file.rel.clone(),
-        tablespace: file.tablespace,
-        size: total,
-        sha256: frame::hex(&hasher.finalize().into()),
-        mode: meta.mode() & 0o7777,
-        mtime: meta.mtime(),
-        extents,
-        block_map: None,
-    }))
+    if let Some(p) = parent {
+        run.close(p, &mut out);
+    }
+    Ok(Some(Content { extents: out.0, size: total, sha256: frame::hex(&hasher.finalize().into()), map }))
+}
+
+/// Reads a whole file without storing it: its size, SHA-256 and (for a
+/// relation file) block map. `None` if the backup is being aborted.
+fn hash_whole(
+    shared: &Shared,
+    f: &mut File,
+    limit: u64,
+    relation: bool,
+    path: &std::path::Path,
+) -> Result<Option<Content>> {
+    let mut hasher = Sha256::new();
+    let mut map = Vec::new();
+    let mut buf = vec![0u8; (limit as usize).clamp(1, 1 << 20)];
+    let mut total = 0u64;
+    while total < limit {
+        if shared.abort.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let want = (limit - total).min(buf.len() as u64) as usize;
+        let mut filled = 0;
+        while filled < want {
+            match f.read(&mut buf[filled..want]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("cannot read", path)(e)),
+            }
+        }
+        hasher.update(&buf[..filled]);
+        if relation {
+            // `buf` holds whole blocks (1 MiB or the whole file): blocks never straddle reads.
+            map.extend(buf[..filled].chunks(BLOCK as usize).flat_map(blocks::fingerprint));
+        }
+        total += filled as u64;
+        if filled < want {
+            break;
+        }
+    }
+    Ok(Some(Content { extents: vec![], size: total, sha256: frame::hex(&hasher.finalize().into()), map }))
+}
+
+/// Appends a file's block map to the open map object (starting a new one
+/// when it would grow past [`MAP_TARGET`]) and returns where it is.
+fn add_map(shared: &Shared, tx: &mpsc::Sender<Encoded>, open: &mut Option<OpenMap>, map: &[u8]) -> Result<Extent> {
+    if open.as_ref().is_some_and(|m| !m.data.is_empty() && m.data.len() + map.len() > MAP_TARGET) {
+        flush_map(shared, tx, open)?;
+    }
+    let m = open.get_or_insert_with(|| OpenMap {
+        number: shared.next_map.fetch_add(1, Ordering::Relaxed),
+        data: Vec::with_capacity(MAP_TARGET.min(map.len().max(1 << 16))),
+    });
+    let extent = Extent::own(m.number, m.data.len() as u64, map.len() as u64);
+    m.data.extend_from_slice(map);
+    Ok(extent)
 }
 
 /// Compresses the open pack and hands it to the uploader.
@@ -266,13 +457,33 @@ fn flush(shared: &Shared, tx: &mpsc::Sender<Encoded>, open: &mut Option<OpenPack
         return Ok(());
     }
     let (number, data) = builder.take();
+    send(shared, tx, Kind::Pack, number, data, Some(_slot))
+}
+
+/// Compresses the open block-map object and hands it to the uploader.
+fn flush_map(shared: &Shared, tx: &mpsc::Sender<Encoded>, open: &mut Option<OpenMap>) -> Result<()> {
+    let Some(OpenMap { number, data }) = open.take() else { return Ok(()) };
+    if data.is_empty() {
+        return Ok(());
+    }
+    send(shared, tx, Kind::Map, number, data, None)
+}
+
+fn send(
+    shared: &Shared,
+    tx: &mpsc::Sender<Encoded>,
+    kind: Kind,
+    number: u32,
+    data: Vec<u8>,
+    slot: Option<OwnedSemaphorePermit>,
+) -> Result<()> {
     let (object, header) = frame::encode(&data, Compression::Zstd(shared.level)).map_err(|e| Error::Io {
-        action: "cannot compress pack",
+        action: if kind == Kind::Pack { "cannot compress pack" } else { "cannot compress block map" },
         path: number.to_string().into(),
         source: std::io::Error::other(e.to_string()),
     })?;
     drop(data);
-    if tx.blocking_send(Encoded { number, object, header, _slot }).is_err() {
+    if tx.blocking_send(Encoded { kind, number, object, header, _slot: slot }).is_err() {
         // The uploader stopped: the backup is failing already.
         shared.abort.store(true, Ordering::Relaxed);
     }
@@ -299,17 +510,31 @@ mod tests {
             let data: Vec<u8> = (0..*size).map(|j| ((j * 7 + i * 13) % 251) as u8 ^ (j >> 16) as u8).collect();
             let path = dir.path().join(format!("f{i}"));
             std::fs::write(&path, &data).expect("write");
-            files.push(FileToCopy { abs: path, rel: format!("f{i}"), tablespace: None, size: *size as u64 });
+            files.push(FileToCopy {
+                abs: path,
+                rel: format!("f{i}"),
+                tablespace: None,
+                size: *size as u64,
+                relation: false,
+            });
             contents.push(data);
         }
-        files.push(FileToCopy { abs: dir.path().join("vanished"), rel: "vanished".into(), tablespace: None, size: 5 });
+        files.push(FileToCopy {
+            abs: dir.path().join("vanished"),
+            rel: "vanished".into(),
+            tablespace: None,
+            size: 5,
+            relation: false,
+        });
         let id: BackupId = "20261123T074000F".parse().expect("id");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         for workers in [1, 3] {
             // Several workers number packs in another order: a fresh repository each time.
             let repo = memory_repo();
             let opts = PackOptions { compress_level: 1, workers };
-            let packed = rt.block_on(pack_files(&repo, &id, files.clone(), &opts, &Progress::hidden())).expect("pack");
+            let packed = rt
+                .block_on(pack_files(&repo, &id, files.clone(), Default::default(), &opts, &Progress::hidden()))
+                .expect("pack");
             assert_eq!(packed.files.len(), sizes.len(), "the vanished file is left out");
             let mut packs = std::collections::HashMap::new();
             for p in &packed.packs {
@@ -329,6 +554,132 @@ mod tests {
                 assert_eq!(entry.sha256, frame::hex(&frame::sha256(&contents[i])));
                 assert_eq!(entry.size, contents[i].len() as u64);
             }
+        }
+    }
+
+    /// A manifest holding what `pack_files` produced, as the parent of the next backup.
+    fn manifest_of(id: &BackupId, parent: Option<&BackupId>, packed: &Packed) -> crate::repo::backup::Manifest {
+        use crate::repo::backup::{BackupType, Manifest, MANIFEST_FORMAT, MANIFEST_FORMAT_CHAINED};
+        Manifest {
+            format: if parent.is_some() { MANIFEST_FORMAT_CHAINED } else { MANIFEST_FORMAT },
+            id: id.clone(),
+            kind: if parent.is_some() { BackupType::Incr } else { BackupType::Full },
+            parent: parent.cloned(),
+            system_identifier: "7".into(),
+            server_version_num: 150010,
+            timeline: crate::pg::TimelineId(1),
+            start_lsn: crate::pg::Lsn(0),
+            stop_lsn: crate::pg::Lsn(0),
+            stop_timeline: crate::pg::TimelineId(1),
+            start_time: String::new(),
+            stop_time: String::new(),
+            backup_label: String::new(),
+            tablespace_map: None,
+            tablespaces: vec![],
+            data_size: 0,
+            stored_size: 0,
+            packs: packed.packs.clone(),
+            maps: packed.maps.clone(),
+            directories: vec![],
+            files: packed.files.clone(),
+        }
+    }
+
+    /// Reads a file back through its extents from the packs of every backup.
+    fn assemble(rt: &tokio::runtime::Runtime, repo: &Repository, this: &BackupId, entry: &FileEntry) -> Vec<u8> {
+        let mut back = Vec::new();
+        for e in &entry.extents {
+            let object = rt.block_on(repo.get(&pack_key(e.source(this), e.pack))).expect("get").expect("stored");
+            let data = frame::decode(&object).expect("decode");
+            back.extend_from_slice(&data[e.offset as usize..(e.offset + e.size) as usize]);
+        }
+        back
+    }
+
+    /// A full, then an incr after changes (hint-bit-like byte flips, growth,
+    /// truncation, a changed and an unchanged other file, a dropped file),
+    /// then an incr of that with no change: every file assembles to what is
+    /// on disk now, only the changed blocks and files are stored, and every
+    /// reference is one hop to the backup that holds the bytes.
+    #[test]
+    fn incr_stores_changed_blocks_only_and_assembles_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let block =
+            |seed: usize| -> Vec<u8> { (0..BLOCK as usize).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect() };
+        let rel = |n: usize, from: usize| -> Vec<u8> { (from..from + n).flat_map(block).collect() };
+        let write = |name: &str, data: &[u8]| std::fs::write(dir.path().join(name), data).expect("write");
+        // 5000 blocks: 40 MiB, more than a pack, so blocks cross into a second pack.
+        write("16384", &rel(5000, 0));
+        write("16385", &rel(3, 9000));
+        write("16386", &rel(2, 9500));
+        write("PG_VERSION", b"15\n");
+        write("postgresql.conf", b"shared_buffers = 128MB\n");
+        let files = |names: &[&str]| -> Vec<FileToCopy> {
+            names
+                .iter()
+                .map(|n| FileToCopy {
+                    abs: dir.path().join(n),
+                    rel: format!("base/5/{n}"),
+                    tablespace: None,
+                    size: 0,
+                    relation: n.bytes().all(|b| b.is_ascii_digit()),
+                })
+                .collect()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let repo = memory_repo();
+        let opts = PackOptions { compress_level: 1, workers: 2 };
+        let (f, i1, i2): (BackupId, BackupId, BackupId) = (
+            "20261123T074000F".parse().expect("id"),
+            "20261124T074000I".parse().expect("id"),
+            "20261125T074000I".parse().expect("id"),
+        );
+        let all = ["16384", "16385", "16386", "PG_VERSION", "postgresql.conf"];
+        let full = rt
+            .block_on(pack_files(&repo, &f, files(&all), Default::default(), &opts, &Progress::hidden()))
+            .expect("full");
+        assert!(full.files.iter().all(|e| e.block_map.is_some() == e.path.ends_with(|c: char| c.is_ascii_digit())));
+        let full_m = manifest_of(&f, None, &full);
+
+        let mut changed = rel(5000, 0);
+        changed[3 * BLOCK as usize + 100] ^= 1;
+        changed[4097 * BLOCK as usize] ^= 0x80;
+        changed.extend(rel(2, 7000));
+        write("16384", &changed);
+        write("16385", &rel(1, 9000));
+        write("postgresql.conf", b"shared_buffers = 256MB\n");
+        std::fs::remove_file(dir.path().join("16386")).expect("drop");
+        let index = rt.block_on(ParentIndex::load(&repo, &full_m)).expect("index");
+        let incr = rt
+            .block_on(pack_files(&repo, &i1, files(&all), Arc::new(index), &opts, &Progress::hidden()))
+            .expect("incr");
+        assert_eq!(incr.files.len(), 4, "the dropped file is gone");
+        for entry in &incr.files {
+            let name = entry.path.rsplit('/').next().expect("name");
+            let now = std::fs::read(dir.path().join(name)).expect("read");
+            assert_eq!(assemble(&rt, &repo, &i1, entry), now, "{name} assembles to what is on disk");
+            assert_eq!(entry.sha256, frame::hex(&frame::sha256(&now)), "{name}");
+            assert!(entry.extents.iter().all(|e| e.backup.is_none() || e.backup.as_ref() == Some(&f)));
+        }
+        let own: u64 = incr.packs.iter().map(|p| p.original_size).sum();
+        assert_eq!(own, 4 * BLOCK + 23, "two changed blocks, two new ones and the changed config file");
+        let big = incr.files.iter().find(|e| e.path.ends_with("16384")).expect("16384");
+        assert!(big.extents.len() <= 8, "unchanged runs coalesce: {:?}", big.extents);
+
+        let incr_m = manifest_of(&i1, Some(&f), &incr);
+        let index = rt.block_on(ParentIndex::load(&repo, &incr_m)).expect("index");
+        let again = rt
+            .block_on(pack_files(&repo, &i2, files(&all), Arc::new(index), &opts, &Progress::hidden()))
+            .expect("incr of incr");
+        assert!(again.packs.is_empty(), "nothing changed, nothing stored: {:?}", again.packs);
+        for entry in &again.files {
+            let name = entry.path.rsplit('/').next().expect("name");
+            assert_eq!(assemble(&rt, &repo, &i2, entry), std::fs::read(dir.path().join(name)).expect("read"), "{name}");
+            assert!(
+                entry.extents.iter().all(|e| e.backup.as_ref() == Some(&f) || e.backup.as_ref() == Some(&i1)),
+                "one hop: {:?}",
+                entry.extents
+            );
         }
     }
 }

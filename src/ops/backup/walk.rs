@@ -49,6 +49,10 @@ pub struct FileToCopy {
     pub tablespace: Option<u32>,
     /// Size when listed.
     pub size: u64,
+    /// A relation file (a fork or segment of one, in `global/` or a
+    /// database directory): stored with a block map, at block level in a
+    /// diff/incr backup.
+    pub relation: bool,
 }
 
 /// Everything a backup copies.
@@ -221,7 +225,9 @@ fn walk_dir(dir: &Path, rel: &str, tablespace: Option<u32>, out: &mut Walked, de
             }
             walk_dir(&path, &child_rel, tablespace, out, depth + 1)?;
         } else if meta.is_file() {
-            out.files.push(FileToCopy { abs: path, rel: child_rel, tablespace, size: meta.len() });
+            let in_global = tablespace.is_none() && rel == "global";
+            let relation = (database_dir || in_global) && relation_file(&name).is_some();
+            out.files.push(FileToCopy { abs: path, rel: child_rel, tablespace, size: meta.len(), relation });
         }
         // Sockets, FIFOs and devices are never part of a cluster: skipped.
     }
