@@ -800,7 +800,9 @@ fn expire_keeps_the_newest_chain_whole_and_refuses_to_orphan_an_incr() -> Result
 
     // Every point after the kept full recovers: one between full2 and incr2, and the end.
     let home = s.dir.join("r_between");
-    let out = s.restore(&home, &["--target-name", "between", "--target-action", "promote"])?;
+    // A restore point is found only by replaying WAL, so restore's default for
+    // --target-name is the newest backup (man pgwal-restore): name the full.
+    let out = s.restore(&home, &["--backup", &full2, "--target-name", "between", "--target-action", "promote"])?;
     ensure!(out.success() && out.stdout.trim() == full2, "restore to 'between' uses {full2}: {out}");
     let copy = start_restored(&home)?;
     ensure!(digest(&copy, "postgres", "t")? == between, "rows at 'between'");
