@@ -123,7 +123,8 @@ ACCOUNTS_BYTES=$(bsql "$PORT" "SELECT pg_relation_size('pgbench_accounts')")
 export PGHOST=$SOCKDIR PGPORT=$PORT PGUSER=postgres PGDATABASE=postgres
 
 # ------------------------------------------------------------------ measuring
-dir_bytes() { if [[ -d $1 ]]; then du -s --block-size=1 --apparent-size "$1" | cut -f1; else echo 0; fi; }
+# (archiving goes on meanwhile: a temp file may vanish under du, which then exits 1 but still totals)
+dir_bytes() { if [[ -d $1 ]]; then { du -s --block-size=1 --apparent-size "$1" 2>/dev/null || true; } | cut -f1; else echo 0; fi; }
 
 # timed NAME CMD...: runs CMD under /usr/bin/time -v; sets T_WALL, T_CPU
 # (user + sys, children included), T_RSS_KB (peak RSS) and T_OUT (stdout)
