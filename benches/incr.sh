@@ -12,6 +12,7 @@
 # PORT_BASE; SCALE defaults to 100 here):
 #   TRAFFIC_S      seconds of pgbench traffic (tpcb-like, 4 clients) after the
 #                  1% update, before the incrs                           [60]
+#   TRAFFIC_RATE   if set, pgbench --rate (tps) for that traffic [unthrottled]
 #   UPDATE_ROWS    rows of the contiguous update (aid X .. X+UPDATE_ROWS);
 #                  1% of pgbench_accounts at scale 100                  [100000]
 #   FILLER         md5: pgbench_accounts.filler = md5(aid), then VACUUM FULL,
@@ -26,7 +27,8 @@
 #
 # Steps (one primary, archive_command = pgwal archive && pgBackRest
 # archive-push, so both repositories get the same WAL):
-#   1. initdb --data-checksums, pgbench -i -s SCALE (+ filler), CHECKPOINT;
+#   1. initdb --data-checksums, pgbench -i -s SCALE (+ filler), VACUUM
+#      (FREEZE, ANALYZE), CHECKPOINT;
 #      archiving switched on only after the load (the load's WAL is not
 #      needed by any backup); stanza-create.
 #   2. full: pgwal backup --type full, pgbackrest backup --type=full.
@@ -113,6 +115,11 @@ else
   pgbench -h "$SOCKDIR" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1 || die "pgbench -i failed"
   bsql "$PORT" "CHECKPOINT" >/dev/null
 fi
+# A settled table, as one that has lived for a while: without this,
+# autovacuum's first pass over the freshly loaded table (all-visible and hint
+# bits on every page) lands between the full and the incr and changes every page.
+bsql "$PORT" "VACUUM (FREEZE, ANALYZE)" >/dev/null
+bsql "$PORT" "CHECKPOINT" >/dev/null
 ARCHIVE="$PGWAL_BIN --config $PGWAL_CONF archive %p && $PGBACKREST --config=$PGBR_CONF --stanza=$STANZA archive-push %p"
 bsql "$PORT" "ALTER SYSTEM SET archive_command = '${ARCHIVE//\'/\'\'}'" >/dev/null
 bsql "$PORT" "SELECT pg_reload_conf()" >/dev/null
@@ -173,7 +180,7 @@ ROWS=$(bsql "$PORT" "SELECT count(*) FROM pgbench_accounts")
 X=$(( ROWS / 2 ))
 log "update aid $X .. $((X + UPDATE_ROWS)) of $ROWS, then pgbench -c 4 -T $TRAFFIC_S"
 bsql "$PORT" "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN $X AND $((X + UPDATE_ROWS))" >/dev/null
-pgbench -h "$SOCKDIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$TRAFFIC_S" postgres > "$RES/pgbench.out" 2>&1 ||
+pgbench -h "$SOCKDIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$TRAFFIC_S" ${TRAFFIC_RATE:+--rate="$TRAFFIC_RATE"} postgres > "$RES/pgbench.out" 2>&1 ||
   { cat "$RES/pgbench.out" >&2; die "pgbench failed"; }
 TPS=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$RES/pgbench.out" | head -n 1)
 SUM_AT_INCR=$(bsql "$PORT" "SELECT sum(abalance) FROM pgbench_accounts")
@@ -218,7 +225,7 @@ rm -rf "$W/restore_incr"
 # ------------------------------------------------------------------ report
 mb() { awk -v b="$1" 'BEGIN{printf "%.1f", b/1e6}'; }
 echo "# incr.sh: pgbench scale $SCALE (filler $FILLER), data dir $(mb "$DATA_BYTES") MB without pg_wal, pgbench_accounts $(mb "$ACCOUNTS_BYTES") MB ($ROWS rows)"
-echo "# change: UPDATE of aid $X..$((X + UPDATE_ROWS)) ($UPDATE_ROWS rows, contiguous) + pgbench -c 4 -T $TRAFFIC_S ($TPS tps)"
+echo "# change: UPDATE of aid $X..$((X + UPDATE_ROWS)) ($UPDATE_ROWS rows, contiguous) + pgbench -c 4 -T $TRAFFIC_S ${TRAFFIC_RATE:+--rate $TRAFFIC_RATE }($TPS tps)"
 echo "# $("$PGWAL_BIN" --version) (${BENCH_PGWAL_ORIG:-$PGWAL_BIN}); $("$PGBACKREST" version) process-max=$PGBR_PROCESS_MAX zst $PGBR_LEVEL; $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-13s %-34s %9s %9s %10s %14s %14s\n' backup id wall_s cpu_s rss_MiB stored_bytes repo_growth
 for n in pgwal_full pgbr_full pgwal_incr pgbr_incr pgwal_full2; do
