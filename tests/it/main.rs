@@ -18,6 +18,7 @@ mod encryption;
 mod expire;
 mod first_day;
 mod harness_selftest;
+mod incr;
 mod prefetch;
 mod readme_setup;
 mod restore;
