@@ -553,6 +553,12 @@ impl Repository {
             .buffered(DELETES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;
+        // A backup killed mid-put leaves hidden staging files in its
+        // directories; expire (the only deleter) holds the repository lock,
+        // so no backup writes there now.
+        let backups = keys::backups_prefix();
+        let backup_keys: Vec<Path> = keys.iter().filter(|k| k.prefix_matches(&backups)).cloned().collect();
+        self.store.sweep_staging_beside(&backup_keys);
         self.store.prune_empty_dirs(keys);
         Ok(())
     }

@@ -133,6 +133,31 @@ impl Store {
         }
     }
 
+    /// Removes every staging file (`<name>#N`) in the local directories of
+    /// `keys`: left by a process killed mid-put, they are hidden from
+    /// listings, so deleting the objects a listing names leaves them behind.
+    /// Only for directories no writer can be using (a backup's, while expire
+    /// holds the repository lock); nothing elsewhere.
+    pub fn sweep_staging_beside(&self, keys: &[object_store::path::Path]) {
+        let Some(root) = &self.local_root else { return };
+        let mut dirs: Vec<PathBuf> =
+            keys.iter().filter_map(|k| root.join(k.as_ref()).parent().map(Path::to_path_buf)).collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let staging = name.to_str().and_then(|n| n.rsplit_once('#')).is_some_and(|(base, n)| {
+                    !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                });
+                if staging {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
     /// After deleting `keys`: removes the local directories (and their
     /// parents below the root) they leave empty; nothing elsewhere.
     pub fn prune_empty_dirs(&self, keys: &[object_store::path::Path]) {
@@ -348,5 +373,27 @@ mod tests {
         assert_eq!(request_timeout(s(120)), s(60));
         assert_eq!(request_timeout(s(3)), s(2));
         assert_eq!(request_timeout(Duration::from_millis(1500)), Duration::from_millis(1500));
+    }
+
+    /// Staging files a killed put left beside deleted objects go; objects
+    /// and names that only look alike stay.
+    #[test]
+    fn staging_files_beside_deleted_keys_are_swept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = RepoUrl::File(dir.path().to_path_buf());
+        let store =
+            open(&url, &StoreOptions::default(), Access::CreateIfMissing, Duration::from_secs(5)).expect("open");
+        let packs = dir.path().join("backup/B/pack");
+        std::fs::create_dir_all(&packs).expect("mkdir");
+        for name in ["000001#1", "000002#12", "000003", "notes#x", "#7"] {
+            std::fs::write(packs.join(name), b"x").expect("write");
+        }
+        store.sweep_staging_beside(&[object_store::path::Path::from("backup/B/pack/000003")]);
+        let mut left: Vec<String> = std::fs::read_dir(&packs)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["#7", "000003", "notes#x"]);
     }
 }
