@@ -309,6 +309,35 @@ pub fn reads_manifest_format(format: u32) -> bool {
 }
 
 impl Manifest {
+    /// A manifest of backup `id` of type `kind` on `parent`, holding no
+    /// files, of cluster 7 on PostgreSQL 15: the base that unit tests fill in.
+    #[cfg(test)]
+    pub fn empty_for_test(id: BackupId, kind: BackupType, parent: Option<BackupId>) -> Manifest {
+        Manifest {
+            format: if kind == BackupType::Full { MANIFEST_FORMAT } else { MANIFEST_FORMAT_CHAINED },
+            id,
+            kind,
+            parent,
+            system_identifier: "7".into(),
+            server_version_num: 150010,
+            timeline: TimelineId(1),
+            start_lsn: Lsn(0),
+            stop_lsn: Lsn(0),
+            stop_timeline: TimelineId(1),
+            start_time: String::new(),
+            stop_time: String::new(),
+            backup_label: String::new(),
+            tablespace_map: None,
+            tablespaces: vec![],
+            data_size: 0,
+            stored_size: 0,
+            packs: vec![],
+            maps: vec![],
+            directories: vec![],
+            files: vec![],
+        }
+    }
+
     /// Every other backup whose packs this manifest's extents point into,
     /// sorted and without duplicates (empty for a full backup).
     pub fn referenced_backups(&self) -> Vec<BackupId> {

@@ -561,29 +561,13 @@ mod tests {
 
     /// A manifest holding what `pack_files` produced, as the parent of the next backup.
     fn manifest_of(id: &BackupId, parent: Option<&BackupId>, packed: &Packed) -> crate::repo::backup::Manifest {
-        use crate::repo::backup::{BackupType, Manifest, MANIFEST_FORMAT, MANIFEST_FORMAT_CHAINED};
+        use crate::repo::backup::{BackupType, Manifest};
+        let kind = if parent.is_some() { BackupType::Incr } else { BackupType::Full };
         Manifest {
-            format: if parent.is_some() { MANIFEST_FORMAT_CHAINED } else { MANIFEST_FORMAT },
-            id: id.clone(),
-            kind: if parent.is_some() { BackupType::Incr } else { BackupType::Full },
-            parent: parent.cloned(),
-            system_identifier: "7".into(),
-            server_version_num: 150010,
-            timeline: crate::pg::TimelineId(1),
-            start_lsn: crate::pg::Lsn(0),
-            stop_lsn: crate::pg::Lsn(0),
-            stop_timeline: crate::pg::TimelineId(1),
-            start_time: String::new(),
-            stop_time: String::new(),
-            backup_label: String::new(),
-            tablespace_map: None,
-            tablespaces: vec![],
-            data_size: 0,
-            stored_size: 0,
             packs: packed.packs.clone(),
             maps: packed.maps.clone(),
-            directories: vec![],
             files: packed.files.clone(),
+            ..Manifest::empty_for_test(id.clone(), kind, parent.cloned())
         }
     }
 

@@ -202,31 +202,13 @@ pub async fn check_still_there(repo: &Repository, id: &BackupId, chain: &[Backup
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::backup::{Extent, FileEntry, PackInfo, MANIFEST_FORMAT, MANIFEST_FORMAT_CHAINED};
+    use crate::repo::backup::{Extent, FileEntry, PackInfo};
 
     fn manifest(id: &str, kind: BackupType, parent: Option<&str>, stop: &str) -> Manifest {
         Manifest {
-            format: if kind == BackupType::Full { MANIFEST_FORMAT } else { MANIFEST_FORMAT_CHAINED },
-            id: id.parse().expect("id"),
-            kind,
-            parent: parent.map(|p| p.parse().expect("id")),
-            system_identifier: "7".into(),
-            server_version_num: 150010,
-            timeline: crate::pg::TimelineId(1),
-            start_lsn: crate::pg::Lsn(0),
-            stop_lsn: crate::pg::Lsn(0),
-            stop_timeline: crate::pg::TimelineId(1),
             start_time: stop.into(),
             stop_time: stop.into(),
-            backup_label: String::new(),
-            tablespace_map: None,
-            tablespaces: vec![],
-            data_size: 0,
-            stored_size: 0,
-            packs: vec![],
-            maps: vec![],
-            directories: vec![],
-            files: vec![],
+            ..Manifest::empty_for_test(id.parse().expect("id"), kind, parent.map(|p| p.parse().expect("id")))
         }
     }
 
