@@ -25,7 +25,7 @@ fn refused(path: &Path, why: &str, hint: &str) -> Error {
     Error::Key { message: format!("encryption key file '{}' {why}", path.display()), hint: Some(hint.into()) }
 }
 
-const MAKE_ONE: &str = "make a key with: head -c 32 /dev/urandom | base64 > KEYFILE; chmod 600 KEYFILE (and keep a \
+const MAKE_ONE: &str = "make a key with: (umask 077; head -c 32 /dev/urandom | base64 > KEYFILE) (and keep a \
                         copy: without the key the repository cannot be read)";
 
 /// Reads and checks the repository key file.
