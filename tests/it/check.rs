@@ -5,6 +5,7 @@
 
 use crate::common;
 
+use std::fs;
 use std::path::Path;
 
 use anyhow::{ensure, Result};
@@ -59,5 +60,51 @@ fn check_passes_then_fails_in_plain_words() -> Result<()> {
     let out = check(&config, &pg, &[])?;
     ensure!(out.code() == Some(1) && out.stdout.contains("error: cannot connect to PostgreSQL"), "{out}");
     ensure!(out.stdout.contains("ok: repository"), "the repository check still ran: {out}");
+    Ok(())
+}
+
+/// `check` on an encrypted repository: with the key every check passes
+/// (the repository is opened, its cluster is the server's, a segment
+/// arrives); with a wrong key the repository check fails in one line that
+/// says so, exit 1, and the key shows nowhere.
+#[test]
+fn check_opens_an_encrypted_repository_and_names_a_wrong_key() -> Result<()> {
+    let dir = TestDir::new()?;
+    let key_file = dir.join("repo.key");
+    let key = crate::encryption::write_key(&key_file, 0o600)?;
+    let config = dir.join("pgwal.toml");
+    write_private_file(
+        &config,
+        &format!(
+            "repo = \"file://{}\"\n[encryption]\nkey_file = {}\n",
+            dir.join("repo").display(),
+            toml_quote(&key_file.to_string_lossy())
+        ),
+    )?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config)])?;
+    pg.start()?;
+    // The first check's segment creates the encrypted repository; the second finds it.
+    check(&config, &pg, &[])?.ensure_success()?;
+    let out = check(&config, &pg, &[])?;
+    ensure!(out.success(), "check passes with the key: {out}");
+    ensure!(
+        out.stdout.contains("is reachable (cluster ") && out.stdout.contains("the server is the repository's cluster"),
+        "{out}"
+    );
+    ensure!(out.stdout.contains("arrived in the repository"), "{out}");
+    ensure!(fs::read(dir.join("repo/cluster"))?.starts_with(b"PGWALENC"), "the repository is encrypted");
+
+    let wrong = dir.join("wrong.key");
+    let wrong_key = crate::encryption::write_key(&wrong, 0o600)?;
+    let out = Pgwal::new(["--config", &config.to_string_lossy(), "--encryption-key-file"])
+        .arg(&wrong)
+        .args(["check", "--timeout", "5s", "--conninfo", &pg.conninfo()])
+        .run()?;
+    ensure!(out.code() == Some(1), "a wrong key fails the check: {out}");
+    let repo_lines: Vec<&str> = out.stdout.lines().filter(|l| l.contains("does not open repository")).collect();
+    ensure!(repo_lines.len() == 1 && repo_lines[0].starts_with("error: "), "one line for the key: {out}");
+    for k in [&key, &wrong_key] {
+        ensure!(!out.stdout.contains(k.as_str()) && !out.stderr.contains(k.as_str()), "the key shows: {out}");
+    }
     Ok(())
 }

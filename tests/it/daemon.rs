@@ -725,3 +725,51 @@ fn which(program: &str) -> Result<PathBuf> {
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
         .with_context(|| format!("{program} is not installed"))
 }
+
+/// A daemon with a key: its backup and verify jobs run against the
+/// encrypted repository (the backup is stored sealed and lists with the
+/// key); the same daemon given a wrong key logs the job's failure with the
+/// one line that says the key does not open the repository, and neither
+/// shows the key.
+#[test]
+fn jobs_run_with_a_key_and_a_wrong_key_is_reported() -> Result<()> {
+    let dir = TestDir::new()?;
+    let key_file = dir.join("repo.key");
+    let key = crate::encryption::write_key(&key_file, 0o600)?;
+    let schedule = "[schedule]\nfull = \"0 0 1 1 *\"\nverify = \"0 0 1 1 *\"\n";
+    let config = write_config(
+        &dir,
+        &format!("{schedule}[encryption]\nkey_file = {}\n", toml_quote(&key_file.to_string_lossy())),
+    )?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config)])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 5000) g")?;
+    let first = pg.switch_wal()?;
+    pg.wait_archived(&first, WAIT)?;
+
+    let mut daemon = Daemon::start(&config, &pg, &[("PGWAL_TEST_RUN_AT_START", "full,verify")])?;
+    daemon.wait_line("job full ended: exit status 0", WAIT).with_context(|| daemon.log())?;
+    daemon.wait_line("job verify ended: exit status 0", WAIT).with_context(|| daemon.log())?;
+    let (status, _) = daemon.terminate(Duration::from_secs(30))?;
+    ensure!(status.success(), "{status}\n{}", daemon.log());
+    ensure!(!daemon.log().contains(&key), "the daemon's log shows the key");
+    let ids = backup_ids(&list_json(&config)?);
+    ensure!(ids.len() == 1, "the job's backup is listed with the key: {ids:?}");
+    let manifest = dir.join("repo/backup").join(&ids[0]).join("manifest");
+    ensure!(std::fs::read(&manifest)?.starts_with(b"PGWALENC"), "the backup is sealed");
+
+    let wrong_file = dir.join("wrong.key");
+    let wrong = crate::encryption::write_key(&wrong_file, 0o600)?;
+    let wrong_config = dir.join("wrong.toml");
+    let text = std::fs::read_to_string(&config)?.replace(&*key_file.to_string_lossy(), &wrong_file.to_string_lossy());
+    write_private_file(&wrong_config, &text)?;
+    let mut daemon = Daemon::start(&wrong_config, &pg, &[("PGWAL_TEST_RUN_AT_START", "verify")])?;
+    daemon.wait_line("job verify failed: exit status 2", WAIT).with_context(|| daemon.log())?;
+    let log = daemon.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("pgwal: error:")).collect();
+    ensure!(errors.len() == 1 && errors[0].contains("does not open repository"), "one line names the key: {log}");
+    ensure!(!log.contains(&key) && !log.contains(&wrong), "the daemon's log shows a key");
+    let (status, _) = daemon.terminate(Duration::from_secs(30))?;
+    ensure!(status.success(), "the daemon goes on after a failed job and stops on SIGTERM: {status}\n{log}");
+    Ok(())
+}

@@ -441,3 +441,49 @@ fn over_s3_a_drill_passes_is_bounded_by_its_timeout_and_stops_on_sigterm() -> Re
     ensure!(after["drills"][0]["backup"] == id.as_str(), "{after}");
     Ok(())
 }
+
+/// A drill on an encrypted repository: it passes with the key, reaches the
+/// newest archived WAL, and its record is stored sealed like every other
+/// object; with a wrong key it fails in one line (exit 2), records nothing
+/// and leaves no scratch directory.
+#[test]
+fn an_encrypted_repository_drills_and_a_wrong_key_is_one_line() -> Result<()> {
+    let dir = TestDir::new()?;
+    let key_file = dir.join("repo.key");
+    let key = crate::encryption::write_key(&key_file, 0o600)?;
+    let repo = format!(
+        "repo = \"file://{}\"\n[encryption]\nkey_file = {}\n",
+        dir.join("repo").display(),
+        toml_quote(&key_file.to_string_lossy())
+    );
+    let s = Setup::with(dir, &repo)?;
+    let pg = s.primary()?;
+    pg.sql("INSERT INTO t SELECT 1, md5(g::text) FROM generate_series(1, 1000) g")?;
+    let id = s.backup(&pg)?;
+    pg.sql("INSERT INTO t SELECT 2, md5(g::text) FROM generate_series(1, 1000) g")?;
+    let newest = archive_now(&pg)?;
+
+    let (out, record) = s.drill(&[])?;
+    ensure!(out.code() == Some(0), "the drill passes with the key: {out}");
+    ensure!(record["passed"] == true && record["backup"] == id.as_str(), "{record}");
+    let reached = parse_lsn(record["reached_lsn"].as_str().context("reached_lsn")?)?;
+    ensure!(reached >= segment_start(&newest)?, "reached {reached:X}, before the newest segment {newest}");
+    ensure!(!out.stderr.contains(&key) && !out.stdout.contains(&key), "the drill shows the key");
+    let records: Vec<PathBuf> =
+        fs::read_dir(s.repo().join("drill").join(&id))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    ensure!(records.len() == 1, "{records:?}");
+    ensure!(fs::read(&records[0])?.starts_with(b"PGWALENC"), "the drill record is sealed");
+    ensure!(s.list_json()?["drills"][0]["passed"] == true, "list shows the drill");
+    ensure!(s.drill_dir_entries().is_empty(), "scratch left: {:?}", s.drill_dir_entries());
+
+    let wrong = s.dir.join("wrong.key");
+    crate::encryption::write_key(&wrong, 0o600)?;
+    let out = s.pgwal(&["--encryption-key-file"]).arg(&wrong).arg("drill").run()?;
+    ensure!(out.code() == Some(2), "a wrong key: exit 2: {out}");
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("pgwal: error:")).collect();
+    ensure!(errors.len() == 1 && errors[0].contains("does not open repository"), "one line: {out}");
+    ensure!(fs::read_dir(s.repo().join("drill").join(&id))?.count() == 1, "nothing recorded with a wrong key");
+    ensure!(s.drill_dir_entries().is_empty(), "scratch left: {:?}", s.drill_dir_entries());
+    no_server_under(&s.drill_dir)?;
+    Ok(())
+}

@@ -32,7 +32,7 @@ fn random_key() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
 }
 
-fn write_key(path: &Path, mode: u32) -> Result<String> {
+pub(crate) fn write_key(path: &Path, mode: u32) -> Result<String> {
     let key = random_key()?;
     write_user_file(path, key.as_bytes(), mode)?;
     Ok(key.trim().to_string())
@@ -470,5 +470,79 @@ fn local_repository_hides_everything_refuses_bad_keys_and_rekeys() -> Result<()>
     ensure!(listed.stdout.contains(&backup_id), "list shows the backup: {listed}");
     with3(&["verify"])?.ensure_success()?;
     with3(&["expire", "--retain-full", "1"])?.ensure_success()?;
+    Ok(())
+}
+
+/// Every process's command line (what `ps` shows), as one string per process.
+fn command_lines() -> Vec<String> {
+    let Ok(procs) = fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .collect()
+}
+
+/// `pgwal standby` from an encrypted S3 repository, the key given only as
+/// `--encryption-key-file` (no config file): the standby is seeded from the
+/// backup, replays segments archived after it through its restore_command
+/// (which names the key FILE, never the key) and then streams; the key is
+/// in no process's command line, nor in postgresql.auto.conf or the logs.
+#[test]
+fn standby_seeds_and_follows_from_an_encrypted_repository() -> Result<()> {
+    let dir = TestDir::new()?;
+    let s3 = S3Server::start()?;
+    s3.create_bucket("pgwal-enc")?;
+    let (config, key_file, key) = setup_keyed_config(&dir, &s3.config_toml("s3://pgwal-enc/standby"))?;
+    let mut pg = PgCluster::init(&dir.join("primary"), &[&archive_command_setting(&config), "archive_timeout = 0"])?;
+    pg.start()?;
+    pg.sql("CREATE TABLE t (batch int, filler text)")?;
+    let insert = |pg: &PgCluster, batch: u32| {
+        pg.sql(&format!("INSERT INTO t SELECT {batch}, md5(g::text) FROM generate_series(1, 1000) g"))
+    };
+    let count = |pg: &PgCluster| pg.sql("SELECT count(*) || ' ' || count(DISTINCT batch) FROM t");
+    insert(&pg, 1)?;
+    backup(&pg, &config)?;
+    // Archived after the backup: the standby must fetch and open these.
+    insert(&pg, 2)?;
+    let after_backup = pg.switch_wal()?;
+    pg.wait_archived(&after_backup, WAIT)?;
+
+    // The S3 settings without the key: the key file comes on the command line only.
+    let s3_only = dir.join("s3_only.toml");
+    write_private_file(&s3_only, &s3.config_toml("s3://pgwal-enc/standby"))?;
+    let home = dir.join("standby");
+    let out = Pgwal::new(["--config", &s3_only.to_string_lossy(), "--encryption-key-file"])
+        .arg(&key_file)
+        .args(["standby", "--primary-conninfo", &pg.conninfo(), "--target-dir"])
+        .arg(home.join(DATA_SUBDIR))
+        .run()?
+        .ensure_success()?;
+    ensure!(!out.stderr.contains(&key) && !out.stdout.contains(&key), "standby shows the key: {out}");
+    let auto = fs::read_to_string(home.join(DATA_SUBDIR).join("postgresql.auto.conf"))?;
+    let restore_line = auto.lines().find(|l| l.starts_with("restore_command")).context("restore_command")?;
+    ensure!(restore_line.contains(&*key_file.to_string_lossy()), "restore_command names the key file: {restore_line}");
+    ensure!(!auto.contains(&key), "postgresql.auto.conf holds the key");
+
+    let mut standby = PgCluster::existing(&home)?;
+    standby.set_conf(&["archive_mode = off"])?;
+    standby.start()?;
+    wait_until(WAIT, "the standby to replay the archived segments", || Ok(count(&standby)? == "2000 2"))
+        .with_context(|| standby.log_tail(30))?;
+    let log = standby.log_contents();
+    ensure!(log.contains(&format!("restored log file \"{after_backup}\"")), "fetched from the archive:\n{log}");
+    wait_until(WAIT, "the standby to stream", || {
+        Ok(pg.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")? == "1")
+    })
+    .with_context(|| standby.log_tail(30))?;
+    insert(&pg, 3)?;
+    wait_until(WAIT, "the standby to serve the newest rows", || Ok(count(&standby)? == "3000 3"))?;
+    ensure!(standby.sql("SELECT pg_is_in_recovery()")? == "t", "still a standby");
+    // `ps`: pgwal's processes (fetch, the prefetcher) name the key file at most.
+    let lines = command_lines();
+    ensure!(lines.iter().any(|l| l.contains("postgres")), "the process table is readable");
+    ensure!(!lines.iter().any(|l| l.contains(&key)), "a command line shows the key");
+    ensure!(!standby.log_contents().contains(&key) && !pg.log_contents().contains(&key), "a log shows the key");
+    standby.stop()?;
     Ok(())
 }
