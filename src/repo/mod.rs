@@ -305,7 +305,6 @@ impl Repository {
     /// Opens a sealed object read from `key`.
     fn unseal(keyring: &Keyring, key: &Path, sealed: &[u8]) -> Result<Bytes> {
         crypt::open(sealed, key.as_ref(), |g| keyring.key(g))
-            .map(Bytes::from)
             .map_err(|e| Error::Corrupt { key: key.to_string(), reason: e.to_string() })
     }
 
@@ -384,9 +383,7 @@ impl Repository {
         let corrupt = |reason: String| Error::Corrupt { key: key.to_string(), reason };
         let Some(bytes) = bytes else { return Ok(None) };
         let head = match keyring {
-            Some(k) => {
-                Bytes::from(crypt::open_head(&bytes, key.as_ref(), |g| k.key(g)).map_err(|e| corrupt(e.to_string()))?)
-            }
+            Some(k) => crypt::open_head(&bytes, key.as_ref(), |g| k.key(g)).map_err(|e| corrupt(e.to_string()))?,
             None => bytes,
         };
         FrameHeader::parse(&head).map(Some).map_err(|e| corrupt(e.to_string()))
