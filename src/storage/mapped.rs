@@ -89,8 +89,15 @@ impl HugeBuffer {
         if len == 0 {
             return Ok(HugeBuffer { map: std::ptr::null_mut(), map_len: 0, start: 0, len: 0 });
         }
-        // Over-allocate by one huge page so the buffer can start on a 2 MiB boundary.
-        let map_len = len.checked_add(HUGE_PAGE).ok_or_else(|| std::io::Error::other("buffer too large"))?;
+        // The kernel backs only whole 2 MiB pages inside the advised range
+        // with huge pages: advise the length rounded up to them (a 5.5 MiB
+        // buffer advised as is takes its last 1.5 MiB in 384 faults of 4 KiB).
+        // Over-allocate by one huge page more so the range can start on a
+        // 2 MiB boundary; pages beyond `len` are never touched, so they cost
+        // address space only.
+        let too_large = || std::io::Error::other("buffer too large");
+        let advised = len.checked_next_multiple_of(HUGE_PAGE).ok_or_else(too_large)?;
+        let map_len = advised.checked_add(HUGE_PAGE).ok_or_else(too_large)?;
         // SAFETY: a fresh private anonymous mapping; failure is checked below.
         let map = unsafe {
             libc::mmap(
@@ -109,7 +116,7 @@ impl HugeBuffer {
         // SAFETY: advising the kernel about a range inside our own mapping; a
         // refusal (THP disabled) only means ordinary pages, so it is ignored.
         unsafe {
-            libc::madvise((map as *mut u8).add(start) as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+            libc::madvise((map as *mut u8).add(start) as *mut libc::c_void, advised, libc::MADV_HUGEPAGE);
         }
         Ok(HugeBuffer { map, map_len, start, len })
     }
