@@ -201,7 +201,7 @@ fn bench_archive_fetch(c: &mut Criterion, segment: &[u8], seg_file_name: &str) {
         b.iter_batched(
             || memory_repo(Arc::new(template.fork())),
             |repo| {
-                let outcome = pgwal::ops::archive::archive(&rt, &repo, &wal_path, &opts);
+                let outcome = pgwal::ops::archive::archive(&rt, &repo, &wal_path, &opts, None);
                 assert!(matches!(outcome, Ok(PutOutcome::Stored)), "archive must store the segment: {outcome:?}");
                 // Returned so that freeing the store is not timed.
                 repo
@@ -213,7 +213,7 @@ fn bench_archive_fetch(c: &mut Criterion, segment: &[u8], seg_file_name: &str) {
     archive_once(&rt, &repo, &wal_path, &opts);
     group.bench_function("identical", |b| {
         b.iter(|| {
-            let outcome = pgwal::ops::archive::archive(&rt, &repo, &wal_path, &opts);
+            let outcome = pgwal::ops::archive::archive(&rt, &repo, &wal_path, &opts, None);
             assert!(matches!(outcome, Ok(PutOutcome::AlreadyIdentical)), "must find it identical: {outcome:?}");
         })
     });
@@ -236,7 +236,7 @@ fn bench_archive_fetch(c: &mut Criterion, segment: &[u8], seg_file_name: &str) {
 
 /// Archives `path` into `repo` outside the timing, failing loudly.
 fn archive_once(rt: &tokio::runtime::Runtime, repo: &Repository, path: &Path, opts: &ArchiveOptions) {
-    if let Err(e) = pgwal::ops::archive::archive(rt, repo, path, opts) {
+    if let Err(e) = pgwal::ops::archive::archive(rt, repo, path, opts, None) {
         panic!("cannot archive '{}' into memory: {e}", path.display());
     }
 }

@@ -116,6 +116,11 @@ fn random_tag() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The instance tag of a repository whose format object is `format`.
+fn instance_of(format: &[u8]) -> String {
+    frame::hex(&frame::sha256(format))[..32].to_string()
+}
+
 /// What a create-only put found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -698,6 +703,12 @@ impl Repository {
     /// The recorded cluster identity, checking the format on the way. Both
     /// objects are read concurrently: this runs once per archived segment.
     pub async fn identity(&self) -> Result<RepoIdentity> {
+        Ok(self.identity_and_instance().await?.0)
+    }
+
+    /// [`Self::identity`] and the instance tag ([`Self::instance_tag`]) from
+    /// the same read of the format object.
+    pub async fn identity_and_instance(&self) -> Result<(RepoIdentity, Option<String>)> {
         let cluster_key = keys::cluster();
         let (found, cluster) = tokio::join!(self.read_format_and_pointer(), self.get_plain(&cluster_key));
         let (format, pointer) = found?;
@@ -722,7 +733,30 @@ impl Repository {
             }
             None => None,
         };
-        Ok(RepoIdentity { format_exists: format.is_some(), cluster })
+        let instance = format.as_deref().map(instance_of);
+        Ok((RepoIdentity { format_exists: format.is_some(), cluster }, instance))
+    }
+
+    /// [`Self::identity_and_instance`] for a caller that remembers the
+    /// cluster `cluster` of the repository instance `instance` (see
+    /// `local::identity`): reads only the format object, and takes the
+    /// remembered cluster when the format object still has that instance
+    /// tag (within an instance the cluster object is create-only and never
+    /// deleted). Any other format object, or none, is read as if nothing
+    /// were remembered.
+    pub async fn identity_if_instance(
+        &self,
+        instance: &str,
+        cluster: ClusterIdentity,
+    ) -> Result<(RepoIdentity, Option<String>)> {
+        let (format, pointer) = self.read_format_and_pointer().await?;
+        match format {
+            Some(format) if instance_of(&format) == instance => {
+                self.open_with(&format, pointer).await?;
+                Ok((RepoIdentity { format_exists: true, cluster: Some(cluster) }, Some(instance.to_string())))
+            }
+            _ => self.identity_and_instance().await,
+        }
     }
 
     /// A tag for this repository instance: the SHA-256 (hex, 32 digits) of its
@@ -735,7 +769,7 @@ impl Repository {
         let (format, pointer) = self.read_format_and_pointer().await?;
         let Some(format) = format else { return Ok(None) };
         self.open_with(&format, pointer).await?;
-        Ok(Some(frame::hex(&frame::sha256(&format))[..32].to_string()))
+        Ok(Some(instance_of(&format)))
     }
 
     /// Creates the format object if missing (first use of a repository).

@@ -290,3 +290,47 @@ fn a_request_that_stalls_is_abandoned_and_retried_within_the_deadline() -> Resul
     ensure!(s.proxy.faults_done().len() == 2, "both requests stalled: {:?}", s.proxy.faults_done());
     Ok(())
 }
+
+#[test]
+fn a_remembered_identity_saves_the_cluster_read_and_a_recreated_repository_is_detected() -> Result<()> {
+    let s = setup("[archive]\nahead = 0\n")?;
+    let data = data_dir(&s.dir, &[1, 2, 3, 4])?;
+    // The first call creates the repository; the second reads its identity
+    // and remembers it.
+    archive_in(&s, &data, 1)?.ensure_success()?;
+    archive_in(&s, &data, 2)?.ensure_success()?;
+    let remembered = data.join("pg_wal/pgwal/identity");
+    ensure!(std::fs::read_dir(&remembered)?.count() == 1, "one repository remembered in {remembered:?}");
+    s.proxy.take_requests();
+    archive_in(&s, &data, 3)?.ensure_success()?;
+    let second = s.proxy.take_requests();
+    ensure!(
+        !second.iter().any(|r| r.target.ends_with("/r/cluster")),
+        "the cluster object is not read again: {}",
+        describe(&second)
+    );
+    ensure!(second.len() == 2, "the format object and the PUT: {}", describe(&second));
+
+    // The repository is wiped and created again at the same URL by another
+    // cluster: the remembered identity must not let segment 4 in.
+    let repo_dir = s._s3.root().join("pgwal-rt/r");
+    std::fs::remove_dir_all(&repo_dir)?;
+    let staging = s.dir.join("staging");
+    create_user_dir(&staging)?;
+    let other = staging.join(seg_name(7).to_string());
+    let other_sysid = SYSID + 1;
+    write_user_file(
+        &other,
+        &pgwal::repo::synthetic::segment_content(&seg_name(7), other_sysid, WalSegmentSize::DEFAULT),
+        0o600,
+    )?;
+    Pgwal::new(["--config", &s.config.to_string_lossy(), "archive", &other.to_string_lossy()])
+        .run()?
+        .ensure_success()?;
+    let out = archive_in(&s, &data, 4)?;
+    ensure!(!out.success(), "a segment of cluster {SYSID} refused by the repository of {other_sysid}: {out}");
+    ensure!(out.stderr.contains(&other_sysid.to_string()), "the error names the repository's cluster: {out}");
+    let stored = repo_dir.join(format!("wal/0000000100000000/{}", seg_name(4)));
+    ensure!(!stored.exists(), "nothing stored for segment 4 at {stored:?}");
+    Ok(())
+}

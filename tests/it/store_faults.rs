@@ -89,7 +89,7 @@ fn archive_retries_transient_put_failures_into_one_object() -> Result<()> {
         let (name, path, content) = segment_file(&dir, seg)?;
         let key = keys::wal(&name);
         store.inject(Rule::on(Op::Put, fault.clone()).matching(key.as_ref()).times(2));
-        let outcome = pgwal::ops::archive::archive(&rt, &repo, &path, &archive_options())
+        let outcome = pgwal::ops::archive::archive(&rt, &repo, &path, &archive_options(), None)
             .with_context(|| format!("{fault:?}"))?;
         // A lost reply: the retry finds its own first attempt.
         let expected =
@@ -119,7 +119,7 @@ fn archive_fails_at_once_on_a_refused_put() -> Result<()> {
         let (name, path, _) = segment_file(&dir, 1)?;
         let key = keys::wal(&name);
         store.inject(Rule::on(Op::Put, fault.clone()).matching(key.as_ref()));
-        let result = pgwal::ops::archive::archive(&rt, &repo, &path, &archive_options());
+        let result = pgwal::ops::archive::archive(&rt, &repo, &path, &archive_options(), None);
         ensure!(matches!(result, Err(Error::Storage { op: "put", .. })), "{fault:?}: {result:?}");
         ensure!(store.calls_matching(Op::Put, key.as_ref()) == 1, "{fault:?}: tried once");
         ensure!(rt.block_on(keys_below(store.inner(), "wal"))?.is_empty(), "{fault:?}: nothing stored");
@@ -135,7 +135,7 @@ fn archived(
     seg: u64,
 ) -> Result<(WalFileName, Vec<u8>)> {
     let (name, path, content) = segment_file(dir, seg)?;
-    pgwal::ops::archive::archive(rt, repo, &path, &archive_options())?;
+    pgwal::ops::archive::archive(rt, repo, &path, &archive_options(), None)?;
     std::fs::remove_file(&path)?;
     Ok((name, content))
 }

@@ -24,6 +24,7 @@ use futures::StreamExt;
 
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
+use crate::local::identity::IdentityCache;
 use crate::local::markers::{Layout, Marker};
 use crate::ops::archive;
 use crate::pg::WalFileName;
@@ -41,8 +42,9 @@ pub fn archive(
 ) -> Result<PutOutcome> {
     let name = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<WalFileName>().ok());
     let (Some(layout), Some(name)) = (Layout::for_file(path, repo.url()), name) else {
-        return archive::archive(rt, repo, path, opts);
+        return archive::archive(rt, repo, path, opts, None);
     };
+    let cache = IdentityCache::for_wal_dir(&layout.wal_dir, repo.url());
     let url = repo.url().to_string();
     if let Some(marker) = layout.matching_marker(&name, &url) {
         let marker_path = layout.marker_path(&name);
@@ -57,11 +59,11 @@ pub fn archive(
     }
     let candidates = if opts.ahead > 0 { layout.candidates(&name, &url, opts.ahead) } else { Vec::new() };
     if candidates.is_empty() {
-        return archive::archive(rt, repo, path, opts);
+        return archive::archive(rt, repo, path, opts, Some(&cache));
     }
     layout.sweep();
     std::fs::create_dir_all(&layout.markers).map_err(Error::io("cannot create", &layout.markers))?;
-    rt.block_on(batch(repo, path, &layout, &candidates, opts))
+    rt.block_on(batch(repo, path, &layout, &candidates, opts, &cache))
 }
 
 /// Stores `path` and the `ahead` files, `opts.parallel` at once.
@@ -71,12 +73,14 @@ async fn batch(
     layout: &Layout,
     ahead: &[WalFileName],
     opts: &ArchiveOptions,
+    cache: &IdentityCache,
 ) -> Result<PutOutcome> {
     let level = opts.compress_level;
     let own = path.to_path_buf();
     let first = tokio::task::spawn_blocking(move || archive::encode_file(&own, level));
-    let (known, instance) = tokio::join!(repo.identity(), repo.instance_tag());
-    let known = match known {
+    // One read of the format object gives both the identity and the
+    // instance tag the markers name.
+    let (known, instance) = match archive::identity(repo, Some(cache)).await {
         Ok(k) => k,
         Err(e) => {
             let _ = first.await;
@@ -89,7 +93,7 @@ async fn batch(
     };
     // A repository without its format object yet is created by this call's
     // own store; ahead work waits for the next call.
-    let Some(instance) = instance.ok().flatten().filter(|_| known.format_exists) else { return push_own.await };
+    let Some(instance) = instance.filter(|_| known.format_exists) else { return push_own.await };
     let known_now = known;
     let pushes = futures::stream::iter(ahead.iter().copied())
         .map(|name| push_ahead(repo, layout, name, known_now, &instance, level))

@@ -1,6 +1,7 @@
 //! `pgwal archive PATH`: PostgreSQL's `archive_command`. Validates the file,
 //! compresses and hashes it on all cores while the repository's identity is
-//! read, and stores it create-only. Exit 0 means durably stored.
+//! read (only the format object when the data directory remembers the
+//! repository, see `local::identity`), and stores it create-only. Exit 0 means durably stored.
 //!
 //! The per-file work is split in two so that `ahead` can run it for
 //! several files at once: [`encode_file`] (blocking: read, check, frame) and
@@ -34,6 +35,7 @@ use std::path::Path;
 
 use crate::config::ArchiveOptions;
 use crate::error::{Error, Result};
+use crate::local::identity::{IdentityCache, KnownRepository};
 use crate::local::stamp::FileStamp;
 use crate::pg::validate::{validate_segment_head, validate_wal_file, ValidatedWal};
 use crate::pg::{WalFileKind, WalFileName};
@@ -69,22 +71,40 @@ impl Encoded {
     }
 }
 
-/// Archives the WAL file at `path` into `repo`.
+/// Archives the WAL file at `path` into `repo`; `cache` is the data
+/// directory's memory of the repository's identity, if there is one.
 pub fn archive(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
     path: &Path,
     opts: &ArchiveOptions,
+    cache: Option<&IdentityCache>,
 ) -> Result<PutOutcome> {
     // The repository round trips overlap hashing and compressing on all cores.
     let (encoded, known) = std::thread::scope(|s| {
         let encoder = s.spawn(|| encode_file(path, opts.compress_level));
-        let known = rt.block_on(repo.identity());
+        let known = rt.block_on(identity(repo, cache));
         (encoder.join(), known)
     });
     let invalid = |reason: String| Error::InvalidWalFile { path: path.into(), reason };
     let encoded = encoded.map_err(|_| invalid("compression thread panicked".into()))??;
-    rt.block_on(store_encoded(repo, &encoded, known?))
+    rt.block_on(store_encoded(repo, &encoded, known?.0))
+}
+
+/// The repository's identity and instance tag. With a `cache` that
+/// remembers this repository, one request (the format object, whose
+/// instance tag must still be the remembered one) instead of two; what was
+/// read is remembered for the next call.
+pub async fn identity(repo: &Repository, cache: Option<&IdentityCache>) -> Result<(RepoIdentity, Option<String>)> {
+    let tag = repo.cache_tag();
+    let known = match cache.and_then(|c| c.load(&tag)) {
+        Some(k) => repo.identity_if_instance(&k.instance, k.cluster).await?,
+        None => repo.identity_and_instance().await?,
+    };
+    if let (Some(cache), (RepoIdentity { cluster: Some(cluster), .. }, Some(instance))) = (cache, &known) {
+        cache.store(&KnownRepository { repo: tag, instance: instance.clone(), cluster: *cluster });
+    }
+    Ok(known)
 }
 
 /// Reads, checks and frames the WAL file at `path`. Segments are mapped, not
