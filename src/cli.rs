@@ -424,7 +424,8 @@ once with exit 4 and one line naming the holder ('another backup of this reposit
 ended (the daemon runs its jobs one at a time, so its own backups and expires never collide; a cron line \
 'pgwal backup && pgwal expire' neither). A lock left by a killed backup or expire on this host is taken \
 over at once, one from another host after backup.lock_stale_after. Holding the lock, expire removes the \
-packs of backup directories without a manifest (killed backups); --dry-run takes no lock, runs while a \
+packs of backup directories without a manifest (killed backups), on local disk also the hidden \
+staging files ('<name>#N') a put cut short leaves, and the directories left empty; --dry-run takes no lock, runs while a \
 backup does and leaves that backup's directory out. SIGTERM or SIGINT stops expire before its next \
 deletion; it releases the lock and exits 1.\n\n\
 Deletion order keeps the repository consistent at every step: each expired backup's manifest first \

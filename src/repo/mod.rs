@@ -565,6 +565,18 @@ impl Repository {
         Ok(())
     }
 
+    /// Hidden staging files below `prefix` that a put killed midway left
+    /// on local disk (none on object storage): see [`Store::staging_below`].
+    pub fn staging_below(&self, prefix: &Path) -> usize {
+        self.store.staging_below(prefix).len()
+    }
+
+    /// Removes them and the directories they leave empty; only `expire`,
+    /// holding the repository lock, for a backup directory it removes.
+    pub fn sweep_staging_below(&self, prefix: &Path) -> usize {
+        self.store.sweep_staging_below(prefix)
+    }
+
     /// The names directly below `prefix` (a delimiter listing): e.g. the
     /// backup IDs below `backup/`, the log files below `wal/`.
     pub async fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>> {

@@ -147,15 +147,45 @@ impl Store {
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
-                let name = entry.file_name();
-                let staging = name.to_str().and_then(|n| n.rsplit_once('#')).is_some_and(|(base, n)| {
-                    !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-                });
-                if staging {
+                if is_staging_name(&entry.file_name()) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
         }
+    }
+
+    /// The staging files (`<name>#N`) anywhere below `prefix` (local only;
+    /// none on object storage, where an unfinished put leaves nothing). A
+    /// backup killed during its first put leaves a directory holding only
+    /// these: no listing shows them, so [`Self::sweep_staging_beside`],
+    /// which follows listed keys, never reaches them.
+    pub fn staging_below(&self, prefix: &object_store::path::Path) -> Vec<PathBuf> {
+        let Some(root) = &self.local_root else { return Vec::new() };
+        let mut found = Vec::new();
+        let mut dirs = vec![root.join(prefix.as_ref())];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                    Ok(t) if t.is_file() && is_staging_name(&entry.file_name()) => found.push(entry.path()),
+                    _ => {}
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Removes the staging files below `prefix` and then every directory
+    /// there left empty, `prefix`'s own included; how many files went.
+    /// Only for a directory no writer can be using (a backup's, while expire
+    /// holds the repository lock).
+    pub fn sweep_staging_below(&self, prefix: &object_store::path::Path) -> usize {
+        let Some(root) = &self.local_root else { return 0 };
+        let removed = self.staging_below(prefix).iter().filter(|f| std::fs::remove_file(f).is_ok()).count();
+        remove_empty_dirs(&root.join(prefix.as_ref()));
+        removed
     }
 
     /// After deleting `keys`: removes the local directories (and their
@@ -187,6 +217,27 @@ impl Store {
             Err(source) => Err(Error::Storage { op: "list", key: url.to_string(), source }),
         }
     }
+}
+
+/// `<name>#N`: the staging file of a local put (object_store's own naming).
+fn is_staging_name(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.rsplit_once('#'))
+        .is_some_and(|(base, n)| !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes `dir` and the directories below it that hold nothing else
+/// (depth first); a directory with any file in it stays.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    // Fails harmlessly while the directory holds anything.
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Whether opening may create the repository, and whether the command writes.

@@ -749,6 +749,46 @@ fn retain_full_keeps_the_newest_chain_whole() -> Result<()> {
     Ok(())
 }
 
+/// A backup killed during its first put leaves a directory holding only
+/// hidden staging files (`<name>#N`): no listing shows them, yet a policy
+/// run removes them and the directory (a dry run names them, deletes
+/// nothing); the retained chains are untouched.
+#[test]
+fn a_policy_run_sweeps_a_killed_backup_that_left_only_staging_files() -> Result<()> {
+    let dir = TestDir::new()?;
+    let (config, root, ids) = local_two_chains(&dir, "repo")?;
+    let killed = "20991231T235959I";
+    let packs = root.join("backup").join(killed).join("pack");
+    std::fs::create_dir_all(&packs)?;
+    for n in 1..=2 {
+        std::fs::write(packs.join(format!("0000000000000000#{n}")), b"half a pack")?;
+    }
+    give_to_run_as(&root)?;
+    let before = files(&root)?;
+
+    let dry = expire(&config, &["--retain-full", "2", "--dry-run"])?.ensure_success()?;
+    let line = format!(
+        "would remove incomplete backup {killed} (0 objects, no manifest, 2 staging files of writes cut short)"
+    );
+    ensure!(dry.stdout.contains(&line), "{dry}");
+    ensure!(files(&root)? == before, "--dry-run deleted something");
+
+    let out = expire(&config, &["--retain-full", "2"])?.ensure_success()?;
+    ensure!(out.stdout.contains(&line.replace("would remove", "removed")), "{out}");
+    ensure!(!root.join("backup").join(killed).exists(), "the killed backup's directory is gone");
+    let after = files(&root)?;
+    let gone: BTreeSet<&String> = before.difference(&after).collect();
+    // (The WAL before the older full goes too: the policy's own work.)
+    let backups_gone: Vec<&&String> = gone.iter().filter(|f| f.starts_with("backup/")).collect();
+    ensure!(
+        backups_gone.len() == 2 && backups_gone.iter().all(|f| f.starts_with(&format!("backup/{killed}/"))),
+        "of the backups, only the staging files went: {gone:?}"
+    );
+    ensure!(out.stdout.contains(&format!("kept 4 backup(s): {}", ids.join(", "))), "{out}");
+    verify(&config, &[])?.ensure_success()?;
+    Ok(())
+}
+
 /// `expire --backup FULL` with a dependent is refused and deletes nothing;
 /// with --with-dependents it deletes both (and the WAL only they needed),
 /// naming each; the newest backup is refused.

@@ -72,6 +72,9 @@ pub struct BackupObjects {
     pub rest: Vec<Path>,
     /// Its drill results (`drill/<id>/`): they go with it, last.
     pub drills: Vec<Path>,
+    /// Hidden staging files below `backup/<id>/` (local disk only): what a
+    /// backup killed in the middle of a put leaves, listed by no one.
+    pub staging: usize,
 }
 
 impl BackupObjects {
@@ -194,8 +197,13 @@ impl Unit<'_> {
         match self {
             Unit::Backup(b) => format!("{verb} backup {} ({} objects{})", b.id, b.rest.len() + 1, b.drills_suffix()),
             Unit::Orphan(b) => {
+                let staging = match b.staging {
+                    0 => String::new(),
+                    1 => ", 1 staging file of a write cut short".into(),
+                    n => format!(", {n} staging files of writes cut short"),
+                };
                 format!(
-                    "{verb} incomplete backup {} ({} objects, no manifest{})",
+                    "{verb} incomplete backup {} ({} objects, no manifest{}{staging})",
                     b.id,
                     b.rest.len(),
                     b.drills_suffix()
@@ -356,7 +364,14 @@ async fn backup_objects(repo: &Repository, id: &str, with_manifest: bool) -> Res
     let mut rest: Vec<Path> = listed.into_iter().map(|o| o.location).filter(|l| Some(l) != manifest.as_ref()).collect();
     rest.sort();
     let drills = drill_objects(repo, id).await?;
-    Ok(BackupObjects { id: id.to_string(), manifest: if with_manifest { manifest } else { None }, rest, drills })
+    let staging = repo.staging_below(&keys::backup_dir(id));
+    Ok(BackupObjects {
+        id: id.to_string(),
+        manifest: if with_manifest { manifest } else { None },
+        rest,
+        drills,
+        staging,
+    })
 }
 
 /// Every drill result of backup `id` (none for a name that is not a backup ID).
@@ -376,7 +391,7 @@ async fn stray_drills(repo: &Repository, known: &BTreeSet<&str>) -> Result<Vec<B
         }
         let drills = drill_objects(repo, &dir).await?;
         if !drills.is_empty() {
-            out.push(BackupObjects { id: dir, manifest: None, rest: Vec::new(), drills });
+            out.push(BackupObjects { id: dir, manifest: None, rest: Vec::new(), drills, staging: 0 });
         }
     }
     Ok(out)
@@ -546,7 +561,7 @@ async fn expire_planned(
         let expired: BTreeSet<&str> = plan.expire.iter().map(BackupId::as_str).collect();
         for id in incomplete.iter().filter(|i| !expired.contains(i.as_str())) {
             let objects = backup_objects(repo, id, false).await?;
-            if !objects.rest.is_empty() || !objects.drills.is_empty() {
+            if !objects.rest.is_empty() || !objects.drills.is_empty() || objects.staging > 0 {
                 outcome.orphans.push(objects);
             }
         }
@@ -582,7 +597,14 @@ async fn expire_planned(
             continue;
         }
         match delete_stages(repo, &unit.stages()).await {
-            Ok(()) => record(out, &unit.line("removed"))?,
+            Ok(()) => {
+                // What no listing shows: staging files of a backup killed
+                // mid-put, in the directory that is now the backup's no more.
+                if let Unit::Backup(b) | Unit::Orphan(b) = unit {
+                    repo.sweep_staging_below(&keys::backup_dir(&b.id));
+                }
+                record(out, &unit.line("removed"))?
+            }
             Err((deleted, e)) => {
                 for line in partial_line(unit, &deleted, model.size) {
                     record(out, &line)?;
