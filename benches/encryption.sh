@@ -16,8 +16,10 @@
 # 2. fetch: each segment fetched back by a fresh `pgwal fetch` (outside a
 #    data directory: no prefetching), same measures.
 # 3. backup and restore of a pgbench cluster: the server archives into both
-#    repositories; `pgwal backup` into each, then `pgwal restore` of each,
-#    RUNS times interleaved, wall time; medians print.
+#    repositories; `pgwal backup` into each RUNS times interleaved, then
+#    `pgwal restore` of each RUNS times interleaved; wall time and CPU
+#    (user+sys of pgwal, wait4) per call, medians and the ratios print. On a
+#    busy machine the CPU ratio is the steadier of the two.
 set -euo pipefail
 
 PGWAL_BIN=$(realpath "${PGWAL_BIN:-target/release/pgwal}")
@@ -111,32 +113,55 @@ as_u "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
 PGDATA_PID=1
 as_u "$PG_BIN/pgbench" -h "$WORK" -p "$PORT" -i -s "$SCALE" -q postgres >/dev/null 2>&1
 CONN="host=$WORK port=$PORT dbname=postgres"
-now() { date +%s.%N; }
-declare -A ids
+# timed CMD...: runs CMD, prints "WALL CPU" (seconds; CPU = user+sys of every
+# process it waited for, from wait4's rusage), fails when CMD fails.
+timed() {
+  python3 -c '
+import os, resource, subprocess, sys, time
+t0 = time.monotonic()
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+wall = time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+if r.returncode != 0:
+    sys.exit("%s failed: exit %d" % (sys.argv[1:], r.returncode))
+print("%.3f %.3f" % (wall, ru.ru_utime + ru.ru_stime))' "$@"
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+declare -A bw bc rw rc
+# Backups interleaved plain / encrypted, RUNS each, the server idle between.
+for r in $(seq "$RUNS"); do
+  for kind in plain enc; do
+    extra=(); [[ $kind == enc ]] && extra=(--encryption-key-file "$K")
+    read -r w c < <(timed runuser -u "$U" -- env -u PGWAL_ENCRYPTION_KEY_FILE "$WORK/pgwal" \
+      --repo "file://$WORK/brepo_$kind" "${extra[@]}" backup --checkpoint fast --conninfo "$CONN" --pgdata "$WORK/pg")
+    bw[$kind]+="$w "; bc[$kind]+="$c "
+  done
+done
 for kind in plain enc; do
-  extra=(); [[ $kind == enc ]] && extra=(--encryption-key-file "$K")
-  t0=$(now)
-  ids[$kind]=$(as_u "$WORK/pgwal" --repo "file://$WORK/brepo_$kind" "${extra[@]}" backup --checkpoint fast \
-    --conninfo "$CONN" --pgdata "$WORK/pg" 2>/dev/null)
-  t1=$(now)
-  printf 'backup  %-5s wall %.2fs (%s, repository %s)\n' "$kind" "$(echo "$t1 - $t0" | bc)" "${ids[$kind]}" \
+  printf 'backup  %-5s wall s: %s median %s; CPU s: %s median %s (repository %s)\n' "$kind" "${bw[$kind]}" \
+    "$(echo "${bw[$kind]}" | median)" "${bc[$kind]}" "$(echo "${bc[$kind]}" | median)" \
     "$(du -sh "$WORK/brepo_$kind" | cut -f1)"
 done
 as_u "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null; PGDATA_PID=""
-declare -A rt
+# Restores of the newest backup, interleaved plain / encrypted.
 for r in $(seq "$RUNS"); do
   for kind in plain enc; do
     extra=(); [[ $kind == enc ]] && extra=(--encryption-key-file "$K")
     rm -rf "$WORK/restored"; sync
-    t0=$(now)
-    as_u "$WORK/pgwal" --repo "file://$WORK/brepo_$kind" "${extra[@]}" restore --target-dir "$WORK/restored" \
-      --target-immediate >/dev/null 2>&1
-    t1=$(now)
-    rt[$kind]+="$(echo "$t1 - $t0" | bc) "
+    read -r w c < <(timed runuser -u "$U" -- env -u PGWAL_ENCRYPTION_KEY_FILE "$WORK/pgwal" \
+      --repo "file://$WORK/brepo_$kind" "${extra[@]}" restore --target-dir "$WORK/restored" --target-immediate)
+    rw[$kind]+="$w "; rc[$kind]+="$c "
   done
 done
 du -sh "$WORK/pg" | awk '{print "data directory " $1}'
 for kind in plain enc; do
-  echo "restore $kind wall seconds: ${rt[$kind]}" \
-    "median $(echo "${rt[$kind]}" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+  printf 'restore %-5s wall s: %s median %s; CPU s: %s median %s\n' "$kind" "${rw[$kind]}" \
+    "$(echo "${rw[$kind]}" | median)" "${rc[$kind]}" "$(echo "${rc[$kind]}" | median)"
+done
+for op in backup restore; do
+  declare -n W="${op:0:1}w" C="${op:0:1}c"
+  awk -v op="$op" -v pw="$(echo "${W[plain]}" | median)" -v ew="$(echo "${W[enc]}" | median)" \
+      -v pc="$(echo "${C[plain]}" | median)" -v ec="$(echo "${C[enc]}" | median)" \
+    'BEGIN { printf "%-7s encrypted/plain wall: %+.1f%%  CPU: %+.1f%%\n", op, (ew/pw-1)*100, (ec/pc-1)*100 }'
+  unset -n W C
 done
