@@ -43,6 +43,7 @@ bench_drop_root() {
   install -m 0755 -o "$BENCH_USER" "$PGWAL_BIN" "$WORK/bin/pgwal"
   local s3=${S3S_FS_BIN:-$HOME/.cache/pgwal-tools/s3s-fs/bin/s3s-fs}
   if [[ -x $s3 ]]; then install -m 0755 -o "$BENCH_USER" "$s3" "$WORK/bin/s3s-fs"; fi
+  if [[ ${S3_DELAY_MS:-0} != 0 || ${S3_TLS:-0} == 1 ]]; then bench_tls_root_setup; fi
   local home; home=$(getent passwd "$BENCH_USER" | cut -d: -f6)
   local -a envs=(); local v
   for v in $(compgen -e); do
@@ -195,10 +196,81 @@ s3_start() {
 }
 
 s3_stop() {
-  [[ -n ${S3_PID:-} ]] || return 0
-  kill "$S3_PID" 2>/dev/null || true
-  wait "$S3_PID" 2>/dev/null || true
-  forget_pid "$S3_PID"; S3_PID=
+  local p
+  for p in ${S3_PROXY_PIDS:-} ${S3_PID:-}; do
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    forget_pid "$p"
+  done
+  S3_PID= S3_PROXY_PIDS=
+}
+
+# --------------------------------------------------------------------------
+# S3 at real latency: s3s-fs behind benches/s3proxy.py twice, all on
+# 127.0.0.1: client -> proxy adding S3_DELAY_MS each way (and S3_RATE_MBIT
+# per direction per connection, 0 = unlimited) -> proxy terminating TLS ->
+# s3s-fs. A TLS handshake then costs round trips as on a real network, and
+# pgBackRest 2.45 (https only) reaches the same server as pgwal.
+# Env: S3_DELAY_MS (0: plain s3s-fs, no proxies), S3_RATE_MBIT (0),
+# BENCH_TLS_DIR (/var/tmp/pgwal-bench-tls: CA and certificate for 127.0.0.1).
+# --------------------------------------------------------------------------
+BENCH_TLS_DIR=${BENCH_TLS_DIR:-/var/tmp/pgwal-bench-tls}
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# As root, once: a CA and a server certificate for 127.0.0.1 in
+# BENCH_TLS_DIR, readable by BENCH_USER, and the CA in the system trust store
+# (pgwal verifies the endpoint as it would a real one; pgBackRest 2.45 cannot
+# match IP addresses and is configured with repo1-storage-verify-tls=n).
+bench_tls_root_setup() {
+  local t=$BENCH_TLS_DIR
+  mkdir -p "$t"
+  if [[ ! -s $t/leaf.pem ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$t/ca.key" -out "$t/ca.pem" -days 3650 \
+      -subj "/CN=pgwal benches CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" >/dev/null 2>&1 || die "cannot make the bench CA"
+    openssl req -newkey rsa:2048 -nodes -keyout "$t/leaf.key" -out "$t/leaf.csr" -subj "/CN=127.0.0.1" >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$t/leaf.ext"
+    openssl x509 -req -in "$t/leaf.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -out "$t/leaf.pem" \
+      -days 3650 -extfile "$t/leaf.ext" >/dev/null 2>&1 || die "cannot make the bench TLS certificate"
+  fi
+  install -m 644 "$t/ca.pem" /usr/local/share/ca-certificates/pgwal-benches-ca.crt
+  update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed"
+  chown -R "$BENCH_USER:" "$t"
+  chmod 600 "$t/ca.key"
+}
+
+# s3_proxy_start VAR LISTEN_PORT TO_PORT [s3proxy.py options]: starts one
+# proxy, waits for its "ready" line, records its PID for s3_stop.
+s3_proxy_start() {
+  local logf=$1 listen=$2 to=$3; shift 3
+  python3 "$BENCH_DIR/s3proxy.py" --listen "127.0.0.1:$listen" --to "127.0.0.1:$to" "$@" </dev/null >"$logf" 2>&1 &
+  local pid=$! i
+  _STARTED_PIDS+=("$pid"); S3_PROXY_PIDS="${S3_PROXY_PIDS:-} $pid"
+  for (( i = 0; i < 100; i++ )); do
+    grep -q '^ready' "$logf" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "s3proxy.py exited"; }
+    sleep 0.1
+  done
+  die "s3proxy.py on $listen did not start"
+}
+
+# s3_net_start DIR: s3_start DIR, then (S3_DELAY_MS > 0) the TLS and latency
+# proxies in front of it; S3_ENDPOINT is then https://127.0.0.1:PORT of the
+# latency proxy and S3_CLIENT_PORT that port.
+s3_net_start() {
+  local dir=$1
+  s3_start "$dir"
+  S3_CLIENT_PORT=$S3_PORT
+  [[ ${S3_DELAY_MS:-0} != 0 ]] || return 0
+  [[ -s $BENCH_TLS_DIR/leaf.pem ]] || die "S3_DELAY_MS needs the TLS set-up: run the script as root once"
+  local tls_port net_port
+  free_port tls_port
+  s3_proxy_start "$dir/tls-proxy.log" "$tls_port" "$S3_PORT" --tls-cert "$BENCH_TLS_DIR/leaf.pem" --tls-key "$BENCH_TLS_DIR/leaf.key"
+  free_port net_port
+  s3_proxy_start "$dir/net-proxy.log" "$net_port" "$tls_port" --delay-ms "$S3_DELAY_MS" --rate-mbit "${S3_RATE_MBIT:-0}"
+  S3_ENDPOINT="https://127.0.0.1:$net_port"
+  S3_CLIENT_PORT=$net_port
+  log "S3 at ${S3_DELAY_MS} ms each way over TLS: :$net_port -> TLS :$tls_port -> s3s-fs :$S3_PORT"
 }
 
 # s3_config FILE URL: a pgwal config file (mode 600) for repository URL on s3s-fs
