@@ -61,6 +61,9 @@ pub fn fetch_prefetching(
     };
     let url = repo.url().to_string();
     let tag = repo.cache_tag();
+    // Recorded before the take: once the file has left the spool, the
+    // prefetcher must already know it was asked for, or it fetches it again.
+    spool.record_last(name);
     let taken = spool.take(name, &tag, dest)
         || (spool.wait_while_fetching(name, PREFETCH_WAIT) && spool.take(name, &tag, dest));
     if !taken {

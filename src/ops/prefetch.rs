@@ -357,9 +357,10 @@ async fn watch(
             }
         }
         let window = last.map(|l| plan(&l, w.depth, &histories, w.size)).unwrap_or_default();
-        // What PostgreSQL no longer needs (replayed, or another timeline).
+        // What PostgreSQL no longer needs (replayed, or another timeline);
+        // not the one it asked for last, which `fetch` may be taking now.
         for name in spool.entries() {
-            if !window.contains(&name) {
+            if !window.contains(&name) && Some(name) != last {
                 spool.discard(&name);
             }
         }
