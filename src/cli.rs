@@ -136,7 +136,8 @@ pg_wal/pgwal/prefetch.log, one per data directory by a lock on pg_wal/pgwal/pref
 the next fetch.prefetch segments (default 8; 0 turns prefetching off) in the spool pg_wal/pgwal/fetch/, \
 on the timeline PostgreSQL will ask for them on (the newest timeline in the repository whose history \
 agrees with the segment just asked for, else that segment's timeline), with up to 4 GETs in flight at once \
-on its one connection pool, each segment decoded on a thread of its own while the next ones download. \
+on its one connection pool, the segments decoded one at a time (each on every core) while the next ones \
+download. \
 Each spooled segment is checked \
 against its SHA-256 before it appears under its name, beside a sidecar NAME.meta naming the repository, \
 the system identifier, the boot, and the file's inode, size and time, and only once it is fsynced \

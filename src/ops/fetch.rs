@@ -66,11 +66,15 @@ pub fn fetch_prefetching(
     spool.record_last(name);
     let taken = spool.take(name, &tag, dest)
         || (spool.wait_while_fetching(name, PREFETCH_WAIT) && spool.take(name, &tag, dest));
-    if !taken {
-        fetch(rt, repo, name, dest)?;
+    if taken {
+        prefetch::after_fetch(spool, name, &url, config);
+        return Ok(());
     }
+    // Before this call's own GET: a prefetcher that has to start (exec, a
+    // connection, the repository's identity and histories) does so while
+    // this segment downloads, and fetches the next ones beside it.
     prefetch::after_fetch(spool, name, &url, config);
-    Ok(())
+    fetch(rt, repo, name, dest)
 }
 
 /// Fetches `name` from `repo` into `dest`.

@@ -9,7 +9,8 @@
 //! `fetch.prefetch` segments after the last one asked for in the spool (see
 //! `spool`), following the recovery timeline, with up to [`GETS_IN_FLIGHT`]
 //! GETs at once on its one object-store client, each segment decoded and
-//! checked on a blocking thread while the next ones download. It exits when
+//! checked on a blocking thread (one at a time, each on every core) while
+//! the next ones download. It exits when
 //! recovery ends (removing the spool), when its server stops (the postmaster
 //! named by `postmaster.pid` is gone: an immediate shutdown or a failed
 //! recovery), when its spool or lock file is removed, or when nobody asked
@@ -33,7 +34,9 @@
 //! fsyncs every file restore_command hands it before it replays it
 //! (`KeepFileRestoredFromArchive`). A segment is therefore fsynced by a
 //! second thread of the prefetcher before it is published in the spool, up
-//! to [`DURABLE_AHEAD`] waiting at once while the next ones are decoded, and
+//! to [`DURABLE_AHEAD`] waiting at once while the next ones are decoded,
+//! those that queued up together fsynced at once (one flush after the
+//! other, each waiting for its own, made a serial publisher slow), and
 //! the spool directory after each batch: when `fetch` renames it into
 //! pg_wal, PostgreSQL's fsync finds nothing left to write and replay does
 //! not wait for the disk.
@@ -81,6 +84,9 @@ const MISSING_RETRY: Duration = Duration::from_secs(1);
 /// thread while the next ones download.
 pub const GETS_IN_FLIGHT: usize = 4;
 
+/// Decodings run one at a time (see [`fetch_into`]).
+static DECODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// How many decoded segments may wait for their fsync at once: enough that
 /// decoding never waits for the disk, few enough that the memory and the
 /// dirty pages of the window stay small.
@@ -105,8 +111,9 @@ pub fn plan(last: &WalFileName, depth: usize, histories: &Histories, size: WalSe
         .collect()
 }
 
-/// Makes sure a prefetcher runs for `spool` after PostgreSQL asked for
-/// `name`: records the request and starts one if none holds the lock.
+/// Makes sure a prefetcher runs for `spool` once PostgreSQL asked for
+/// `name` (served from the spool, or about to be fetched): records the
+/// request and starts one if none holds the lock.
 pub fn after_fetch(spool: &Spool, name: &WalFileName, repo_url: &str, config: Option<&Path>) {
     // `fetch::spool_for` decided already that this fetch is one to prefetch
     // for (archive recovery, or a fetch into pg_wal/RECOVERYXLOG).
@@ -164,6 +171,11 @@ struct Decoded {
     tmp: PathBuf,
     file: File,
     sha256: String,
+    /// When its GET started, how long the GET and the decoding took (for
+    /// the debug log: where a segment's time goes).
+    started: Instant,
+    get: Duration,
+    decode: Duration,
 }
 
 /// Why the prefetcher stops.
@@ -432,13 +444,40 @@ fn publish_durably(
 ) {
     while let Ok(first) = queued.recv() {
         let mut batch = vec![first];
-        batch.extend(queued.try_iter());
-        for d in batch {
-            let result = sync(&d.name, &d.file).and_then(|()| spool.publish(&d.tmp, &d.name, url, sysid, d.sha256));
+        batch.extend(queued.try_iter().take(DURABLE_AHEAD - 1));
+        // The fsyncs of a batch at once: the disk commits concurrent ones
+        // together, where one after the other each waits for its own flush.
+        let sync_started = Instant::now();
+        let synced: Vec<(std::io::Result<()>, Duration)> = if batch.len() == 1 {
+            vec![(sync(&batch[0].name, &batch[0].file), sync_started.elapsed())]
+        } else {
+            std::thread::scope(|s| {
+                let running: Vec<_> =
+                    batch.iter().map(|d| s.spawn(move || (sync(&d.name, &d.file), sync_started.elapsed()))).collect();
+                running
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .unwrap_or_else(|_| (Err(std::io::Error::other("the fsync thread failed")), Duration::ZERO))
+                    })
+                    .collect()
+            })
+        };
+        for (d, (synced, took)) in batch.into_iter().zip(synced) {
+            let result = synced.and_then(|()| spool.publish(&d.tmp, &d.name, url, sysid, d.sha256));
             drop(d.file);
             if result.is_err() {
                 let _ = std::fs::remove_file(&d.tmp);
             }
+            crate::log_debug!(
+                "prefetcher: '{}' published after {} ms: GET {} ms, decode {} ms, queued {} ms, fsync {} ms",
+                d.name,
+                d.started.elapsed().as_millis(),
+                d.get.as_millis(),
+                d.decode.as_millis(),
+                sync_started.saturating_duration_since(d.started + d.get + d.decode).as_millis(),
+                took.as_millis(),
+            );
             let _ = done.send((d.name, result));
         }
         // The renames above: what PostgreSQL's fsync of pg_wal would
@@ -463,6 +502,7 @@ async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName) -> Res
     let key = keys::wal(name);
     let tmp = spool.temp_file(name);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
+    let started = Instant::now();
     let object = match repo.get(&key).await {
         Ok(Some(object)) => object,
         other => {
@@ -472,10 +512,14 @@ async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName) -> Res
         }
     };
     let name = *name;
+    let get = started.elapsed();
     let decode = move || {
+        let decoding = Instant::now();
         let outcome = match wal_file::decode_into(&object, &file) {
             Ok(Ok(header)) => {
-                return Ok(Attempt::Decoded(Decoded { name, tmp, file, sha256: frame::hex(&header.sha256) }))
+                let sha256 = frame::hex(&header.sha256);
+                let decode = decoding.elapsed();
+                return Ok(Attempt::Decoded(Decoded { name, tmp, file, sha256, started, get, decode }));
             }
             Ok(Err(io)) => Err(Error::io("cannot write", &tmp)(io)),
             Err(e) => Ok(Attempt::Corrupt(e.to_string())),
@@ -484,6 +528,10 @@ async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName) -> Res
         let _ = std::fs::remove_file(&tmp);
         outcome
     };
+    // One decoding at a time, in the order the GETs finished (about the
+    // window's): each uses every core (`frame::decode_with`), and the segment
+    // PostgreSQL asks for next is ready sooner than if all shared the cores.
+    let _turn = DECODING.acquire().await;
     tokio::task::spawn_blocking(decode).await.unwrap_or_else(|e| {
         Err(Error::io("cannot decode", spool.temp_file(&name))(std::io::Error::other(format!(
             "the decoding thread failed: {e}"
@@ -594,6 +642,9 @@ mod tests {
         let expected: Vec<(WalFileName, bool)> = segments.iter().map(|(n, _)| (*n, *n != failing)).collect();
         assert_eq!(results, expected, "each reported once, in order");
         let synced = synced.into_inner().expect("lock");
+        // The fsyncs of one batch run at once: in any order among themselves.
+        let mut synced = synced;
+        synced.sort_by_key(|n| n.to_string());
         assert_eq!(synced, segments.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "every segment fsynced once");
         let mut offered: Vec<String> = spool.entries().iter().map(|n| n.to_string()).collect();
         offered.sort();
