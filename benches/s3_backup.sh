@@ -11,7 +11,11 @@
 # S3S_FS_BIN, PORT_BASE):
 #   SCALE         pgbench scale of the one cluster                       [30]
 #   RUNS          interleaved runs of every variant; medians print       [3]
-#   VARIANTS      pgwal_file pgwal_s3 pgbr_s3 (pgbr_file also exists)
+#   VARIANTS      pgwal_file pgwal_s3 pgbr_s3 (pgbr_file also exists; with
+#                 PGWAL_BIN_BASE, base_file and base_s3 are the same as
+#                 pgwal_file and pgwal_s3 with that binary: before/after a
+#                 change in one run)
+#   PGWAL_BIN_BASE  a second pgwal executable for the base_* variants
 #   S3_DELAY_MS   latency each way in front of s3s-fs, over TLS (0: plain
 #                 http, no proxies; pgBackRest 2.45 then cannot take part) [10]
 #   S3_RATE_MBIT  bandwidth cap per direction per connection, 0 = none   [0]
@@ -68,6 +72,7 @@ CMDLOG=$B/commands.log
 for v in $VARIANTS; do
   case $v in
     pgwal_file | pgwal_s3 | pgbr_file) ;;
+    base_file | base_s3) [[ -x ${PGWAL_BIN_BASE:-} ]] || die "$v needs PGWAL_BIN_BASE" ;;
     pgbr_s3) [[ $S3_DELAY_MS != 0 ]] || die "pgbr_s3 needs S3_DELAY_MS > 0 (pgBackRest 2.45 speaks only https to S3)" ;;
     *) die "unknown variant $v" ;;
   esac
@@ -83,6 +88,14 @@ S3_REPO_DIR=$B/s3/root/bench
 PGWAL_FILE_REPO=$B/repo/pgwal
 PGWAL_S3_CONF=$B/pgwal-s3.toml
 s3_config "$PGWAL_S3_CONF" "s3://bench/pgwal"
+BASE_FILE_REPO=$B/repo/base
+BASE_S3_CONF=$B/base-s3.toml
+s3_config "$BASE_S3_CONF" "s3://bench/base"
+if [[ -n ${PGWAL_BIN_BASE:-} ]]; then
+  # a copy, so that a rebuild elsewhere cannot change it mid-run
+  BENCH_BASE_ORIG=$PGWAL_BIN_BASE
+  install -m 0755 "$PGWAL_BIN_BASE" "$WORK/bin/pgwal-base"; PGWAL_BIN_BASE=$WORK/bin/pgwal-base
+fi
 
 free_port PG_PORT
 free_port VERIFY_PORT
@@ -149,10 +162,16 @@ if needs pgbr_file; then "$PGBACKREST" --config="$PGBR_FILE_CONF" --stanza=bench
 if needs pgbr_s3; then "$PGBACKREST" --config="$PGBR_S3_CONF" --stanza=bench stanza-create >>"$CMDLOG" 2>&1; fi
 
 # ------------------------------------------------------------------ variants
-pgwal_repo_args() { case $1 in pgwal_file) echo "--repo file://$PGWAL_FILE_REPO" ;; pgwal_s3) echo "--config $PGWAL_S3_CONF" ;; esac; }
+pgwal_repo_args() {
+  case $1 in
+    pgwal_file) echo "--repo file://$PGWAL_FILE_REPO" ;; pgwal_s3) echo "--config $PGWAL_S3_CONF" ;;
+    base_file) echo "--repo file://$BASE_FILE_REPO" ;; base_s3) echo "--config $BASE_S3_CONF" ;;
+  esac
+}
+pgwal_bin_of() { [[ $1 == base_* ]] && echo "$PGWAL_BIN_BASE" || echo "$PGWAL_BIN"; }
 archive_command_of() {
   case $1 in
-    pgwal_*) echo "$PGWAL_BIN $(pgwal_repo_args "$1") archive %p" ;;
+    pgwal_* | base_*) echo "$(pgwal_bin_of "$1") $(pgwal_repo_args "$1") archive %p" ;;
     pgbr_file) echo "$PGBACKREST --config=$PGBR_FILE_CONF --stanza=bench archive-push %p" ;;
     pgbr_s3) echo "$PGBACKREST --config=$PGBR_S3_CONF --stanza=bench archive-push %p" ;;
   esac
@@ -161,6 +180,8 @@ repo_dir_of() {
   case $1 in
     pgwal_file) echo "$PGWAL_FILE_REPO" ;;
     pgwal_s3) echo "$S3_REPO_DIR/pgwal" ;;
+    base_file) echo "$BASE_FILE_REPO" ;;
+    base_s3) echo "$S3_REPO_DIR/base" ;;
     pgbr_file) echo "$B/repo/pgbr" ;;
     pgbr_s3) echo "$S3_REPO_DIR/pgbr" ;;
   esac
@@ -178,16 +199,16 @@ switch_archiving() {
 
 do_backup() {
   case $1 in
-    pgwal_*) # shellcheck disable=SC2046
+    pgwal_* | base_*) # shellcheck disable=SC2046
       env -u PGWAL_REPO PGDATA="$DATA" PGHOST="$SOCKDIR" PGPORT="$PG_PORT" PGUSER=postgres \
-        "$PGWAL_BIN" $(pgwal_repo_args "$1") backup --type full --checkpoint fast ;;
+        "$(pgwal_bin_of "$1")" $(pgwal_repo_args "$1") backup --type full --checkpoint fast ;;
     pgbr_*) "$PGBACKREST" --config="$(pgbr_conf_of "$1")" --stanza=bench --type=full backup ;;
   esac
 }
 do_restore() {
   case $1 in
-    pgwal_*) # shellcheck disable=SC2046
-      env -u PGWAL_REPO "$PGWAL_BIN" $(pgwal_repo_args "$1") restore --target-dir "$RDIR" \
+    pgwal_* | base_*) # shellcheck disable=SC2046
+      env -u PGWAL_REPO "$(pgwal_bin_of "$1")" $(pgwal_repo_args "$1") restore --target-dir "$RDIR" \
         --target-immediate --target-action promote ;;
     pgbr_*)
       local conf label; conf=$(pgbr_conf_of "$1")
@@ -258,6 +279,7 @@ switch_archiving pgwal_file >/dev/null 2>&1 || true
 # ------------------------------------------------------------------ report
 col() { awk -F'\t' -v v="$1" -v c="$2" 'NR > 1 && $1 == v {print $c}' "$RES" | median; }
 echo "# s3_backup: pgbench scale $SCALE (filler md5), data dir $DATA_BYTES B without pg_wal, $ROWS accounts; RUNS=$RUNS"
+[[ -z ${PGWAL_BIN_BASE:-} ]] || echo "# base_*: $("$PGWAL_BIN_BASE" --version 2>/dev/null) (${BENCH_BASE_ORIG:-$PGWAL_BIN_BASE})"
 echo "# S3: s3s-fs on 127.0.0.1$( [[ $S3_DELAY_MS != 0 ]] && echo " behind TLS and ${S3_DELAY_MS} ms each way (s3proxy.py)" ); $("$PGWAL_BIN" --version 2>/dev/null || echo pgwal) (${BENCH_PGWAL_ORIG:-$PGWAL_BIN}); $("$PGBACKREST" version) process-max=$PGBR_PROCESS_MAX zst $PGBR_LEVEL; $(nproc) CPUs"
 printf '%-11s %9s %8s %9s %10s %9s\n' variant backup_s cpu_s repo_MB restore_s cpu_s
 for v in $VARIANTS; do
@@ -271,6 +293,8 @@ ratio() {  # ratio LABEL A B: backup and restore wall of variant A over B
     "$(awk -v a="$(col "$2" 6)" -v b="$(col "$3" 6)" 'BEGIN{print a/b}')"
 }
 ratio "pgwal S3/local" pgwal_s3 pgwal_file
+ratio "base S3/local" base_s3 base_file
+ratio "pgwal/base on S3" pgwal_s3 base_s3
 ratio "pgbr S3/local" pgbr_s3 pgbr_file
 ratio "pgwal/pgbr on S3" pgwal_s3 pgbr_s3
 [[ $VERIFY == 1 ]] && echo "# every restored cluster started, was promoted and had $ROWS rows in pgbench_accounts"
