@@ -52,6 +52,10 @@ const NOT_RESTORED: &[&str] = &[
 /// Largest pack a restore accepts: a worker holds one in memory (twice).
 const MAX_PACK: u64 = 1 << 30;
 
+/// Packs downloaded beyond those being decoded, so that the next pack is
+/// there when a worker is free (each read in parts: [`crate::repo::parts`]).
+const DOWNLOADS_AHEAD: usize = 1;
+
 /// Where the data directory and each tablespace go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -544,7 +548,8 @@ pub struct Written {
 }
 
 /// Creates the files in `write` at their size and fills them from the packs
-/// that hold them, `jobs` packs at a time (memory: about two packs per job).
+/// that hold them, `jobs` packs decoded at a time while as many more and
+/// [`DOWNLOADS_AHEAD`] download (memory: about three packs per job).
 /// Every file's SHA-256 is checked against the manifest and every file is
 /// fsynced before this returns.
 pub fn write_files(
@@ -613,13 +618,36 @@ pub fn write_files(
     let result = rt.block_on(async {
         futures::stream::iter(by_pack)
             .map(|((backup, number), pieces)| {
-                let shared = Arc::clone(&shared);
-                async move {
+                // A task of its own, so that the download goes on while the
+                // packs before it are decoded: the network and the cores overlap.
+                let repo = repo.clone();
+                let failed_on: PathBuf = pack_key(&backup, number).to_string().into();
+                let download = AbortOnDrop(tokio::spawn(async move {
                     let key = pack_key(&backup, number);
-                    let object = repo.get(&key).await?.ok_or_else(|| Error::Corrupt {
+                    let object = repo.get_in_parts(&key).await?.ok_or_else(|| Error::Corrupt {
                         key: key.to_string(),
                         reason: "the pack is missing from the repository".into(),
                     })?;
+                    Ok::<_, Error>((backup, number, object, pieces))
+                }));
+                async move {
+                    let mut download = download;
+                    (&mut download.0).await.map_err(|e| Error::Io {
+                        action: "restore download failed on",
+                        path: failed_on,
+                        source: io::Error::other(e.to_string()),
+                    })?
+                }
+            })
+            // In order: files spanning packs are hashed as their pieces
+            // arrive, and only a bounded window of pieces may wait for those
+            // before them. `jobs` packs are decoded at once while
+            // `jobs + DOWNLOADS_AHEAD` more download.
+            .buffered(jobs.max(1) + DOWNLOADS_AHEAD)
+            .map_ok(|(backup, number, object, pieces)| {
+                let shared = Arc::clone(&shared);
+                async move {
+                    let key = pack_key(&backup, number);
                     tokio::task::spawn_blocking(move || fill_from_pack(&shared, &backup, number, &object, &pieces))
                         .await
                         .map_err(|e| Error::Io {
@@ -629,10 +657,7 @@ pub fn write_files(
                         })?
                 }
             })
-            // In order (with `jobs` packs in flight): files spanning packs are
-            // hashed as their pieces arrive, and only a bounded window of
-            // pieces may wait for those before them.
-            .buffered(jobs.max(1))
+            .try_buffered(jobs.max(1))
             .try_collect::<Vec<()>>()
             .await
     });
@@ -652,6 +677,16 @@ pub fn write_files(
     }
     sync_files(&shared.paths, &finished)?;
     Ok(written)
+}
+
+/// A download task that stops when the restore no longer waits for it (a
+/// failure elsewhere ends the restore: the packs after it are not needed).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How many fsyncs run at once at the end of a restore: they wait for the
