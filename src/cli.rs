@@ -152,7 +152,8 @@ without a request; names that are not segments (.history probes) never start it.
 backup API (pg_backup_start / pg_backup_stop on one session held open throughout) and stores it in the \
 repository: the files of the data directory and of every tablespace, read by parallel workers \
 (backup.workers, default one per core) into packs of about 32 MiB, each compressed with zstd \
-(backup.compress_level) and stored with its SHA-256, plus a manifest with every file's size, mode, \
+(backup.compress_level) and stored with its SHA-256 by a create-only put of its own (into an object \
+store, up to backup.workers + 3 packs are uploaded at once while the workers go on), plus a manifest with every file's size, mode, \
 modification time and SHA-256, the start and stop LSN, timeline, times, PostgreSQL version and system \
 identifier. Files PostgreSQL's own base backup skips are skipped (pg_wal contents, postmaster.pid, \
 pg_replslot and pg_stat_tmp contents, temporary files, unlogged relations but their init fork...).\n\n\
