@@ -216,3 +216,64 @@ fn overwrite(endpoint: &str, access: &str, secret: &str, key: &str, bytes: Vec<u
     rt.block_on(store.put(&object_store::path::Path::from(key), bytes.into()))?;
     Ok(())
 }
+
+/// A part read that stalls past the request timeout (a server that took
+/// the request and went silent) is abandoned and read again, and the
+/// restore completes, every file checked against its SHA-256. Run in this
+/// process with a short retry deadline (6 s: 3 s per request), so that the
+/// stall need not outlast the command's minute-long timeout.
+#[test]
+fn a_part_read_that_stalls_past_the_request_timeout_is_read_again() -> Result<()> {
+    use pgwal::config::restore::RestoreOptions;
+    use pgwal::pg::recovery::{RecoveryTarget, TargetTimeline};
+    use pgwal::storage::{Access, RepoUrl, RetryPolicy, S3Options, StoreOptions};
+
+    let s = Setup::new()?;
+    let pg = s.primary()?;
+    let id = s.backup(&pg)?;
+    let sizes = s.pack_sizes(&id)?;
+    let (big, _) = sizes.iter().find(|(_, &size)| size > PART_SIZE).context("a pack of several parts")?;
+
+    let deadline = Duration::from_secs(6);
+    let url = RepoUrl::S3 { bucket: "pgwal".into(), prefix: "main".into() };
+    let store_opts = StoreOptions {
+        s3: S3Options {
+            endpoint: Some(s.proxy.endpoint()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some(s.s3.access_key().to_string()),
+            secret_access_key: Some(s.s3.secret_key().to_string()),
+            session_token: None,
+            allow_http: Some(true),
+        },
+        ..Default::default()
+    };
+    let store = pgwal::storage::open(&url, &store_opts, Access::MustExist, deadline)?;
+    let repo = pgwal::repo::Repository::new(store, url.clone(), RetryPolicy::with_deadline(deadline));
+    let target = s.dir.join("restored").join(DATA_SUBDIR);
+    let opts = RestoreOptions {
+        target_dir: target.clone(),
+        backup: None,
+        target: Some(RecoveryTarget::Immediate),
+        action: None,
+        timeline: TargetTimeline::Current,
+        tablespace_map: Vec::new(),
+        delta: false,
+        jobs: 2,
+        standby: None,
+        repo: url,
+        config_file: Some(s.config.clone()),
+        encryption_key_file: None,
+        retry_deadline: deadline,
+    };
+    s.proxy.take_requests();
+    s.proxy.inject_range("GET", &format!("/pack/{big}"), PART_SIZE, Fault::Stall(Duration::from_secs(5)), 1);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let outcome = pgwal::ops::restore::restore(&rt, &repo, &opts)?;
+    ensure!(outcome.written.packs == sizes.len(), "{outcome:?}");
+    ensure!(s.proxy.faults_done().iter().any(|(_, f)| matches!(f, Fault::Stall(_))), "the stall was met");
+    let requests = s.proxy.take_requests();
+    let again = pack_gets(&requests, &id, big).iter().filter(|r| r.range_start() == Some(PART_SIZE)).count();
+    ensure!(again == 2, "the stalled part is read twice: {requests:?}");
+    ensure!(target.join("global/pg_control").is_file(), "the restore completed");
+    Ok(())
+}

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use super::chain::Sources;
@@ -568,11 +568,11 @@ pub fn write_files(
     let mut read_back = BTreeSet::new();
     let mut by_pack: BTreeMap<(BackupId, u32), Vec<Piece>> = BTreeMap::new();
     let mut written = Written::default();
+    let mut to_create = Vec::with_capacity(write.len());
     for &i in write {
         let entry = &m.files[i];
         let path = layout.file_path(entry);
-        pgdata::create_sized_file(&path, pgdata::file_mode(entry.mode), entry.size)
-            .map_err(Error::io("cannot create", &path))?;
+        to_create.push((path.clone(), pgdata::file_mode(entry.mode), entry.size));
         if entry.extents.is_empty() {
             let empty = frame::hex(&frame::sha256(b""));
             if !entry.sha256.eq_ignore_ascii_case(&empty) {
@@ -616,7 +616,32 @@ pub fn write_files(
         progress,
     });
     let result = rt.block_on(async {
-        futures::stream::iter(by_pack)
+        // The files are created while the first packs download (creating a
+        // thousand files takes the kernel most of a second here): nothing
+        // is written into them before every one exists.
+        let creating = tokio::task::spawn_blocking(move || create_files(&to_create));
+        let create_failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let created = {
+            let failure = Arc::clone(&create_failure);
+            async move {
+                let done = creating.await.unwrap_or_else(|e| {
+                    Err(Error::Io {
+                        action: "restore worker failed on",
+                        path: PathBuf::from("the files to restore"),
+                        source: io::Error::other(e.to_string()),
+                    })
+                });
+                match done {
+                    Ok(()) => true,
+                    Err(e) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        false
+                    }
+                }
+            }
+            .shared()
+        };
+        let filled = futures::stream::iter(by_pack)
             .map(|((backup, number), pieces)| {
                 // A task of its own, so that the download goes on while the
                 // packs before it are decoded: the network and the cores overlap.
@@ -646,7 +671,16 @@ pub fn write_files(
             .buffered(jobs.max(1) + DOWNLOADS_AHEAD)
             .map_ok(|(backup, number, object, pieces)| {
                 let shared = Arc::clone(&shared);
+                let (created, create_failure) = (created.clone(), Arc::clone(&create_failure));
                 async move {
+                    if !created.await {
+                        let failure = create_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        return Err(failure.unwrap_or_else(|| Error::Io {
+                            action: "cannot create",
+                            path: PathBuf::from("the files to restore"),
+                            source: io::Error::other("see the first error"),
+                        }));
+                    }
                     let key = pack_key(&backup, number);
                     tokio::task::spawn_blocking(move || fill_from_pack(&shared, &backup, number, &object, &pieces))
                         .await
@@ -659,7 +693,20 @@ pub fn write_files(
             })
             .try_buffered(jobs.max(1))
             .try_collect::<Vec<()>>()
-            .await
+            .await;
+        // Never return while files are still being created in the target.
+        let all_created = created.await;
+        match (filled, all_created) {
+            (Err(e), _) => Err(e),
+            (Ok(_), false) => {
+                Err(create_failure.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| Error::Io {
+                    action: "cannot create",
+                    path: PathBuf::from("the files to restore"),
+                    source: io::Error::other("a file could not be created"),
+                }))
+            }
+            (Ok(_), true) => Ok(()),
+        }
     });
     shared.progress.finish();
     result?;
@@ -677,6 +724,14 @@ pub fn write_files(
     }
     sync_files(&shared.paths, &finished)?;
     Ok(written)
+}
+
+/// Creates every file to restore at its size (sparse), with its mode.
+fn create_files(files: &[(PathBuf, u32, u64)]) -> Result<()> {
+    for (path, mode, size) in files {
+        pgdata::create_sized_file(path, *mode, *size).map_err(Error::io("cannot create", path))?;
+    }
+    Ok(())
 }
 
 /// A download task that stops when the restore no longer waits for it (a
