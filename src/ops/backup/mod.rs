@@ -518,6 +518,9 @@ pub fn needed_segments(start: Lsn, stop: Lsn, size: WalSegmentSize) -> std::ops:
 /// How many WAL segments [`wait_for_wal`] looks for at once.
 const WAL_LOOKS_IN_FLIGHT: usize = 16;
 
+/// The longest [`wait_for_wal`] goes without looking in the repository.
+const WAL_LOOK_EVERY: Duration = Duration::from_millis(250);
+
 /// Waits until every segment the backup needs is in the repository, on any
 /// of `timelines`; says once which segment it waits for and why.
 /// `session` is the server whose `archive_command` ships them, `archiver_name` names it.
@@ -538,9 +541,7 @@ async fn wait_for_wal(
         timelines.iter().map(|&tli| WalFileName::segment(tli, SegmentNo(segno), size)).collect()
     };
     let mut missing: Vec<u64> = needed.collect();
-    // Short at first: the last segment is usually being archived right now,
-    // and on an object store each look costs only a round trip.
-    let mut pause = Duration::from_millis(25);
+    let mut archived = session.archiver_stats().await.ok().and_then(|s| s.last_archived_wal);
     loop {
         // Every segment still missing is looked for at once, a few requests
         // in flight: one by one, each would cost a round trip.
@@ -582,9 +583,26 @@ async fn wait_for_wal(
             });
             return Err(Error::WalMissing { segment: names[0], seconds: timeout.as_secs(), archiver });
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
+        archived = archiver_progress(session, archived).await;
     }
+}
+
+/// Waits until the archiver's `last_archived_wal` moves on from `seen`, or
+/// [`WAL_LOOK_EVERY`] passed: asking the server costs no round trip to the
+/// repository, so the repository is looked at again as soon as a segment
+/// may have arrived (the last one is usually being archived as the backup
+/// stops), yet no less often than that when the server cannot tell (its
+/// archiver ships elsewhere, or the query fails). Returns what it saw.
+async fn archiver_progress(session: &Session, seen: Option<String>) -> Option<String> {
+    let until = Instant::now() + WAL_LOOK_EVERY;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match session.archiver_stats().await {
+            Ok(s) if s.last_archived_wal != seen => return s.last_archived_wal,
+            _ => {}
+        }
+    }
+    seen
 }
 
 #[cfg(test)]
