@@ -18,6 +18,11 @@
 #   PGBR_LEVEL / PGBR_PROCESS_MAX  pgBackRest zst level and process-max [3 / 2]
 #   PGWAL_PREFETCH  if set, [fetch] prefetch = N for both pgwal variants
 #                 (0 turns prefetching off; default: pgwal's own default)
+#   S3_DELAY_MS   > 0: pgwal_s3 reaches s3s-fs the way a client reaches a
+#                 real object store, through benches/s3proxy.py terminating
+#                 TLS and adding S3_DELAY_MS each way (S3_RATE_MBIT caps each
+#                 direction; bench_common.sh s3_net_start; run as root once
+#                 for the CA); 0 = plain HTTP on loopback              [0]
 #
 # Setup (not timed, reused from $WORK/recovery/setup when it matches): a
 # primary (initdb --data-checksums, wal_level=replica, full_page_writes=on,
@@ -33,7 +38,8 @@
 #   local       the corpus copied into pg_wal before start, restore_command
 #               = 'false': the replay-bound lower limit
 #   cp          cp WALDIR/%f %p
-#   pgwal_s3    pgwal fetch %f %p, repository on s3s-fs (default prefetching)
+#   pgwal_s3    pgwal fetch %f %p, repository on s3s-fs (default prefetching;
+#               behind TLS and S3_DELAY_MS each way when that is set)
 #   pgwal_file  pgwal fetch %f %p, file:// repository
 #   pgbr_async  pgbackrest archive-get, archive-async=y, process-max=2, zst 3,
 #               posix repository (pgBackRest 2.45 cannot talk plain HTTP to
@@ -226,7 +232,7 @@ FILE_REPO=file://$SETUP/repo_file
 S3_CONF=$SETUP/pgwal-s3.toml
 needs() { [[ " $VARIANTS " == *" $1 "* ]]; }
 if needs pgwal_s3; then
-  s3_start "$SETUP/s3"
+  s3_net_start "$SETUP/s3"
   s3_config "$S3_CONF" "s3://bench/recovery"
   pgwal_load s3 --config "$S3_CONF"
 fi
@@ -333,6 +339,10 @@ echo "# recovery.sh: $NSEG segments ($FIRST..$LAST), $mb MB of WAL replayed (bac
 echo "# $ROWS pgbench_history rows checked in every run; RUNS=$RUNS, median; pgwal $("$PGWAL_BIN" --version | awk '{print $2}') (${BENCH_PGWAL_ORIG:-$PGWAL_BIN})"
 if needs pgbr_async; then echo "# pgbr_async reads a posix repository: pgBackRest 2.45 cannot talk plain HTTP to s3s-fs"; fi
 if [[ -n ${PGWAL_PREFETCH:-} ]]; then echo "# pgwal: [fetch] prefetch = $PGWAL_PREFETCH"; fi
+if needs pgwal_s3; then
+  if [[ ${S3_DELAY_MS:-0} != 0 ]]; then echo "# pgwal_s3: s3s-fs behind TLS and ${S3_DELAY_MS} ms each way (s3proxy.py${S3_RATE_MBIT:+, ${S3_RATE_MBIT} Mbit/s})"
+  else echo "# pgwal_s3: s3s-fs over plain HTTP on loopback (S3_DELAY_MS=0)"; fi
+fi
 declare -A MED=()
 for v in $VARIANTS; do MED[$v]=$(tr ' ' '\n' <<<"${WALLS[$v]}" | grep . | median); done
 printf '%-11s %4s %8s %8s %8s %7s %7s %8s\n' variant runs wall_s min_s max_s seg_s MB_s vs_local

@@ -126,14 +126,19 @@ against its stored SHA-256, via a temporary file in DEST's directory and a renam
 in the archive (PostgreSQL's probes for .history files end this way). Any other failure (corrupt object, \
 unreachable repository, bad configuration) exits above 125 so that PostgreSQL stops recovery rather than \
 ending it early; in standby mode (standby.signal in the data directory) it exits 1 and PostgreSQL retries.\n\n\
-Prefetching: in the data directory of a server in archive recovery (the working directory, as \
-PostgreSQL runs restore_command, or --pgdata, holding recovery.signal or standby.signal; a fetch run by \
-hand in a primary's data directory writes nothing there), after fetch has delivered a segment it makes \
+Prefetching: after fetch has delivered a segment in the data directory of a server in archive recovery \
+(the working directory, as PostgreSQL runs restore_command, or --pgdata, holding recovery.signal or \
+standby.signal), or into DEST pg_wal/RECOVERYXLOG of a data directory with global/pg_control even without \
+a signal file or a running server (what pg_rewind --restore-target-wal does for a stopped cluster), it makes \
 sure one background prefetcher runs for the data directory (the same binary, detached in its own session, logging to \
-pg_wal/pgwal/prefetch.log, one per data directory by a lock on pg_wal/pgwal/prefetch.lock). It keeps \
+pg_wal/pgwal/prefetch.log, one per data directory by a lock on pg_wal/pgwal/prefetch.lock). Any other fetch \
+(by hand into /tmp, even from a primary's data directory) is a plain fetch that writes nothing there. It keeps \
 the next fetch.prefetch segments (default 8; 0 turns prefetching off) in the spool pg_wal/pgwal/fetch/, \
 on the timeline PostgreSQL will ask for them on (the newest timeline in the repository whose history \
-agrees with the segment just asked for, else that segment's timeline). Each spooled segment is checked \
+agrees with the segment just asked for, else that segment's timeline), with up to 4 GETs in flight at once \
+on its one connection pool, the segments decoded one at a time (each on every core) while the next ones \
+download. \
+Each spooled segment is checked \
 against its SHA-256 before it appears under its name, beside a sidecar NAME.meta naming the repository, \
 the system identifier, the boot, and the file's inode, size and time, and only once it is fsynced \
 (a second thread of the prefetcher fsyncs up to 4 at once while the next ones are decoded, and the \
@@ -144,8 +149,10 @@ anything else is deleted and NAME is fetched from the repository. A segment the 
 fetch or check is simply not spooled, so a corrupt object or an unreachable repository fails fetch \
 exactly as without prefetching. The prefetcher removes the spool and exits when recovery ends \
 (recovery.signal and standby.signal are gone), within a second of its server's exit (the process named \
-by postmaster.pid is gone: a stopped standby, an immediate shutdown, a failed recovery), or after 60s \
-without a request; names that are not segments (.history probes) never start it.")]
+by postmaster.pid is gone: a stopped standby, an immediate shutdown, a failed recovery), when its spool \
+directory or lock file is removed, or after 60s without a request (10s when it was started without a \
+signal file); started for a stopped cluster it serves it only while no signal file is there, and \
+follows a server that starts meanwhile; names that are not segments (.history probes) never start it.")]
     Fetch(FetchArgs),
     /// Take a base backup of the running cluster
     #[command(long_about = "Takes a base backup of the running cluster through PostgreSQL's non-exclusive \

@@ -81,7 +81,7 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             }
             let name = fetch::parse_name(&args.name)?;
             let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, true)?;
-            let spool = fetch::spool_for(&cfg);
+            let spool = fetch::spool_for(&cfg, &args.dest);
             fetch::fetch_prefetching(&rt, &repo, &name, &args.dest, spool.as_ref(), cfg.file.as_deref())
         }
         Command::PrefetchWal => {

@@ -79,6 +79,25 @@ pub fn in_standby_mode(data_dir: &Path) -> bool {
     data_dir.join("standby.signal").exists()
 }
 
+/// Whether `dest` (relative to the working directory if relative) is
+/// `<data_dir>/pg_wal/RECOVERYXLOG` of a data directory with a
+/// `global/pg_control`: the file PostgreSQL's startup process, and
+/// pg_rewind's `--restore-target-wal` for a stopped cluster, have
+/// restore_command write. A symlinked pg_wal counts as itself.
+pub fn is_recovery_xlog(data_dir: &Path, dest: &Path) -> bool {
+    if dest.file_name() != Some(std::ffi::OsStr::new("RECOVERYXLOG")) || !data_dir.join("global/pg_control").is_file() {
+        return false;
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (parent.canonicalize(), data_dir.join("pg_wal").canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// The PID of the postmaster running in `data_dir`, if one runs: the first
 /// line of its `postmaster.pid`, when that process is alive. A file left by
 /// a killed server names a process that is gone (or, after a reboot, the
@@ -119,6 +138,29 @@ mod tests {
         assert_eq!(running_postmaster(dir.path()), None, "a reaped process");
         std::fs::write(dir.path().join("postmaster.pid"), "garbage\n").expect("write");
         assert_eq!(running_postmaster(dir.path()), None);
+    }
+
+    #[test]
+    fn recovery_xlog_is_pg_wal_recoveryxlog_of_a_data_dir_with_pg_control() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("pg_wal")).expect("mkdir");
+        let dest = data.join("pg_wal/RECOVERYXLOG");
+        assert!(!is_recovery_xlog(&data, &dest), "no global/pg_control");
+        std::fs::create_dir_all(data.join("global")).expect("mkdir");
+        std::fs::write(data.join("global/pg_control"), [0u8; 8192]).expect("write");
+        assert!(is_recovery_xlog(&data, &dest));
+        assert!(is_recovery_xlog(&data, &data.join("global/../pg_wal/RECOVERYXLOG")));
+        assert!(!is_recovery_xlog(&data, &data.join("pg_wal/000000010000000000000001")));
+        assert!(!is_recovery_xlog(&data, &data.join("RECOVERYXLOG")));
+        assert!(!is_recovery_xlog(&data, &dir.path().join("RECOVERYXLOG")));
+        // pg_wal elsewhere (initdb -X), reached through the link or directly.
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).expect("mkdir");
+        std::fs::remove_dir(data.join("pg_wal")).expect("rmdir");
+        std::os::unix::fs::symlink(&wal, data.join("pg_wal")).expect("symlink");
+        assert!(is_recovery_xlog(&data, &data.join("pg_wal/RECOVERYXLOG")));
+        assert!(is_recovery_xlog(&data, &wal.join("RECOVERYXLOG")));
     }
 
     #[test]

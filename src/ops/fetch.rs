@@ -22,12 +22,15 @@ pub fn exit_rules(cwd: Option<&Path>, pgdata: Option<&Path>) -> ExitRules {
     }
 }
 
-/// The spool to fill ahead of recovery (`fetch.prefetch` segments): only in
-/// archive recovery. Outside it (a fetch by hand in a primary's data
+/// The spool to fill ahead of a recovery (`fetch.prefetch` segments): in
+/// archive recovery (a signal file), or for a fetch into
+/// `<data dir>/pg_wal/RECOVERYXLOG` (PostgreSQL's startup process, pg_rewind
+/// `--restore-target-wal` or a harness replaying like it, without a signal
+/// file). Otherwise (a fetch by hand into /tmp, even from a primary's data
 /// directory) nothing is spooled or written into pg_wal/pgwal.
-pub fn spool_for(cfg: &crate::config::Config) -> Option<Spool> {
+pub fn spool_for(cfg: &crate::config::Config, dest: &Path) -> Option<Spool> {
     data_dir::of_this_process(cfg.pgdata.as_deref())
-        .filter(|d| cfg.fetch.prefetch > 0 && data_dir::in_recovery(d))
+        .filter(|d| cfg.fetch.prefetch > 0 && (data_dir::in_recovery(d) || data_dir::is_recovery_xlog(d, dest)))
         .map(|d| Spool::new(&d))
 }
 
@@ -41,9 +44,10 @@ pub fn parse_name(name: &str) -> Result<WalFileName> {
 const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Fetches `name` into `dest` from the prefetcher's spool when it holds a
-/// trusted copy, else from the repository; then, for a segment during
-/// recovery, keeps a prefetcher going. `spool` is `None` when prefetching is
-/// off or the data directory is unknown.
+/// trusted copy, else from the repository; then, for a segment, keeps a
+/// prefetcher going. `spool` is `None` when prefetching is off, the data
+/// directory is unknown or the fetch is not one to prefetch for (see
+/// [`spool_for`]).
 pub fn fetch_prefetching(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
@@ -57,13 +61,20 @@ pub fn fetch_prefetching(
     };
     let url = repo.url().to_string();
     let tag = repo.cache_tag();
+    // Recorded before the take: once the file has left the spool, the
+    // prefetcher must already know it was asked for, or it fetches it again.
+    spool.record_last(name);
     let taken = spool.take(name, &tag, dest)
         || (spool.wait_while_fetching(name, PREFETCH_WAIT) && spool.take(name, &tag, dest));
-    if !taken {
-        fetch(rt, repo, name, dest)?;
+    if taken {
+        prefetch::after_fetch(spool, name, &url, config);
+        return Ok(());
     }
+    // Before this call's own GET: a prefetcher that has to start (exec, a
+    // connection, the repository's identity and histories) does so while
+    // this segment downloads, and fetches the next ones beside it.
     prefetch::after_fetch(spool, name, &url, config);
-    Ok(())
+    fetch(rt, repo, name, dest)
 }
 
 /// Fetches `name` from `repo` into `dest`.

@@ -7,11 +7,22 @@
 //! `pg_wal/pgwal/prefetch.log` and /dev/null, one per data directory by an
 //! flock on `pg_wal/pgwal/prefetch.lock`). The prefetcher keeps the next
 //! `fetch.prefetch` segments after the last one asked for in the spool (see
-//! `spool`), following the recovery timeline, and exits when recovery ends
-//! (removing the spool), when its server stops (the postmaster named by
-//! `postmaster.pid` is gone: an immediate shutdown or a failed recovery), or
-//! when nobody asked for anything for a while (60s). Only a fetch for a
-//! server in archive recovery (recovery.signal or standby.signal) starts one.
+//! `spool`), following the recovery timeline, with up to [`GETS_IN_FLIGHT`]
+//! GETs at once on its one object-store client, each segment decoded and
+//! checked on a blocking thread (one at a time, each on every core) while
+//! the next ones download. It exits when
+//! recovery ends (removing the spool), when its server stops (the postmaster
+//! named by `postmaster.pid` is gone: an immediate shutdown or a failed
+//! recovery), when its spool or lock file is removed, or when nobody asked
+//! for anything for a while (60s; 10s when started without a signal file).
+//!
+//! Who starts one (`fetch::spool_for`): a fetch for a server in archive
+//! recovery (recovery.signal or standby.signal), and a fetch into
+//! `pg_wal/RECOVERYXLOG` of a data directory with `global/pg_control`
+//! without either: pg_rewind `--restore-target-wal` runs restore_command so
+//! for a stopped cluster. Such a prefetcher serves no server (one that
+//! starts later is followed from then on) and refuses to run while a signal
+//! file says a server recovers there. A fetch anywhere else is plain.
 //!
 //! Which timeline: PostgreSQL asks for each segment on the newest timeline of
 //! its target timeline's history that had begun by then. The prefetcher
@@ -23,7 +34,9 @@
 //! fsyncs every file restore_command hands it before it replays it
 //! (`KeepFileRestoredFromArchive`). A segment is therefore fsynced by a
 //! second thread of the prefetcher before it is published in the spool, up
-//! to [`DURABLE_AHEAD`] waiting at once while the next ones are decoded, and
+//! to [`DURABLE_AHEAD`] waiting at once while the next ones are decoded,
+//! those that queued up together fsynced at once (one flush after the
+//! other, each waiting for its own, made a serial publisher slow), and
 //! the spool directory after each batch: when `fetch` renames it into
 //! pg_wal, PostgreSQL's fsync finds nothing left to write and replay does
 //! not wait for the disk.
@@ -64,6 +77,16 @@ const SERVER_CHECK: Duration = Duration::from_millis(250);
 /// How long before a segment that was not in the repository is asked for again.
 const MISSING_RETRY: Duration = Duration::from_secs(1);
 
+/// How many GETs the prefetcher keeps in flight at once, all on its one
+/// (warm) object-store client: at a few ms of latency each way one 16 MiB
+/// segment takes several round trips, and one GET at a time leaves the
+/// link idle in between. Each segment is decoded and checked on a blocking
+/// thread while the next ones download.
+pub const GETS_IN_FLIGHT: usize = 4;
+
+/// Decodings run one at a time (see [`fetch_into`]).
+static DECODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// How many decoded segments may wait for their fsync at once: enough that
 /// decoding never waits for the disk, few enough that the memory and the
 /// dirty pages of the window stay small.
@@ -88,13 +111,13 @@ pub fn plan(last: &WalFileName, depth: usize, histories: &Histories, size: WalSe
         .collect()
 }
 
-/// Makes sure a prefetcher runs for `spool` after PostgreSQL asked for
-/// `name`: records the request and starts one if none holds the lock.
+/// Makes sure a prefetcher runs for `spool` once PostgreSQL asked for
+/// `name` (served from the spool, or about to be fetched): records the
+/// request and starts one if none holds the lock.
 pub fn after_fetch(spool: &Spool, name: &WalFileName, repo_url: &str, config: Option<&Path>) {
-    // Only for a server in archive recovery: PostgreSQL always has a signal
-    // file then, and a fetch without one (run by hand in a primary's data
-    // directory, pg_rewind's restore_command) must leave that directory alone.
-    if name.kind() != WalFileKind::Segment || !walspool::in_recovery(spool.data_dir()) {
+    // `fetch::spool_for` decided already that this fetch is one to prefetch
+    // for (archive recovery, or a fetch into pg_wal/RECOVERYXLOG).
+    if name.kind() != WalFileKind::Segment {
         return;
     }
     spool.record_last(name);
@@ -148,6 +171,11 @@ struct Decoded {
     tmp: PathBuf,
     file: File,
     sha256: String,
+    /// When its GET started, how long the GET and the decoding took (for
+    /// the debug log: where a segment's time goes).
+    started: Instant,
+    get: Duration,
+    decode: Duration,
 }
 
 /// Why the prefetcher stops.
@@ -155,6 +183,11 @@ enum Stop {
     RecoveryEnded,
     ServerStopped(i32),
     Idle,
+    /// A signal file but no server: a recovery that failed or was stopped.
+    NoServer,
+    /// The spool directory or the lock file was removed (the data directory
+    /// went away, or someone cleaned up by hand).
+    Removed,
 }
 
 /// How the publisher makes a segment durable (tests watch and fail it).
@@ -176,78 +209,140 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, dep
     if lock.try_lock().is_err() || depth == 0 {
         return Ok(()); // another prefetcher runs
     }
+    let lock_id = lock_identity(&lock);
+    let stop = serve(rt, repo, &spool, depth, lock_id);
+    // Only now that nothing is being published any more, and whatever ended
+    // it (an unreachable repository too); but a spool whose lock file was
+    // removed may be another prefetcher's by now.
+    if !matches!(stop, Ok(Stop::Removed)) {
+        let _ = std::fs::remove_dir_all(&spool.dir);
+    }
+    match stop? {
+        Stop::RecoveryEnded => crate::log_info!("prefetcher: recovery ended; spool removed"),
+        Stop::ServerStopped(pid) => crate::log_info!("prefetcher: the server (PID {pid}) stopped; spool removed"),
+        Stop::NoServer => {
+            crate::log_info!("prefetcher: no server runs in '{}'; not prefetching", data_dir.display());
+        }
+        Stop::Removed => crate::log_info!("prefetcher: its spool or lock file was removed; exiting"),
+        Stop::Idle => {}
+    }
+    Ok(())
+}
+
+/// The prefetcher once it holds the lock: until something stops it.
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    spool: &Spool,
+    depth: usize,
+    lock_id: Option<(u64, u64)>,
+) -> Result<Stop> {
+    let data_dir = spool.data_dir();
     std::fs::create_dir_all(&spool.dir).map_err(Error::io("cannot create", &spool.dir))?;
     let url = repo.cache_tag();
     let identity = rt.block_on(repo.identity())?.cluster;
-    let Some(identity) = identity else { return Ok(()) };
+    let Some(identity) = identity else { return Ok(Stop::Idle) };
     let size = WalSegmentSize::new(identity.wal_segment_size).ok_or_else(|| Error::Corrupt {
         key: keys::cluster().to_string(),
         reason: format!("segment size {}", identity.wal_segment_size),
     })?;
     // The prefetcher serves one running server: it lives in its own session
     // (so PostgreSQL's shutdown does not signal it) and must not outlive it.
-    let Some(server) = walspool::running_postmaster(data_dir) else {
-        let _ = std::fs::remove_dir_all(&spool.dir);
-        crate::log_info!("prefetcher: no server runs in '{}'; not prefetching", data_dir.display());
-        return Ok(());
-    };
+    // Without a server it serves a stopped cluster's restore_command calls
+    // into pg_wal/RECOVERYXLOG (pg_rewind --restore-target-wal): only while
+    // no signal file says that a server recovers here (a recovery that just
+    // failed leaves recovery.signal behind), and until the idle exit.
+    let server = walspool::running_postmaster(data_dir);
+    if server.is_none() && walspool::in_recovery(data_dir) {
+        return Ok(Stop::NoServer);
+    }
     let sysid = identity.system_identifier;
-    let stop = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let (jobs, queued) = mpsc::sync_channel::<Decoded>(DURABLE_AHEAD);
         let (published, done) = mpsc::channel();
-        let (spool, url) = (&spool, url.as_str());
+        let url = url.as_str();
         s.spawn(move || publish_durably(spool, url, sysid, &queued, &published, &sync_all));
         // `jobs` is dropped when `watch` returns: the publisher then ends.
-        watch(rt, repo, spool, size, depth, server, jobs, &done)
-    })?;
-    // Only now that nothing is being published any more.
-    let _ = std::fs::remove_dir_all(&spool.dir);
-    match stop {
-        Stop::RecoveryEnded => crate::log_info!("prefetcher: recovery ended; spool removed"),
-        Stop::ServerStopped(pid) => crate::log_info!("prefetcher: the server (PID {pid}) stopped; spool removed"),
-        Stop::Idle => {}
-    }
-    Ok(())
+        let ctx = Watch { repo, spool, size, depth, lock_id };
+        rt.block_on(watch(&ctx, server, jobs, &done))
+    })
 }
 
-/// Keeps the window after the last request decoded (handing each segment to
-/// the publisher) until recovery ends, the server stops or nobody asks.
-#[allow(clippy::too_many_arguments)]
-fn watch(
-    rt: &tokio::runtime::Runtime,
-    repo: &Repository,
-    spool: &Spool,
+/// Device and inode of the prefetcher's lock file, to notice it replaced or removed.
+fn lock_identity(lock: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    lock.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// What the prefetcher's loop works with.
+struct Watch<'a> {
+    repo: &'a Repository,
+    spool: &'a Spool,
     size: WalSegmentSize,
     depth: usize,
-    server: i32,
+    /// The lock file this prefetcher holds.
+    lock_id: Option<(u64, u64)>,
+}
+
+impl Watch<'_> {
+    /// Whether the spool directory and the very lock file held still exist.
+    fn still_in_place(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let lock = std::fs::metadata(self.spool.lock_path()).ok().map(|m| (m.dev(), m.ino()));
+        self.spool.dir.is_dir() && lock.is_some() && lock == self.lock_id
+    }
+}
+
+/// Keeps the window after the last request fetched (up to [`GETS_IN_FLIGHT`]
+/// GETs at once, each decoded and checked on a blocking thread, then handed
+/// to the publisher) until recovery ends, the server stops, the spool is
+/// removed or nobody asks for a while. `server` is the postmaster this
+/// prefetcher serves (`None`: a stopped cluster; one that starts later is
+/// then served, and followed, from then on).
+async fn watch(
+    w: &Watch<'_>,
+    mut server: Option<i32>,
     jobs: mpsc::SyncSender<Decoded>,
     done: &mpsc::Receiver<(WalFileName, std::io::Result<()>)>,
 ) -> Result<Stop> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let (repo, spool) = (w.repo, w.spool);
     let data_dir = spool.data_dir();
-    let mut histories = rt.block_on(load_histories(repo))?;
+    let mut histories = load_histories(repo).await?;
     let mut last = spool.last();
     let mut last_change = Instant::now();
     let mut missing: HashMap<WalFileName, Instant> = HashMap::new();
     let mut corrupt: HashSet<WalFileName> = HashSet::new();
-    // Decoded and handed to the publisher, not yet published.
-    let mut in_flight: HashSet<WalFileName> = HashSet::new();
-    let started_in_recovery = walspool::in_recovery(data_dir);
-    let idle_exit = if started_in_recovery { IDLE_EXIT } else { IDLE_EXIT_OUTSIDE_RECOVERY };
+    // Being fetched, or decoded and handed to the publisher, not yet published.
+    let mut busy: HashSet<WalFileName> = HashSet::new();
+    // Decoded, waiting for room in the publisher's queue.
+    let mut decoded: std::collections::VecDeque<Decoded> = std::collections::VecDeque::new();
+    let mut gets = FuturesUnordered::new();
+    let mut recovering = walspool::in_recovery(data_dir);
+    let idle_exit = if recovering { IDLE_EXIT } else { IDLE_EXIT_OUTSIDE_RECOVERY };
     let mut server_checked = Instant::now();
     loop {
         while let Ok((name, result)) = done.try_recv() {
-            in_flight.remove(&name);
+            busy.remove(&name);
             if let Err(e) = result {
                 crate::log_info!("prefetcher: cannot make '{name}' durable: {e}");
                 missing.insert(name, Instant::now());
             }
         }
-        if started_in_recovery && !walspool::in_recovery(data_dir) {
+        let in_recovery = walspool::in_recovery(data_dir);
+        if recovering && !in_recovery {
             return Ok(Stop::RecoveryEnded);
         }
+        recovering |= in_recovery;
         if server_checked.elapsed() >= SERVER_CHECK {
-            if walspool::running_postmaster(data_dir) != Some(server) {
-                return Ok(Stop::ServerStopped(server));
+            let now = walspool::running_postmaster(data_dir);
+            match server {
+                Some(pid) if now != Some(pid) => return Ok(Stop::ServerStopped(pid)),
+                None => server = now,
+                Some(_) => {}
+            }
+            if !w.still_in_place() {
+                return Ok(Stop::Removed);
             }
             server_checked = Instant::now();
         }
@@ -259,46 +354,75 @@ fn watch(
         if last_change.elapsed() > idle_exit {
             return Ok(Stop::Idle);
         }
-        let window = last.map(|l| plan(&l, depth, &histories, size)).unwrap_or_default();
-        // What PostgreSQL no longer needs (replayed, or another timeline).
-        for name in spool.entries() {
-            if !window.contains(&name) {
-                spool.discard(&name);
-            }
-        }
-        let next = window.iter().find(|n| !corrupt.contains(n) && !in_flight.contains(n) && !spool.file(n).exists());
-        let Some(&next) = next else {
-            std::thread::sleep(POLL);
-            continue;
-        };
-        if missing.get(&next).is_some_and(|t| t.elapsed() < MISSING_RETRY) {
-            std::thread::sleep(POLL);
-            continue;
-        }
-        match rt.block_on(fetch_into(repo, spool, &next)) {
-            Ok(Attempt::Decoded(decoded)) => {
-                missing.remove(&next);
-                in_flight.insert(next);
-                if jobs.send(decoded).is_err() {
+        while let Some(d) = decoded.pop_front() {
+            match jobs.try_send(d) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(d)) => {
+                    decoded.push_front(d);
+                    break;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
                     return Err(Error::io("cannot publish into", &spool.dir)(std::io::Error::other(
                         "the publishing thread ended",
                     )));
                 }
             }
+        }
+        let window = last.map(|l| plan(&l, w.depth, &histories, w.size)).unwrap_or_default();
+        // What PostgreSQL no longer needs (replayed, or another timeline);
+        // not the one it asked for last, which `fetch` may be taking now.
+        for name in spool.entries() {
+            if !window.contains(&name) && Some(name) != last {
+                spool.discard(&name);
+            }
+        }
+        // In window order: the segment PostgreSQL asks for next goes first.
+        for &next in &window {
+            if gets.len() >= GETS_IN_FLIGHT {
+                break;
+            }
+            if corrupt.contains(&next)
+                || busy.contains(&next)
+                || missing.get(&next).is_some_and(|t| t.elapsed() < MISSING_RETRY)
+                || spool.file(&next).exists()
+            {
+                continue;
+            }
+            busy.insert(next);
+            gets.push(async move { (next, fetch_into(repo, spool, &next).await) });
+        }
+        let finished = if gets.is_empty() {
+            tokio::time::sleep(POLL).await;
+            None
+        } else {
+            tokio::select! {
+                f = gets.next() => f,
+                () = tokio::time::sleep(POLL) => None,
+            }
+        };
+        let Some((name, attempt)) = finished else { continue };
+        match attempt {
+            Ok(Attempt::Decoded(d)) => {
+                missing.remove(&name);
+                decoded.push_back(d);
+            }
             Ok(Attempt::Missing) => {
+                busy.remove(&name);
                 // Perhaps not archived yet, or a timeline switch: look again later.
-                missing.insert(next, Instant::now());
-                if let Ok(h) = rt.block_on(load_histories(repo)) {
+                missing.insert(name, Instant::now());
+                if let Ok(h) = load_histories(repo).await {
                     histories = h;
                 }
             }
             Ok(Attempt::Corrupt(reason)) => {
-                crate::log_info!("prefetcher: not spooling '{next}': {reason}");
-                corrupt.insert(next);
+                busy.remove(&name);
+                crate::log_info!("prefetcher: not spooling '{name}': {reason}");
+                corrupt.insert(name);
             }
             Err(e) => {
+                busy.remove(&name);
                 crate::log_info!("prefetcher: {}", e.one_line());
-                missing.insert(next, Instant::now());
+                missing.insert(name, Instant::now());
             }
         }
     }
@@ -320,13 +444,40 @@ fn publish_durably(
 ) {
     while let Ok(first) = queued.recv() {
         let mut batch = vec![first];
-        batch.extend(queued.try_iter());
-        for d in batch {
-            let result = sync(&d.name, &d.file).and_then(|()| spool.publish(&d.tmp, &d.name, url, sysid, d.sha256));
+        batch.extend(queued.try_iter().take(DURABLE_AHEAD - 1));
+        // The fsyncs of a batch at once: the disk commits concurrent ones
+        // together, where one after the other each waits for its own flush.
+        let sync_started = Instant::now();
+        let synced: Vec<(std::io::Result<()>, Duration)> = if batch.len() == 1 {
+            vec![(sync(&batch[0].name, &batch[0].file), sync_started.elapsed())]
+        } else {
+            std::thread::scope(|s| {
+                let running: Vec<_> =
+                    batch.iter().map(|d| s.spawn(move || (sync(&d.name, &d.file), sync_started.elapsed()))).collect();
+                running
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .unwrap_or_else(|_| (Err(std::io::Error::other("the fsync thread failed")), Duration::ZERO))
+                    })
+                    .collect()
+            })
+        };
+        for (d, (synced, took)) in batch.into_iter().zip(synced) {
+            let result = synced.and_then(|()| spool.publish(&d.tmp, &d.name, url, sysid, d.sha256));
             drop(d.file);
             if result.is_err() {
                 let _ = std::fs::remove_file(&d.tmp);
             }
+            crate::log_debug!(
+                "prefetcher: '{}' published after {} ms: GET {} ms, decode {} ms, queued {} ms, fsync {} ms",
+                d.name,
+                d.started.elapsed().as_millis(),
+                d.get.as_millis(),
+                d.decode.as_millis(),
+                sync_started.saturating_duration_since(d.started + d.get + d.decode).as_millis(),
+                took.as_millis(),
+            );
             let _ = done.send((d.name, result));
         }
         // The renames above: what PostgreSQL's fsync of pg_wal would
@@ -343,22 +494,49 @@ async fn load_histories(repo: &Repository) -> Result<Histories> {
 
 /// Fetches `name` into the spool's temp file for it, decoded and checked
 /// against its SHA-256 (not yet durable nor published: see [`publish_durably`]).
+/// The temp file exists from before the GET, so that a `fetch` for the same
+/// segment waits for it rather than download it a second time beside it
+/// (`Spool::wait_while_fetching`); it is removed unless decoded whole. The
+/// decoding runs on a blocking thread, so that other GETs go on meanwhile.
 async fn fetch_into(repo: &Repository, spool: &Spool, name: &WalFileName) -> Result<Attempt> {
     let key = keys::wal(name);
-    let Some(object) = repo.get(&key).await? else { return Ok(Attempt::Missing) };
     let tmp = spool.temp_file(name);
     let file = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    let result = wal_file::decode_into(&object, &file);
-    let outcome = match result {
-        Ok(Ok(header)) => {
-            return Ok(Attempt::Decoded(Decoded { name: *name, tmp, file, sha256: frame::hex(&header.sha256) }))
+    let started = Instant::now();
+    let object = match repo.get(&key).await {
+        Ok(Some(object)) => object,
+        other => {
+            drop(file);
+            let _ = std::fs::remove_file(&tmp);
+            return other.map(|_| Attempt::Missing);
         }
-        Ok(Err(io)) => Err(Error::io("cannot write", &tmp)(io)),
-        Err(e) => Ok(Attempt::Corrupt(e.to_string())),
     };
-    drop(file);
-    let _ = std::fs::remove_file(&tmp);
-    outcome
+    let name = *name;
+    let get = started.elapsed();
+    let decode = move || {
+        let decoding = Instant::now();
+        let outcome = match wal_file::decode_into(&object, &file) {
+            Ok(Ok(header)) => {
+                let sha256 = frame::hex(&header.sha256);
+                let decode = decoding.elapsed();
+                return Ok(Attempt::Decoded(Decoded { name, tmp, file, sha256, started, get, decode }));
+            }
+            Ok(Err(io)) => Err(Error::io("cannot write", &tmp)(io)),
+            Err(e) => Ok(Attempt::Corrupt(e.to_string())),
+        };
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+        outcome
+    };
+    // One decoding at a time, in the order the GETs finished (about the
+    // window's): each uses every core (`frame::decode_with`), and the segment
+    // PostgreSQL asks for next is ready sooner than if all shared the cores.
+    let _turn = DECODING.acquire().await;
+    tokio::task::spawn_blocking(decode).await.unwrap_or_else(|e| {
+        Err(Error::io("cannot decode", spool.temp_file(&name))(std::io::Error::other(format!(
+            "the decoding thread failed: {e}"
+        ))))
+    })
 }
 
 #[cfg(test)]
@@ -464,6 +642,9 @@ mod tests {
         let expected: Vec<(WalFileName, bool)> = segments.iter().map(|(n, _)| (*n, *n != failing)).collect();
         assert_eq!(results, expected, "each reported once, in order");
         let synced = synced.into_inner().expect("lock");
+        // The fsyncs of one batch run at once: in any order among themselves.
+        let mut synced = synced;
+        synced.sort_by_key(|n| n.to_string());
         assert_eq!(synced, segments.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "every segment fsynced once");
         let mut offered: Vec<String> = spool.entries().iter().map(|n| n.to_string()).collect();
         offered.sort();

@@ -9,7 +9,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use common::proxy::{Fault, HttpProxy, Request};
 use common::*;
 use pgwal::pg::{SegmentNo, TimelineId, WalFileName, WalSegmentSize};
@@ -178,6 +178,91 @@ fn fetch_answered_from_the_spool_makes_no_request() -> Result<()> {
         let requests = s.proxy.take_requests();
         ensure!(requests.is_empty(), "segment {seg} came from the spool: no request, got {}", describe(&requests));
     }
+    Ok(())
+}
+
+/// Stores segments `segs` from outside any data directory.
+fn store_segments(s: &Setup, segs: std::ops::RangeInclusive<u64>) -> Result<()> {
+    let staging = s.dir.join("staging");
+    create_user_dir(&staging)?;
+    for seg in segs {
+        let path = staging.join(seg_name(seg).to_string());
+        write_user_file(&path, &segment_bytes(seg), 0o600)?;
+        Pgwal::new(["--config", &s.config.to_string_lossy(), "archive", &path.to_string_lossy()])
+            .run()?
+            .ensure_success()?;
+    }
+    Ok(())
+}
+
+/// The data directory of a stopped cluster (the one the segments belong to):
+/// PG_VERSION, global/pg_control, pg_wal; no signal file, no postmaster.pid.
+fn stopped_cluster(s: &Setup) -> Result<PathBuf> {
+    let data = data_dir(&s.dir, &[])?;
+    create_user_dir(&data.join("global"))?;
+    let mut control = SYSID.to_le_bytes().to_vec();
+    control.resize(8192, 0);
+    write_user_file(&data.join("global/pg_control"), &control, 0o600)?;
+    Ok(data)
+}
+
+/// pg_rewind --restore-target-wal (or a harness replaying like PostgreSQL)
+/// runs restore_command into pg_wal/RECOVERYXLOG of a stopped cluster, with
+/// no signal file and no server: the first fetch starts a prefetcher, the
+/// next one is served from its spool without a request for that segment,
+/// and after its idle exit no process and no spool are left.
+#[test]
+fn a_fetch_into_recoveryxlog_of_a_stopped_cluster_prefetches_then_leaves_nothing() -> Result<()> {
+    let s = setup("[fetch]\nprefetch = 4\n")?;
+    store_segments(&s, 1..=5)?;
+    let data = stopped_cluster(&s)?;
+    let dest = data.join("pg_wal/RECOVERYXLOG");
+    fetch_in(&s, &data, 1, &dest)?.ensure_success()?;
+    ensure!(std::fs::read(&dest)? == segment_bytes(1), "segment 1 is byte-exact");
+    let spool = data.join("pg_wal/pgwal/fetch");
+    wait_until(Duration::from_secs(60), "the prefetcher to spool segments 2..=5", || {
+        Ok((2..=5).all(|seg| spool.join(seg_name(seg).to_string()).exists()))
+    })?;
+    s.proxy.take_requests();
+
+    // As PostgreSQL passes it: relative to the data directory.
+    std::fs::remove_file(&dest)?;
+    fetch_in(&s, &data, 2, Path::new("pg_wal/RECOVERYXLOG"))?.ensure_success()?;
+    ensure!(std::fs::read(&dest)? == segment_bytes(2), "segment 2 is byte-exact");
+    let two = seg_name(2).to_string();
+    let requests = s.proxy.take_requests();
+    ensure!(
+        !requests.iter().any(|r| r.target.contains(&two)),
+        "segment 2 came from the spool: no request for it, got {}",
+        describe(&requests)
+    );
+    ensure!(!spool.join(&two).exists(), "served files leave the spool");
+
+    wait_until(Duration::from_secs(90), "the idle prefetcher to exit and remove its spool", || {
+        Ok(prefetchers_of(&data).is_empty() && !spool.exists())
+    })
+    .with_context(|| format!("still running: {:?}", prefetchers_of(&data)))?;
+    Ok(())
+}
+
+/// A fetch by hand from a stopped cluster's data directory to anywhere but
+/// pg_wal/RECOVERYXLOG is a plain fetch: nothing is started or left there.
+#[test]
+fn a_fetch_elsewhere_from_a_stopped_cluster_starts_nothing() -> Result<()> {
+    let s = setup("[fetch]\nprefetch = 4\n")?;
+    store_segments(&s, 1..=3)?;
+    let data = stopped_cluster(&s)?;
+    let out_dir = s.dir.join("by_hand");
+    create_user_dir(&out_dir)?;
+    let elsewhere = out_dir.join("RECOVERYXLOG");
+    fetch_in(&s, &data, 1, &elsewhere)?.ensure_success()?;
+    ensure!(std::fs::read(&elsewhere)? == segment_bytes(1), "segment 1 is byte-exact");
+    let in_pg_wal = data.join("pg_wal").join(seg_name(2).to_string());
+    fetch_in(&s, &data, 2, &in_pg_wal)?.ensure_success()?;
+    ensure!(std::fs::read(&in_pg_wal)? == segment_bytes(2), "segment 2 is byte-exact");
+    // fetch has exited: a prefetcher it started would exist by now.
+    ensure!(prefetchers_of(&data).is_empty(), "no prefetcher: {:?}", prefetchers_of(&data));
+    ensure!(!data.join("pg_wal/pgwal").exists(), "nothing written into pg_wal/pgwal");
     Ok(())
 }
 

@@ -223,11 +223,14 @@ async fn fresh_id(repo: &Repository, kind: BackupType) -> Result<(BackupId, chro
     loop {
         let now = chrono::Utc::now();
         let id = BackupId::new(now, kind);
-        let leftovers = repo.list_objects(&crate::repo::keys::backup_dir(id.as_str())).await?;
-        if leftovers.is_empty() {
+        let dir = crate::repo::keys::backup_dir(id.as_str());
+        let leftovers = repo.list_objects(&dir).await?;
+        // A backup killed during its first put leaves only a hidden staging
+        // file (local disk), which no listing shows: that counts too.
+        if leftovers.is_empty() && repo.staging_below(&dir) == 0 {
             return Ok((id, now));
         }
-        // Packs of a killed backup that started this very second: take the next second.
+        // Objects of a killed backup that started this very second: take the next second.
         tokio::time::sleep(Duration::from_millis(1000 - u64::from(now.timestamp_subsec_millis()).min(999))).await;
     }
 }
@@ -608,6 +611,30 @@ async fn archiver_progress(session: &Session, seen: Option<String>) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_backup_that_left_only_a_staging_file_keeps_its_id() {
+        // A backup killed during its first put leaves `pack/<n>#N` on local
+        // disk and nothing a listing shows; the next backup must not take
+        // the same ID (and so the same directory).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url: crate::storage::RepoUrl = format!("file://{}", dir.path().display()).parse().expect("url");
+        let opts = crate::storage::StoreOptions::default();
+        let store = crate::storage::open(&url, &opts, crate::storage::Access::CreateIfMissing, Duration::from_secs(5))
+            .expect("store");
+        let repo = Repository::new(store, url, crate::storage::RetryPolicy::with_deadline(Duration::from_secs(5)));
+        let now = chrono::Utc::now();
+        let taken: Vec<BackupId> =
+            (0..2).map(|s| BackupId::new(now + chrono::Duration::seconds(s), BackupType::Incr)).collect();
+        for id in &taken {
+            let packs = dir.path().join("backup").join(id.as_str()).join("pack");
+            std::fs::create_dir_all(&packs).expect("mkdir");
+            std::fs::write(packs.join("0000000000000000#1"), b"half a pack").expect("write");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let (id, _) = rt.block_on(fresh_id(&repo, BackupType::Incr)).expect("fresh id");
+        assert!(!taken.contains(&id), "{id:?} is the killed backup's ID");
+    }
 
     #[test]
     fn segments_from_start_to_the_byte_before_stop() {
