@@ -80,8 +80,15 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
                 *rules = fetch::exit_rules(std::env::current_dir().ok().as_deref(), cfg.pgdata.as_deref());
             }
             let name = fetch::parse_name(&args.name)?;
-            let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, true)?;
             let spool = fetch::spool_for(&cfg, &args.dest);
+            if let Some(spool) = &spool {
+                let url = cfg.require_repo()?;
+                let tag = pgwal::repo::cache_tag(url, cfg.repository_key()?.as_ref());
+                if fetch::take_from_spool(spool, &name, &tag, &args.dest, &url.to_string(), cfg.file.as_deref()) {
+                    return Ok(());
+                }
+            }
+            let repo = open_repo(&cfg, Access::MustExist, cfg.fetch.retry_deadline, true)?;
             fetch::fetch_prefetching(&rt, &repo, &name, &args.dest, spool.as_ref(), cfg.file.as_deref())
         }
         Command::PrefetchWal => {

@@ -43,9 +43,38 @@ pub fn parse_name(name: &str) -> Result<WalFileName> {
 /// asked for before it fetches it itself (a segment takes tens of ms).
 const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Fetches `name` into `dest` from the prefetcher's spool when it holds a
-/// trusted copy, else from the repository; then, for a segment, keeps a
-/// prefetcher going. `spool` is `None` when prefetching is off, the data
+/// Serves the segment `name` into `dest` from the prefetcher's spool when it
+/// holds a trusted copy from the repository tagged `tag` (see
+/// `Repository::cache_tag`), waiting a little while the prefetcher is
+/// fetching it; then keeps a prefetcher going. Needs no storage client: a
+/// spooled segment is a rename, and building a client (its TLS trust store
+/// alone) would cost more. `false`: fetch it from the repository
+/// ([`fetch_prefetching`]).
+pub fn take_from_spool(
+    spool: &Spool,
+    name: &WalFileName,
+    tag: &str,
+    dest: &Path,
+    repo_url: &str,
+    config: Option<&Path>,
+) -> bool {
+    if name.kind() != crate::pg::WalFileKind::Segment {
+        return false;
+    }
+    // Recorded before the take: once the file has left the spool, the
+    // prefetcher must already know it was asked for, or it fetches it again.
+    spool.record_last(name);
+    let taken =
+        spool.take(name, tag, dest) || (spool.wait_while_fetching(name, PREFETCH_WAIT) && spool.take(name, tag, dest));
+    if taken {
+        prefetch::after_fetch(spool, name, repo_url, config);
+    }
+    taken
+}
+
+/// Fetches `name` into `dest` from the repository (the spool did not serve
+/// it: [`take_from_spool`]); for a segment with a spool, makes sure a
+/// prefetcher runs first. `spool` is `None` when prefetching is off, the data
 /// directory is unknown or the fetch is not one to prefetch for (see
 /// [`spool_for`]).
 pub fn fetch_prefetching(
@@ -56,24 +85,12 @@ pub fn fetch_prefetching(
     spool: Option<&Spool>,
     config: Option<&Path>,
 ) -> Result<()> {
-    let Some(spool) = spool.filter(|_| name.kind() == crate::pg::WalFileKind::Segment) else {
-        return fetch(rt, repo, name, dest);
-    };
-    let url = repo.url().to_string();
-    let tag = repo.cache_tag();
-    // Recorded before the take: once the file has left the spool, the
-    // prefetcher must already know it was asked for, or it fetches it again.
-    spool.record_last(name);
-    let taken = spool.take(name, &tag, dest)
-        || (spool.wait_while_fetching(name, PREFETCH_WAIT) && spool.take(name, &tag, dest));
-    if taken {
-        prefetch::after_fetch(spool, name, &url, config);
-        return Ok(());
+    if let Some(spool) = spool.filter(|_| name.kind() == crate::pg::WalFileKind::Segment) {
+        // Before this call's own GET: a prefetcher that has to start (exec, a
+        // connection, the repository's identity and histories) does so while
+        // this segment downloads, and fetches the next ones beside it.
+        prefetch::after_fetch(spool, name, &repo.url().to_string(), config);
     }
-    // Before this call's own GET: a prefetcher that has to start (exec, a
-    // connection, the repository's identity and histories) does so while
-    // this segment downloads, and fetches the next ones beside it.
-    prefetch::after_fetch(spool, name, &url, config);
     fetch(rt, repo, name, dest)
 }
 

@@ -140,6 +140,15 @@ pub struct Entries {
     pub objects: Vec<String>,
 }
 
+/// [`Repository::cache_tag`] of the repository at `url` opened with `key`,
+/// without opening it (`fetch` serves the spool before it builds a client).
+pub fn cache_tag(url: &RepoUrl, key: Option<&RepositoryKey>) -> String {
+    match key {
+        Some(k) => format!("{url} (key {})", k.fingerprint()),
+        None => url.to_string(),
+    }
+}
+
 /// A repository: a store plus the rules for what goes into it.
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -343,10 +352,7 @@ impl Repository {
     /// the URL, and the configured key's fingerprint, so that a fetch with
     /// another key (or none) never takes what a fetch with this one spooled.
     pub fn cache_tag(&self) -> String {
-        match &self.key {
-            Some(k) => format!("{} (key {})", self.url, k.fingerprint()),
-            None => self.url.to_string(),
-        }
+        cache_tag(&self.url, self.key.as_deref())
     }
 
     /// Reads a whole object, opened if the repository is encrypted; `None`
