@@ -159,7 +159,8 @@ follows a server that starts meanwhile; names that are not segments (.history pr
 backup API (pg_backup_start / pg_backup_stop on one session held open throughout) and stores it in the \
 repository: the files of the data directory and of every tablespace, read by parallel workers \
 (backup.workers, default one per core) into packs of about 32 MiB, each compressed with zstd \
-(backup.compress_level) and stored with its SHA-256, plus a manifest with every file's size, mode, \
+(backup.compress_level) and stored with its SHA-256 by a create-only put of its own (into an object \
+store, up to backup.workers + 3 packs are uploaded at once while the workers go on), plus a manifest with every file's size, mode, \
 modification time and SHA-256, the start and stop LSN, timeline, times, PostgreSQL version and system \
 identifier. Files PostgreSQL's own base backup skips are skipped (pg_wal contents, postmaster.pid, \
 pg_replslot and pg_stat_tmp contents, temporary files, unlogged relations but their init fork...).\n\n\
@@ -282,7 +283,11 @@ oldest backup's end, or a segment missing from the WAL the recovery needs (the b
 --target-lsn up to the target; for --target-time up to the newest segment archived before that time and \
 the one after it; without a target, up to the newest archived segment), naming the missing segment.\n\n\
 Files are fetched in packs by parallel workers (--jobs), written at their offsets, checked against the \
-SHA-256 in the manifest, and fsynced; a mismatch fails the restore and names the object. Directories and \
+SHA-256 in the manifest, and fsynced; a mismatch fails the restore and names the object. From an object \
+store, each pack is read in ranged parts of 8 MiB, 4 at once, and one pack more than --jobs downloads \
+while the others are decoded; every part after the first must come from the same object (If-Match on its \
+ETag, and the same ETag and size in the answer), so a pack that changes while it is read fails the restore \
+as corrupt. Directories and \
 files get their modes from the backup (0700 for the data directory). global/pg_control is written last, \
 so a restore that fails or is killed leaves a directory PostgreSQL refuses to start; running the same \
 restore again resumes it. Tablespaces return to their original directories, linked from pg_tblspc, \

@@ -109,7 +109,7 @@ fn jobs(requested: Option<usize>) -> Result<usize> {
         None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(16)),
         Some(n) if (1..=64).contains(&n) => Ok(n),
         Some(n) => {
-            Err(bad(format!("invalid --jobs {n}"), "choose from 1 to 64; each job holds about two packs (64 MiB)"))
+            Err(bad(format!("invalid --jobs {n}"), "choose from 1 to 64; each job holds about three packs (96 MiB)"))
         }
     }
 }

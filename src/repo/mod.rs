@@ -10,6 +10,7 @@ pub mod frame;
 pub mod keyring;
 pub mod keys;
 pub mod lock;
+pub mod parts;
 #[cfg(any(test, feature = "test-support"))]
 pub mod synthetic;
 
@@ -334,6 +335,12 @@ impl Repository {
         let store = Store::in_memory();
         let url = RepoUrl::S3 { bucket: "memory".into(), prefix: String::new() };
         Repository::new(store, url, RetryPolicy::with_deadline(std::time::Duration::from_secs(1)))
+    }
+
+    /// Whether the repository is a local directory (`file://`), where a
+    /// put or a get costs no round trip.
+    pub fn is_local(&self) -> bool {
+        self.store.local_root.is_some()
     }
 
     /// The repository URL.

@@ -496,11 +496,13 @@ fn expire_never_touches_a_backup_being_taken() -> Result<()> {
             .collect()
     };
     let mut child = KillOnDrop(Some(child));
-    // Held: pg_backup_stop waits for the WAL to be archived, with the lock held and no manifest.
+    // Held: after pg_backup_stop the backup waits for its WAL to be archived
+    // (watching pg_stat_archiver on its session), with the lock held and no manifest.
     wait_until(WAIT, "the second backup's packs to be stored", || {
         let now = files(&root)?;
         let stopping = pg.sql(
-            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%pg_backup_stop%' AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE (query ILIKE '%pg_backup_stop%' \
+             OR query ILIKE '%pg_stat_archiver%') AND pid <> pg_backend_pid()",
         )?;
         Ok(!in_progress(&now).is_empty() && now.contains("lock/backup") && stopping == "1")
     })?;

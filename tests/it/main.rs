@@ -24,6 +24,7 @@ mod readme_setup;
 mod restore;
 mod restore_chain;
 mod round_trips;
+mod s3_parts;
 mod scale;
 mod storage_conformance;
 mod store_faults;

@@ -42,6 +42,8 @@ pub mod walk;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
+
 use crate::config::CheckpointMode;
 use crate::db::{label_timeline, ConnTarget, Session};
 use crate::error::{Error, Result};
@@ -516,6 +518,12 @@ pub fn needed_segments(start: Lsn, stop: Lsn, size: WalSegmentSize) -> std::ops:
     first..=last
 }
 
+/// How many WAL segments [`wait_for_wal`] looks for at once.
+const WAL_LOOKS_IN_FLIGHT: usize = 16;
+
+/// The longest [`wait_for_wal`] goes without looking in the repository.
+const WAL_LOOK_EVERY: Duration = Duration::from_millis(250);
+
 /// Waits until every segment the backup needs is in the repository, on any
 /// of `timelines`; says once which segment it waits for and why.
 /// `session` is the server whose `archive_command` ships them, `archiver_name` names it.
@@ -532,45 +540,72 @@ async fn wait_for_wal(
     let mut said = false;
     let needed = needed_segments(start, stop, size);
     let last = WalFileName::segment(timelines[timelines.len() - 1], SegmentNo(*needed.end()), size);
-    for segno in needed {
-        let names: Vec<WalFileName> =
-            timelines.iter().map(|&tli| WalFileName::segment(tli, SegmentNo(segno), size)).collect();
-        loop {
-            let mut found = false;
-            for name in &names {
-                if repo.read_header(&keys::wal(name)).await?.is_some() {
-                    found = true;
-                    break;
+    let names = |segno: u64| -> Vec<WalFileName> {
+        timelines.iter().map(|&tli| WalFileName::segment(tli, SegmentNo(segno), size)).collect()
+    };
+    let mut missing: Vec<u64> = needed.collect();
+    let mut archived = session.archiver_stats().await.ok().and_then(|s| s.last_archived_wal);
+    loop {
+        // Every segment still missing is looked for at once, a few requests
+        // in flight: one by one, each would cost a round trip.
+        let found: Vec<bool> = futures::stream::iter(missing.iter().map(|&segno| {
+            let names = names(segno);
+            async move {
+                for name in &names {
+                    if repo.read_header(&keys::wal(name)).await?.is_some() {
+                        return Ok::<bool, Error>(true);
+                    }
                 }
+                Ok(false)
             }
-            if found {
-                break;
-            }
-            if !said {
-                said = true;
-                crate::log_info!(
-                    "waiting up to {}s (backup.wal_timeout) for WAL segment '{}' to reach the repository: the \
-                     backup needs every segment through '{last}' (stop LSN {stop}), which {archiver_name}'s \
-                     archive_command stores",
-                    timeout.as_secs(),
-                    names[0]
-                );
-            }
-            if began.elapsed() >= timeout {
-                let archiver = session.archiver_stats().await.ok().map(|s| {
-                    format!(
-                        "{archiver_name}'s archiver last archived '{}' and last failed on '{}'{}",
-                        s.last_archived_wal.as_deref().unwrap_or("-"),
-                        s.last_failed_wal.as_deref().unwrap_or("-"),
-                        s.last_failed_time.map(|t| format!(" at {t}")).unwrap_or_default()
-                    )
-                });
-                return Err(Error::WalMissing { segment: names[0], seconds: timeout.as_secs(), archiver });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        }))
+        .buffered(WAL_LOOKS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+        missing = missing.into_iter().zip(found).filter(|(_, f)| !f).map(|(segno, _)| segno).collect();
+        let Some(&first) = missing.first() else { return Ok(()) };
+        let names = names(first);
+        if !said {
+            said = true;
+            crate::log_info!(
+                "waiting up to {}s (backup.wal_timeout) for WAL segment '{}' to reach the repository: the \
+                 backup needs every segment through '{last}' (stop LSN {stop}), which {archiver_name}'s \
+                 archive_command stores",
+                timeout.as_secs(),
+                names[0]
+            );
+        }
+        if began.elapsed() >= timeout {
+            let archiver = session.archiver_stats().await.ok().map(|s| {
+                format!(
+                    "{archiver_name}'s archiver last archived '{}' and last failed on '{}'{}",
+                    s.last_archived_wal.as_deref().unwrap_or("-"),
+                    s.last_failed_wal.as_deref().unwrap_or("-"),
+                    s.last_failed_time.map(|t| format!(" at {t}")).unwrap_or_default()
+                )
+            });
+            return Err(Error::WalMissing { segment: names[0], seconds: timeout.as_secs(), archiver });
+        }
+        archived = archiver_progress(session, archived).await;
+    }
+}
+
+/// Waits until the archiver's `last_archived_wal` moves on from `seen`, or
+/// [`WAL_LOOK_EVERY`] passed: asking the server costs no round trip to the
+/// repository, so the repository is looked at again as soon as a segment
+/// may have arrived (the last one is usually being archived as the backup
+/// stops), yet no less often than that when the server cannot tell (its
+/// archiver ships elsewhere, or the query fails). Returns what it saw.
+async fn archiver_progress(session: &Session, seen: Option<String>) -> Option<String> {
+    let until = Instant::now() + WAL_LOOK_EVERY;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match session.archiver_stats().await {
+            Ok(s) if s.last_archived_wal != seen => return s.last_archived_wal,
+            _ => {}
         }
     }
-    Ok(())
+    seen
 }
 
 #[cfg(test)]

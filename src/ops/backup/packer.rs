@@ -5,8 +5,11 @@
 //! Memory is bounded: a pack exists from its first byte until its upload
 //! ends, and at most `workers + 1` packs exist at once (a semaphore of that
 //! many slots; a worker takes one before it starts a pack, the upload gives
-//! it back). So a worker never waits for a slow store with more than one
-//! spare pack ready, and the store never waits for compression when one is.
+//! it back), [`UPLOADS_AHEAD`] more on an object store. So a worker never
+//! waits for a slow store with more than one spare pack ready, and the
+//! store never waits for compression when one is; on an object store, where
+//! one upload waits for round trips and one connection's window, several
+//! compressed packs upload at once while the workers go on.
 //!
 //! Relation files are read block by block: each block's fingerprint goes
 //! into the file's block map (`map/` objects, a few per backup), and in a
@@ -42,6 +45,10 @@ const READ_CHUNK: usize = 4 << 20;
 /// Block-map bytes per `map/` object before a new one is started (a 1 GiB
 /// relation segment's map is 2 MiB, and one file's map is never split).
 const MAP_TARGET: usize = 8 << 20;
+
+/// Packs that may wait for their upload beyond `workers + 1` when the
+/// repository is on an object store (each a create-only PUT of its own).
+pub const UPLOADS_AHEAD: usize = 2;
 
 /// How the packing runs.
 #[derive(Debug, Clone)]
@@ -120,17 +127,18 @@ pub async fn pack_files(
     progress: &Progress,
 ) -> Result<Packed> {
     let workers = opts.workers.max(1);
+    let slots = workers + 1 + if repo.is_local() { 0 } else { UPLOADS_AHEAD };
     let shared = Arc::new(Shared {
         queue: Mutex::new(files.into()),
         next_pack: AtomicU32::new(0),
         next_map: AtomicU32::new(0),
         parent,
         abort: AtomicBool::new(false),
-        slots: Arc::new(Semaphore::new(workers + 1)),
+        slots: Arc::new(Semaphore::new(slots)),
         level: opts.compress_level,
         read_bytes: AtomicU64::new(0),
     });
-    let (tx, mut rx) = mpsc::channel::<Encoded>(workers + 1);
+    let (tx, mut rx) = mpsc::channel::<Encoded>(slots);
     let handles: Vec<_> = (0..workers)
         .map(|_| {
             let (shared, tx) = (Arc::clone(&shared), tx.clone());

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use super::chain::Sources;
@@ -51,6 +51,10 @@ const NOT_RESTORED: &[&str] = &[
 
 /// Largest pack a restore accepts: a worker holds one in memory (twice).
 const MAX_PACK: u64 = 1 << 30;
+
+/// Packs downloaded beyond those being decoded, so that the next pack is
+/// there when a worker is free (each read in parts: [`crate::repo::parts`]).
+const DOWNLOADS_AHEAD: usize = 1;
 
 /// Where the data directory and each tablespace go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,7 +548,8 @@ pub struct Written {
 }
 
 /// Creates the files in `write` at their size and fills them from the packs
-/// that hold them, `jobs` packs at a time (memory: about two packs per job).
+/// that hold them, `jobs` packs decoded at a time while as many more and
+/// [`DOWNLOADS_AHEAD`] download (memory: about three packs per job).
 /// Every file's SHA-256 is checked against the manifest and every file is
 /// fsynced before this returns.
 pub fn write_files(
@@ -563,11 +568,11 @@ pub fn write_files(
     let mut read_back = BTreeSet::new();
     let mut by_pack: BTreeMap<(BackupId, u32), Vec<Piece>> = BTreeMap::new();
     let mut written = Written::default();
+    let mut to_create = Vec::with_capacity(write.len());
     for &i in write {
         let entry = &m.files[i];
         let path = layout.file_path(entry);
-        pgdata::create_sized_file(&path, pgdata::file_mode(entry.mode), entry.size)
-            .map_err(Error::io("cannot create", &path))?;
+        to_create.push((path.clone(), pgdata::file_mode(entry.mode), entry.size));
         if entry.extents.is_empty() {
             let empty = frame::hex(&frame::sha256(b""));
             if !entry.sha256.eq_ignore_ascii_case(&empty) {
@@ -611,15 +616,72 @@ pub fn write_files(
         progress,
     });
     let result = rt.block_on(async {
-        futures::stream::iter(by_pack)
+        // The files are created while the first packs download (creating a
+        // thousand files takes the kernel most of a second here): nothing
+        // is written into them before every one exists.
+        let creating = tokio::task::spawn_blocking(move || create_files(&to_create));
+        let create_failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let created = {
+            let failure = Arc::clone(&create_failure);
+            async move {
+                let done = creating.await.unwrap_or_else(|e| {
+                    Err(Error::Io {
+                        action: "restore worker failed on",
+                        path: PathBuf::from("the files to restore"),
+                        source: io::Error::other(e.to_string()),
+                    })
+                });
+                match done {
+                    Ok(()) => true,
+                    Err(e) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        false
+                    }
+                }
+            }
+            .shared()
+        };
+        let filled = futures::stream::iter(by_pack)
             .map(|((backup, number), pieces)| {
-                let shared = Arc::clone(&shared);
-                async move {
+                // A task of its own, so that the download goes on while the
+                // packs before it are decoded: the network and the cores overlap.
+                let repo = repo.clone();
+                let failed_on: PathBuf = pack_key(&backup, number).to_string().into();
+                let download = AbortOnDrop(tokio::spawn(async move {
                     let key = pack_key(&backup, number);
-                    let object = repo.get(&key).await?.ok_or_else(|| Error::Corrupt {
+                    let object = repo.get_in_parts(&key).await?.ok_or_else(|| Error::Corrupt {
                         key: key.to_string(),
                         reason: "the pack is missing from the repository".into(),
                     })?;
+                    Ok::<_, Error>((backup, number, object, pieces))
+                }));
+                async move {
+                    let mut download = download;
+                    (&mut download.0).await.map_err(|e| Error::Io {
+                        action: "restore download failed on",
+                        path: failed_on,
+                        source: io::Error::other(e.to_string()),
+                    })?
+                }
+            })
+            // In order: files spanning packs are hashed as their pieces
+            // arrive, and only a bounded window of pieces may wait for those
+            // before them. `jobs` packs are decoded at once while
+            // `jobs + DOWNLOADS_AHEAD` more download.
+            .buffered(jobs.max(1) + DOWNLOADS_AHEAD)
+            .map_ok(|(backup, number, object, pieces)| {
+                let shared = Arc::clone(&shared);
+                let (created, create_failure) = (created.clone(), Arc::clone(&create_failure));
+                async move {
+                    if !created.await {
+                        let failure = create_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        return Err(failure.unwrap_or_else(|| Error::Io {
+                            action: "cannot create",
+                            path: PathBuf::from("the files to restore"),
+                            source: io::Error::other("see the first error"),
+                        }));
+                    }
+                    let key = pack_key(&backup, number);
                     tokio::task::spawn_blocking(move || fill_from_pack(&shared, &backup, number, &object, &pieces))
                         .await
                         .map_err(|e| Error::Io {
@@ -629,12 +691,22 @@ pub fn write_files(
                         })?
                 }
             })
-            // In order (with `jobs` packs in flight): files spanning packs are
-            // hashed as their pieces arrive, and only a bounded window of
-            // pieces may wait for those before them.
-            .buffered(jobs.max(1))
+            .try_buffered(jobs.max(1))
             .try_collect::<Vec<()>>()
-            .await
+            .await;
+        // Never return while files are still being created in the target.
+        let all_created = created.await;
+        match (filled, all_created) {
+            (Err(e), _) => Err(e),
+            (Ok(_), false) => {
+                Err(create_failure.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| Error::Io {
+                    action: "cannot create",
+                    path: PathBuf::from("the files to restore"),
+                    source: io::Error::other("a file could not be created"),
+                }))
+            }
+            (Ok(_), true) => Ok(()),
+        }
     });
     shared.progress.finish();
     result?;
@@ -652,6 +724,24 @@ pub fn write_files(
     }
     sync_files(&shared.paths, &finished)?;
     Ok(written)
+}
+
+/// Creates every file to restore at its size (sparse), with its mode.
+fn create_files(files: &[(PathBuf, u32, u64)]) -> Result<()> {
+    for (path, mode, size) in files {
+        pgdata::create_sized_file(path, *mode, *size).map_err(Error::io("cannot create", path))?;
+    }
+    Ok(())
+}
+
+/// A download task that stops when the restore no longer waits for it (a
+/// failure elsewhere ends the restore: the packs after it are not needed).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How many fsyncs run at once at the end of a restore: they wait for the

@@ -404,6 +404,39 @@ fn a_file_whose_checksum_differs_from_the_manifest_fails() {
     fx.restore(&o).expect("older backup");
 }
 
+/// A file that cannot be created (its name is too long for the file
+/// system) fails the restore naming it, while the packs download: nothing
+/// is startable and the marker stays, as after any failure.
+#[test]
+fn a_file_that_cannot_be_created_fails_the_restore() {
+    let mut fx = Fixture::new(&[2, 3, 4]);
+    let id: BackupId = "20261123T110000F".parse().expect("id");
+    let mut m = fx.manifest.clone();
+    m.id = id.clone();
+    m.stop_time = "2026-11-23T11:05:00Z".into();
+    let mut long = m.files.iter().find(|f| f.path == "postgresql.conf").expect("conf").clone();
+    long.path = format!("base/1/{}", "n".repeat(300));
+    long.size = 0;
+    long.extents.clear();
+    long.sha256 = sha(b"");
+    m.files.push(long);
+    fx.rt.block_on(async {
+        for n in 0..2 {
+            let object = fx.store.get(&pack_key(&fx.manifest.id, n)).await.expect("get").bytes().await.expect("bytes");
+            fx.store.put(&pack_key(&id, n), object.into()).await.expect("copy pack");
+        }
+        fx.repo.store_json(&manifest_key(&id), &m).await.expect("manifest");
+    });
+    fx.manifest = m;
+    let o = fx.opts("pgdata");
+    let err = fx.restore(&o).expect_err("a name too long");
+    assert!(matches!(err, Error::Io { action: "cannot create", .. }), "{err}");
+    assert!(err.to_string().contains("nnnnnnnn"), "names the file: {err}");
+    let dir = &o.target_dir;
+    assert!(!dir.join("recovery.signal").exists() && !dir.join("global/pg_control").exists());
+    assert!(dir.join(files::MARKER).exists());
+}
+
 #[test]
 fn tablespaces_move_with_the_map() {
     let fx = Fixture::new(&[2, 3, 4]);

@@ -7,7 +7,10 @@
 //! - add latency in each direction, as a real object store has;
 //! - answer a matching request with a fault instead: `503 SlowDown`, a
 //!   connection reset, a response cut short in its body, or a stall longer
-//!   than the client's timeout.
+//!   than the client's timeout (matching one part of an object read in
+//!   ranged parts, too);
+//! - run a test's hook before a matching request is forwarded (to change
+//!   an object between two reads of its parts).
 //!
 //! It runs on threads of the test process and stops when dropped.
 
@@ -27,6 +30,15 @@ pub struct Request {
     pub method: String,
     /// The path and query, e.g. `/bucket/prefix/wal/...`.
     pub target: String,
+    /// The `Range` header, e.g. `bytes=8388608-16777215`.
+    pub range: Option<String>,
+}
+
+impl Request {
+    /// The first byte of a ranged request (`Range: bytes=FIRST-...`).
+    pub fn range_start(&self) -> Option<u64> {
+        self.range.as_deref()?.strip_prefix("bytes=")?.split('-').next()?.parse().ok()
+    }
 }
 
 impl std::fmt::Display for Request {
@@ -54,8 +66,23 @@ pub enum Fault {
 struct Rule {
     method: String,
     target_contains: String,
+    range_start: Option<u64>,
     fault: Fault,
     remaining: usize,
+}
+
+impl Rule {
+    fn matches(&self, seen: &Request) -> bool {
+        self.method == seen.method
+            && seen.target.contains(&self.target_contains)
+            && self.range_start.is_none_or(|r| seen.range_start() == Some(r))
+    }
+}
+
+/// Something to run once, before a matching request is forwarded.
+struct Hook {
+    rule: Rule,
+    run: Option<Box<dyn FnOnce() + Send>>,
 }
 
 #[derive(Default)]
@@ -63,6 +90,7 @@ struct State {
     requests: Vec<Request>,
     faults_done: Vec<(Request, Fault)>,
     rules: Vec<Rule>,
+    hooks: Vec<Hook>,
     latency: Duration,
 }
 
@@ -123,9 +151,42 @@ impl HttpProxy {
         self.lock().rules.push(Rule {
             method: method.to_string(),
             target_contains: target_contains.to_string(),
+            range_start: None,
             fault,
             remaining: times,
         });
+    }
+
+    /// As [`HttpProxy::inject`], for ranged requests whose range starts at
+    /// byte `range_start` only (one part of an object read in parts).
+    pub fn inject_range(&self, method: &str, target_contains: &str, range_start: u64, fault: Fault, times: usize) {
+        self.lock().rules.push(Rule {
+            method: method.to_string(),
+            target_contains: target_contains.to_string(),
+            range_start: Some(range_start),
+            fault,
+            remaining: times,
+        });
+    }
+
+    /// Runs `hook` once, when the first request with this method, whose
+    /// target contains `target_contains` (and whose range starts at
+    /// `range_start`, if given) arrives, before it is forwarded.
+    pub fn on_request(
+        &self,
+        method: &str,
+        target_contains: &str,
+        range_start: Option<u64>,
+        hook: impl FnOnce() + Send + 'static,
+    ) {
+        let rule = Rule {
+            method: method.to_string(),
+            target_contains: target_contains.to_string(),
+            range_start,
+            fault: Fault::SlowDown,
+            remaining: 1,
+        };
+        self.lock().hooks.push(Hook { rule, run: Some(Box::new(hook)) });
     }
 
     /// The faults injected so far, with the request each one answered.
@@ -260,23 +321,25 @@ fn serve(client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> Result<
         let seen = Request {
             method: parts.next().unwrap_or_default().to_string(),
             target: parts.next().unwrap_or_default().to_string(),
+            range: request.header("range").map(str::to_string),
         };
-        let (fault, latency) = {
+        let (fault, latency, hook) = {
             let mut st = lock();
             st.requests.push(seen.clone());
-            let fault = st
-                .rules
-                .iter_mut()
-                .find(|r| r.remaining > 0 && r.method == seen.method && seen.target.contains(&r.target_contains))
-                .map(|r| {
-                    r.remaining -= 1;
-                    r.fault
-                });
+            let fault = st.rules.iter_mut().find(|r| r.remaining > 0 && r.matches(&seen)).map(|r| {
+                r.remaining -= 1;
+                r.fault
+            });
             if let Some(f) = fault {
                 st.faults_done.push((seen.clone(), f));
             }
-            (fault, st.latency)
+            let hook =
+                st.hooks.iter_mut().find(|h| h.run.is_some() && h.rule.matches(&seen)).and_then(|h| h.run.take());
+            (fault, st.latency, hook)
         };
+        if let Some(hook) = hook {
+            hook();
+        }
         std::thread::sleep(latency);
         match fault {
             Some(Fault::SlowDown) => {
