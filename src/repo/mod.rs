@@ -121,6 +121,16 @@ fn instance_of(format: &[u8]) -> String {
     frame::hex(&frame::sha256(format))[..32].to_string()
 }
 
+/// [`Repository::cache_tag`] of a handle on `url` with `key`, known
+/// without opening the store (the archiving helper's client names the
+/// repository it wants before it opens anything).
+pub fn cache_tag(url: &RepoUrl, key: Option<&RepositoryKey>) -> String {
+    match key {
+        Some(k) => format!("{url} (key {})", k.fingerprint()),
+        None => url.to_string(),
+    }
+}
+
 /// What a create-only put found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -336,10 +346,7 @@ impl Repository {
     /// the URL, and the configured key's fingerprint, so that a fetch with
     /// another key (or none) never takes what a fetch with this one spooled.
     pub fn cache_tag(&self) -> String {
-        match &self.key {
-            Some(k) => format!("{} (key {})", self.url, k.fingerprint()),
-            None => self.url.to_string(),
-        }
+        cache_tag(&self.url, self.key.as_deref())
     }
 
     /// Reads a whole object, opened if the repository is encrypted; `None`
