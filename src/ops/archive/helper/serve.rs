@@ -22,6 +22,9 @@
 //! another instance makes every waiting call fail over to the one-process
 //! path (which stores the segment again, or refuses it for another
 //! cluster) and the helper exits; so does a call for another repository.
+//! Nothing is pushed ahead before a verification that started after the
+//! newest call arrived has succeeded, so a repository wiped under a running
+//! helper gets nothing from it but what a one-process call would also store.
 //!
 //! The helper exits after [`IDLE_EXIT`] without a call, when the postmaster
 //! that `postmaster.pid` named at its start is gone, when the data directory
@@ -104,6 +107,12 @@ struct State {
     files: HashMap<WalFileName, FileState>,
     /// A call named another repository.
     retire: bool,
+    /// The verification the newest call needed: nothing is pushed ahead
+    /// before it found the verified instance.
+    last_need: u64,
+    /// Calls answered "stored", and the others.
+    stored: usize,
+    not_stored: usize,
 }
 
 struct Helper {
@@ -155,13 +164,23 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, opt
             ahead: 0,
             files: HashMap::new(),
             retire: false,
+            last_need: 0,
+            stored: 0,
+            not_stored: 0,
         }),
         pushed: Notify::new(),
         wake: Notify::new(),
         verify: watch::Sender::new(Verify::default()),
     });
     let why = rt.block_on(serve(&helper, &place))?;
-    crate::log_info!("archiving helper for '{}' stops: {why}", data_dir.display());
+    let (stored, not_stored) = {
+        let state = helper.lock();
+        (state.stored, state.not_stored)
+    };
+    crate::log_info!(
+        "archiving helper for '{}' stops: {why}; answered {stored} stored, {not_stored} not",
+        data_dir.display()
+    );
     drop(lock);
     Ok(())
 }
@@ -283,6 +302,7 @@ impl Helper {
         {
             let mut state = self.lock();
             state.serving += 1;
+            state.last_need = state.last_need.max(need);
             state.last_call = Instant::now();
             if name.kind() != WalFileKind::History && state.last.is_none_or(|l| l.to_string() < name.to_string()) {
                 state.last = Some(name);
@@ -294,6 +314,10 @@ impl Helper {
             let mut state = self.lock();
             state.serving -= 1;
             state.last_call = Instant::now();
+            match result {
+                Ok(_) => state.stored += 1,
+                Err(_) => state.not_stored += 1,
+            }
         }
         match result {
             Ok(outcome) => Answer::stored(outcome),
@@ -407,7 +431,7 @@ impl Helper {
         if seen.verified >= need {
             Ok(())
         } else if seen.broken {
-            Err(format!("the repository at '{}' is not the instance the helper verified", self.url))
+            Err(format!("the helper stopped, or the repository at '{}' is not the instance it verified", self.url))
         } else {
             Err(seen.failed.map(|(_, m)| m).unwrap_or_default())
         }
@@ -435,6 +459,7 @@ impl Helper {
                 Ok(_) => v.broken = true,
                 Err(e) => v.failed = Some((seq, e.one_line())),
             });
+            self.wake.notify_one();
         }
     }
 
@@ -464,8 +489,14 @@ impl Helper {
     /// then by name), those not stored, being stored or recently failed;
     /// each is claimed. Files a marker already vouches for are noted as stored.
     fn ahead_candidates(&self, room: usize) -> Vec<WalFileName> {
-        let Some(last) = self.lock().last else { return Vec::new() };
-        if room == 0 || self.opts.ahead == 0 {
+        let (last, last_need) = {
+            let state = self.lock();
+            (state.last, state.last_need)
+        };
+        let Some(last) = last else { return Vec::new() };
+        // Only into the instance verified since the newest call arrived (a
+        // repository wiped meanwhile gets nothing from the helper).
+        if room == 0 || self.opts.ahead == 0 || self.verify.borrow().verified < last_need {
             return Vec::new();
         }
         let last_text = last.to_string();
