@@ -132,7 +132,10 @@ call waiting for it); stores are the same create-only, identity-checked puts. A 
 the same URL, or a call for another repository, makes the helper stop. No helper, a stale socket, no \
 answer within archive.retry_deadline (the socket is then removed), or any other answer: archive does all \
 the work itself as described above, so a dead or hung helper costs time, never data. A call that found \
-no helper starts one once it has archived NAME. The helper exits after 60s without a call, when the \
+no helper starts one once it has archived NAME; a call that finds one just starting (its lock taken in the \
+last 3s, no socket yet) waits up to 1s for it. The helper reads the format object through connections of \
+its own, so that a check never waits behind an upload, and pushes ahead only within 1s of a successful \
+check. The helper exits after 60s without a call, when the \
 server named by postmaster.pid at its start stops, when the data directory is gone, or when its socket \
 was removed.")]
     Archive(ArchiveArgs),

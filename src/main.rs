@@ -87,7 +87,8 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
             cfg.require_repo()?;
             let data_dir = prefetch::data_dir_of(&cfg)?;
             let repo = open_repo(&cfg, Access::WriteExisting, cfg.archive.retry_deadline, true)?;
-            archive::helper::serve::run(&rt, &repo, &data_dir, &cfg.archive)
+            let verifier = open_repo(&cfg, Access::WriteExisting, cfg.archive.retry_deadline, true)?;
+            archive::helper::serve::run(&rt, &repo, &verifier, &data_dir, &cfg.archive)
         }
         Command::Fetch(args) => {
             if *rules == ExitRules::FetchRecovery {

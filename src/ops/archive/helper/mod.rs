@@ -20,7 +20,9 @@
 //! (`pgwal archive-helper`, a hidden subcommand: the same binary, detached
 //! with setsid, stderr appended to `pg_wal/pgwal/archive-helper.log`, one
 //! per data directory by an flock on `pg_wal/pgwal/archive-helper.lock`),
-//! unless `archive.helper = false`. Outside a data directory nothing is
+//! unless `archive.helper = false`; a call that finds a helper that took its
+//! lock moments ago but does not listen yet waits up to a second for it.
+//! Outside a data directory nothing is
 //! started and no socket is looked for. What the helper promises before it
 //! answers "stored" is described in [`serve`].
 
@@ -42,6 +44,13 @@ pub const SUBCOMMAND: &str = "archive-helper";
 
 /// The longest line either side reads.
 const MAX_LINE: u64 = 4096;
+
+/// How long after taking its lock a helper counts as starting: a call that
+/// finds one starting waits for its socket (at most [`STARTUP_WAIT`]).
+const STARTING: Duration = Duration::from_secs(3);
+
+/// How long a call waits for a starting helper to listen.
+const STARTUP_WAIT: Duration = Duration::from_secs(1);
 
 /// Where a data directory's helper listens, locks and logs.
 #[derive(Debug, Clone)]
@@ -91,6 +100,17 @@ impl Place {
     pub fn open_lock(&self) -> io::Result<File> {
         std::fs::create_dir_all(&self.dir)?;
         OpenOptions::new().create(true).truncate(false).write(true).open(&self.lock)
+    }
+
+    /// Whether a helper started moments ago (it writes its PID into the lock
+    /// file when it takes the lock) and may not listen yet.
+    pub fn helper_starting(&self) -> bool {
+        let recent = std::fs::metadata(&self.lock)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < STARTING);
+        recent && !self.socket.exists() && self.helper_running()
     }
 
     /// Whether a helper holds the lock now (or the lock cannot be opened:
@@ -187,6 +207,13 @@ pub fn before_archive(rt: &tokio::runtime::Runtime, path: &Path, cfg: &crate::co
     // A key that does not load fails the one-process path with its own error.
     let Ok(key) = cfg.repository_key() else { return none };
     let request = Request { name: name.to_string(), repo: crate::repo::cache_tag(url, key.as_ref()) };
+    if !place.socket.exists() && place.helper_starting() {
+        // Started by the call before this one: worth a short wait.
+        let deadline = std::time::Instant::now() + STARTUP_WAIT;
+        while !place.socket.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     match ask(rt, &place.socket, &request, cfg.archive.retry_deadline) {
         Asked::Stored(outcome) => Call::Answered(outcome),
         Asked::NoHelper => Call::Fallback { start: Some(place) },

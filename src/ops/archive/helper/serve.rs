@@ -22,9 +22,11 @@
 //! another instance makes every waiting call fail over to the one-process
 //! path (which stores the segment again, or refuses it for another
 //! cluster) and the helper exits; so does a call for another repository.
-//! Nothing is pushed ahead before a verification that started after the
-//! newest call arrived has succeeded, so a repository wiped under a running
-//! helper gets nothing from it but what a one-process call would also store.
+//! A push ahead starts only within a second of a verification that found
+//! the instance, with none failed since, so a repository wiped under an idle
+//! helper gets nothing from it; under a backlog every call verifies, and a
+//! wiped repository stops the pushes at the next call, as a one-process
+//! call's batch would have stored its files after its one read too.
 //!
 //! The helper exits after [`IDLE_EXIT`] without a call, when the postmaster
 //! that `postmaster.pid` named at its start is gone, when the data directory
@@ -63,6 +65,9 @@ const CHECK: Duration = Duration::from_millis(250);
 /// How long before a file whose push ahead failed is tried ahead again.
 const FAILED_RETRY: Duration = Duration::from_secs(1);
 
+/// How recent a successful verification must be for pushes ahead to start.
+const FRESH: Duration = Duration::from_secs(1);
+
 /// How long a connection may take to send its request.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 
@@ -93,6 +98,8 @@ struct Verify {
     failed: Option<(u64, String)>,
     /// One found another instance (or none): the helper no longer answers.
     broken: bool,
+    /// When the newest successful one ended.
+    verified_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -107,9 +114,6 @@ struct State {
     files: HashMap<WalFileName, FileState>,
     /// A call named another repository.
     retire: bool,
-    /// The verification the newest call needed: nothing is pushed ahead
-    /// before it found the verified instance.
-    last_need: u64,
     /// Calls answered "stored", and the others.
     stored: usize,
     not_stored: usize,
@@ -117,6 +121,8 @@ struct State {
 
 struct Helper {
     repo: Repository,
+    /// The handle verifications read through.
+    checker: Repository,
     layout: Layout,
     opts: ArchiveOptions,
     /// `Repository::cache_tag`: what calls must name.
@@ -135,13 +141,27 @@ struct Helper {
 
 /// Runs the helper for `data_dir` until it has a reason to stop; returns at
 /// once when another helper runs or there is no repository to serve yet.
-pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, opts: &ArchiveOptions) -> Result<()> {
+/// `verifier` is a second handle on the same repository with its own
+/// connections, used only for the format-object reads: they never wait for
+/// a connection that uploads, nor open a new one while uploads are under way.
+pub fn run(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    verifier: &Repository,
+    data_dir: &Path,
+    opts: &ArchiveOptions,
+) -> Result<()> {
     let place = Place::of_data_dir(data_dir);
     std::fs::create_dir_all(&place.dir).map_err(Error::io("cannot create", &place.dir))?;
     check_private(&place.dir)?;
-    let lock = place.open_lock().map_err(Error::io("cannot open", &place.lock))?;
+    let mut lock = place.open_lock().map_err(Error::io("cannot open", &place.lock))?;
     if lock.try_lock().is_err() {
         return Ok(()); // another helper runs
+    }
+    // Our PID, and a fresh modification time: calls see a helper starting.
+    {
+        use std::io::Write;
+        let _ = lock.set_len(0).and_then(|()| writeln!(lock, "{}", std::process::id()));
     }
     let Some(layout) = Layout::for_file(&place.wal_dir.join("x"), repo.url()) else { return Ok(()) };
     let (known, instance) = rt.block_on(repo.identity_and_instance())?;
@@ -151,6 +171,7 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, opt
     };
     let helper = Arc::new(Helper {
         repo: repo.clone(),
+        checker: verifier.clone(),
         layout,
         opts: opts.clone(),
         tag: repo.cache_tag(),
@@ -164,7 +185,6 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, data_dir: &Path, opt
             ahead: 0,
             files: HashMap::new(),
             retire: false,
-            last_need: 0,
             stored: 0,
             not_stored: 0,
         }),
@@ -302,7 +322,6 @@ impl Helper {
         {
             let mut state = self.lock();
             state.serving += 1;
-            state.last_need = state.last_need.max(need);
             state.last_call = Instant::now();
             if name.kind() != WalFileKind::History && state.last.is_none_or(|l| l.to_string() < name.to_string()) {
                 state.last = Some(name);
@@ -453,9 +472,12 @@ impl Helper {
                 v.started += 1;
                 seq = v.started;
             });
-            let found = self.repo.instance_tag().await;
+            let found = self.checker.instance_tag().await;
             self.verify.send_modify(|v| match found {
-                Ok(Some(i)) if i == self.instance => v.verified = v.verified.max(seq),
+                Ok(Some(i)) if i == self.instance => {
+                    v.verified = v.verified.max(seq);
+                    v.verified_at = Some(Instant::now());
+                }
                 Ok(_) => v.broken = true,
                 Err(e) => v.failed = Some((seq, e.one_line())),
             });
@@ -489,16 +511,18 @@ impl Helper {
     /// then by name), those not stored, being stored or recently failed;
     /// each is claimed. Files a marker already vouches for are noted as stored.
     fn ahead_candidates(&self, room: usize) -> Vec<WalFileName> {
-        let (last, last_need) = {
-            let state = self.lock();
-            (state.last, state.last_need)
-        };
-        let Some(last) = last else { return Vec::new() };
-        // Only into the instance verified since the newest call arrived (a
-        // repository wiped meanwhile gets nothing from the helper).
-        if room == 0 || self.opts.ahead == 0 || self.verify.borrow().verified < last_need {
+        let Some(last) = self.lock().last else { return Vec::new() };
+        if room == 0 || self.opts.ahead == 0 {
             return Vec::new();
         }
+        // Only into an instance verified moments ago, with no failed or
+        // foreign verification since (a repository wiped under an idle
+        // helper gets nothing from it); otherwise ask for a verification.
+        let fresh = {
+            let v = self.verify.borrow();
+            let failed_since = v.failed.as_ref().is_some_and(|(s, _)| *s > v.verified);
+            !v.broken && !failed_since && v.verified_at.is_some_and(|t| t.elapsed() < FRESH)
+        };
         let last_text = last.to_string();
         let mut ready = markers::ready_names(&self.layout.wal_dir.join("archive_status"));
         ready.retain(|n| *n != last && (n.kind() == WalFileKind::History || n.to_string() > last_text));
@@ -530,6 +554,11 @@ impl Helper {
                         .insert(name, FileState::Stored { stamp: marker.stamp, need, outcome: PutOutcome::Stored });
                     continue;
                 }
+            }
+            if !fresh {
+                drop(state);
+                self.want_verification();
+                return Vec::new();
             }
             state.files.insert(name, FileState::Pushing);
             state.ahead += 1;
@@ -645,7 +674,7 @@ mod tests {
         let place = Place::of_data_dir(&data);
         let helper = {
             let (repo, data) = (repo.clone(), data.clone());
-            std::thread::spawn(move || run(&runtime(), &repo, &data, &opts()))
+            std::thread::spawn(move || run(&runtime(), &repo, &repo, &data, &opts()))
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !place.socket.exists() {
@@ -691,7 +720,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(data.join("pg_wal/pgwal"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let repo = open(&tmp.path().join("repo"));
-        let err = run(&runtime(), &repo, &data, &opts()).expect_err("refused");
+        let err = run(&runtime(), &repo, &repo, &data, &opts()).expect_err("refused");
         assert!(err.to_string().contains("private"), "{err}");
         assert!(!Place::of_data_dir(&data).socket.exists());
     }
@@ -706,7 +735,7 @@ mod tests {
         let place = Place::of_data_dir(&data);
         let helper = {
             let (repo, data) = (repo.clone(), data.clone());
-            std::thread::spawn(move || run(&runtime(), &repo, &data, &opts()))
+            std::thread::spawn(move || run(&runtime(), &repo, &repo, &data, &opts()))
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !place.socket.exists() {
