@@ -184,8 +184,13 @@ fn bench_archive_fetch(c: &mut Criterion, segment: &[u8], seg_file_name: &str) {
     std::fs::write(&wal_path, segment).unwrap_or_else(|e| panic!("cannot write '{}': {e}", wal_path.display()));
     let name: WalFileName = seg_file_name.parse().expect("invariant: chosen as a segment name");
     let rt = runtime();
-    let opts =
-        ArchiveOptions { compress_level: DEFAULT_COMPRESS_LEVEL, retry_deadline: DEADLINE, parallel: 1, ahead: 0 };
+    let opts = ArchiveOptions {
+        compress_level: DEFAULT_COMPRESS_LEVEL,
+        retry_deadline: DEADLINE,
+        parallel: 1,
+        ahead: 0,
+        helper: false,
+    };
 
     // A repository that already holds the format and the cluster identity but
     // not this segment: archive it once, then delete it again. Each "store"

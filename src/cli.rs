@@ -118,7 +118,26 @@ inode, size and time and the repository is the same instance, and removes the ma
 file is archived as usual (create-only with a checksum compare, so nothing is stored twice \
 differently). A crash at any point costs at most a second upload. Set archive.ahead = 0 to turn this off. \
 Run in a data directory after recovery ended, archive also removes a fetch spool a killed prefetcher \
-left behind.")]
+left behind.\n\n\
+The archiving helper (archive.helper = true; off by default): inside a data directory, archive first hands \
+NAME to a long-lived helper process of that data directory (the same binary, detached in its own session, \
+logging to pg_wal/pgwal/archive-helper.log, one per data directory by a lock on \
+pg_wal/pgwal/archive-helper.lock) over the unix socket pg_wal/pgwal/archive-helper.sock (the directory is \
+0700 and each side checks the other's uid), and exits 0 only on the helper's explicit answer that NAME is \
+stored. The helper keeps its repository connections open, pushes ready files ahead as above \
+(archive.parallel at once, up to archive.ahead after the last file asked for), and answers \"stored\" only \
+once NAME is durably stored and the repository's format object, read by a request that started after the \
+call arrived, still has the instance tag the helper verified when it started (one request serves every \
+call waiting for it); stores are the same create-only, identity-checked puts. A repository recreated at \
+the same URL, or a call for another repository, makes the helper stop. No helper, a stale socket, no \
+answer within archive.retry_deadline (the socket is then removed), or any other answer: archive does all \
+the work itself as described above, so a dead or hung helper costs time, never data. A call that found \
+no helper starts one once it has archived NAME; a call that finds one just starting (its lock taken in the \
+last 3s, no socket yet) waits up to 1s for it. The helper reads the format object through connections of \
+its own, so that a check never waits behind an upload, and pushes ahead only within 1s of a successful \
+check. The helper exits after 60s without a call, when the \
+server named by postmaster.pid at its start stops, when the data directory is gone, or when its socket \
+was removed.")]
     Archive(ArchiveArgs),
     /// Restore a WAL file from the repository (restore_command = 'pgwal fetch %f %p')
     #[command(long_about = "Writes the WAL file NAME from the repository to DEST, after checking every byte \
@@ -512,6 +531,9 @@ file that does not load is logged and the old configuration kept.")]
     /// Internal: the background prefetcher that `fetch` starts during recovery
     #[command(name = "prefetch-wal", hide = true)]
     PrefetchWal,
+    /// Internal: the long-lived archiving helper that `archive` starts in a data directory
+    #[command(name = "archive-helper", hide = true)]
+    ArchiveHelper,
 }
 
 /// Arguments of `drill`.

@@ -72,8 +72,23 @@ fn run(cli: &Cli, rules: &mut ExitRules) -> Result<()> {
         .map_err(Error::io("cannot start the I/O runtime", "-"))?;
     match &cli.command {
         Command::Archive(args) => {
+            // The helper first: a call it answers opens no store at all.
+            let start = match archive::helper::before_archive(&rt, &args.path, &cfg) {
+                archive::helper::Call::Answered(outcome) => {
+                    archive::note_outcome(&args.path, outcome);
+                    return Ok(());
+                }
+                archive::helper::Call::Fallback { start } => start,
+            };
             let repo = open_repo(&cfg, Access::CreateIfMissing, cfg.archive.retry_deadline, true)?;
-            archive::run(&rt, &repo, &args.path, &cfg)
+            archive::run(&rt, &repo, &args.path, &cfg, start.as_ref())
+        }
+        Command::ArchiveHelper => {
+            cfg.require_repo()?;
+            let data_dir = prefetch::data_dir_of(&cfg)?;
+            let repo = open_repo(&cfg, Access::WriteExisting, cfg.archive.retry_deadline, true)?;
+            let verifier = open_repo(&cfg, Access::WriteExisting, cfg.archive.retry_deadline, true)?;
+            archive::helper::serve::run(&rt, &repo, &verifier, &data_dir, &cfg.archive)
         }
         Command::Fetch(args) => {
             if *rules == ExitRules::FetchRecovery {

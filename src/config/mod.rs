@@ -42,6 +42,10 @@ pub const DEFAULT_ARCHIVE_PARALLEL: usize = 4;
 /// Ready files one `archive` call may push ahead of PostgreSQL.
 pub const DEFAULT_ARCHIVE_AHEAD: usize = 32;
 
+/// Whether `archive` inside a data directory uses the long-lived archiving
+/// helper by default (off until measured to beat the one-process path).
+pub const DEFAULT_ARCHIVE_HELPER: bool = false;
+
 /// Segments `fetch`'s background prefetcher keeps ready (16 MiB each).
 pub const DEFAULT_PREFETCH: usize = 8;
 
@@ -78,6 +82,9 @@ pub struct ArchiveOptions {
     /// How many files with a `.ready` status one call may push ahead of
     /// PostgreSQL (0: none).
     pub ahead: usize,
+    /// Whether a call inside a data directory hands its file to the
+    /// long-lived archiving helper (and starts one when none runs).
+    pub helper: bool,
 }
 
 /// Options of `fetch`.
@@ -222,6 +229,7 @@ struct ArchiveSection {
     retry_deadline: Option<String>,
     parallel: Option<usize>,
     ahead: Option<usize>,
+    helper: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -394,6 +402,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         retry_deadline: deadline("archive.retry_deadline", file.archive.retry_deadline.as_deref(), &shown)?,
         parallel: bounded("archive.parallel", file.archive.parallel, DEFAULT_ARCHIVE_PARALLEL, 1..=64, &shown)?,
         ahead: bounded("archive.ahead", file.archive.ahead, DEFAULT_ARCHIVE_AHEAD, 0..=1024, &shown)?,
+        helper: file.archive.helper.unwrap_or(DEFAULT_ARCHIVE_HELPER),
     };
     let fetch = FetchOptions {
         retry_deadline: deadline("fetch.retry_deadline", file.fetch.retry_deadline.as_deref(), &shown)?,

@@ -122,6 +122,16 @@ fn instance_of(format: &[u8]) -> String {
     frame::hex(&frame::sha256(format))[..32].to_string()
 }
 
+/// [`Repository::cache_tag`] of a handle on `url` with `key`, known
+/// without opening the store (the archiving helper's client names the
+/// repository it wants before it opens anything).
+pub fn cache_tag(url: &RepoUrl, key: Option<&RepositoryKey>) -> String {
+    match key {
+        Some(k) => format!("{url} (key {})", k.fingerprint()),
+        None => url.to_string(),
+    }
+}
+
 /// What a create-only put found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {

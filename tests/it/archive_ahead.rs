@@ -161,7 +161,10 @@ fn killed_mid_batch_and_spoofed_markers() -> Result<()> {
     let repo_dir = dir.join("repo");
     let config = dir.join("pgwal.toml");
     let repo_url = format!("file://{}", repo_dir.display());
-    write_private_file(&config, &format!("repo = \"{repo_url}\"\n[archive]\nparallel = 2\nahead = 32\n"))?;
+    write_private_file(
+        &config,
+        &format!("repo = \"{repo_url}\"\n[archive]\nparallel = 2\nahead = 32\nhelper = false\n"),
+    )?;
     let cfg = config.to_string_lossy().to_string();
     let ready = status_names(&data, ".ready")?;
     let segments: Vec<&String> = ready.iter().filter(|n| n.len() == 24).collect();
@@ -213,7 +216,7 @@ fn killed_mid_batch_and_spoofed_markers() -> Result<()> {
     let fresh = dir.join("repo2");
     write_private_file(
         &config,
-        &format!("repo = \"file://{}\"\n[archive]\nparallel = 2\nahead = 32\n", fresh.display()),
+        &format!("repo = \"file://{}\"\n[archive]\nparallel = 2\nahead = 32\nhelper = false\n", fresh.display()),
     )?;
     archive(segments[0]).run()?.ensure_success()?;
     archive(segments[1]).run()?.ensure_success()?;

@@ -8,6 +8,7 @@ mod synthetic;
 
 mod archive_ahead;
 mod archive_fetch_failures;
+mod archive_helper;
 mod backup;
 mod check;
 mod cli;

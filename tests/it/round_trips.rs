@@ -84,7 +84,8 @@ fn describe(requests: &[Request]) -> String {
 
 #[test]
 fn archive_answered_from_a_marker_makes_at_most_one_request() -> Result<()> {
-    let s = setup("")?;
+    // The one-process path's markers (the helper has its own test).
+    let s = setup("[archive]\nhelper = false\n")?;
     let data = data_dir(&s.dir, &[1, 2, 3, 4, 5])?;
     // The first call creates the repository and stores its own segment only.
     archive_in(&s, &data, 1)?.ensure_success()?;
@@ -378,7 +379,7 @@ fn a_request_that_stalls_is_abandoned_and_retried_within_the_deadline() -> Resul
 
 #[test]
 fn a_remembered_identity_saves_the_cluster_read_and_a_recreated_repository_is_detected() -> Result<()> {
-    let s = setup("[archive]\nahead = 0\n")?;
+    let s = setup("[archive]\nahead = 0\nhelper = false\n")?;
     let data = data_dir(&s.dir, &[1, 2, 3, 4])?;
     // The first call creates the repository; the second reads its identity
     // and remembers it.

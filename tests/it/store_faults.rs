@@ -74,7 +74,7 @@ fn segment_file(dir: &TestDir, seg: u64) -> Result<(WalFileName, std::path::Path
 }
 
 fn archive_options() -> ArchiveOptions {
-    ArchiveOptions { compress_level: 1, retry_deadline: Duration::from_secs(10), parallel: 1, ahead: 0 }
+    ArchiveOptions { compress_level: 1, retry_deadline: Duration::from_secs(10), parallel: 1, ahead: 0, helper: false }
 }
 
 /// A PUT that fails transiently, or whose reply is lost after the object

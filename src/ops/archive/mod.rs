@@ -8,11 +8,20 @@
 //! [`store_encoded`] (async: identity check and create-only put).
 
 pub mod ahead;
+pub mod helper;
 
-/// The whole command: clears the fetch spool a finished recovery left,
-/// archives `path` (and what is ready after it, see [`ahead`]), and says
-/// why when it fails with a backlog, in PostgreSQL's log.
-pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, path: &Path, cfg: &crate::config::Config) -> Result<()> {
+/// The whole command once the helper (see [`helper`]) did not store the
+/// file: clears the fetch spool a finished recovery left, archives `path`
+/// (and what is ready after it, see [`ahead`]), says why when it fails with
+/// a backlog, in PostgreSQL's log, and once it succeeded starts a helper at
+/// `start` if none runs there.
+pub fn run(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    path: &Path,
+    cfg: &crate::config::Config,
+    start: Option<&helper::Place>,
+) -> Result<()> {
     use crate::local::{backlog, data_dir, markers, spool::Spool};
     let data_dir = data_dir::of_this_process(cfg.pgdata.as_deref());
     if let Some(d) = &data_dir {
@@ -24,10 +33,18 @@ pub fn run(rt: &tokio::runtime::Runtime, repo: &Repository, path: &Path, cfg: &c
             crate::log_info!("{}", b.describe());
         }
     })?;
+    if let Some(place) = start {
+        helper::after_archive(place, &repo.url().to_string(), cfg.file.as_deref());
+    }
+    note_outcome(path, outcome);
+    Ok(())
+}
+
+/// The notice for a file that was already stored with identical content.
+pub fn note_outcome(path: &Path, outcome: PutOutcome) {
     if outcome == PutOutcome::AlreadyIdentical {
         crate::log_notice!("'{}' was already archived with identical content", path.display());
     }
-    Ok(())
 }
 
 use std::fs::File;
