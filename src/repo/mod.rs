@@ -123,8 +123,9 @@ fn instance_of(format: &[u8]) -> String {
 }
 
 /// [`Repository::cache_tag`] of a handle on `url` with `key`, known
-/// without opening the store (the archiving helper's client names the
-/// repository it wants before it opens anything).
+/// without opening the store: the archiving helper's client names the
+/// repository it wants, and `fetch` serves the spool, before either builds
+/// a storage client.
 pub fn cache_tag(url: &RepoUrl, key: Option<&RepositoryKey>) -> String {
     match key {
         Some(k) => format!("{url} (key {})", k.fingerprint()),
@@ -148,15 +149,6 @@ pub struct Entries {
     pub dirs: Vec<String>,
     /// Object names.
     pub objects: Vec<String>,
-}
-
-/// [`Repository::cache_tag`] of the repository at `url` opened with `key`,
-/// without opening it (`fetch` serves the spool before it builds a client).
-pub fn cache_tag(url: &RepoUrl, key: Option<&RepositoryKey>) -> String {
-    match key {
-        Some(k) => format!("{url} (key {})", k.fingerprint()),
-        None => url.to_string(),
-    }
 }
 
 /// A repository: a store plus the rules for what goes into it.
