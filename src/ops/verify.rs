@@ -227,7 +227,7 @@ fn manifests(catalog: &Catalog, only: Option<&BackupId>, report: &mut Report) ->
             ManifestState::Unreadable(_) => {}
         }
     }
-    out.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
+    out.sort_by(|a, b| (&a.stop_time, a.stop_lsn, &a.id).cmp(&(&b.stop_time, b.stop_lsn, &b.id)));
     Ok(out)
 }
 

@@ -396,7 +396,7 @@ impl Catalog {
             }
         }
         // RFC 3339 UTC with whole seconds sorts as text; the ID breaks ties.
-        manifests.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
+        manifests.sort_by(|a, b| (&a.stop_time, a.stop_lsn, &a.id).cmp(&(&b.stop_time, b.stop_lsn, &b.id)));
         incomplete.sort();
         Ok((manifests, incomplete))
     }

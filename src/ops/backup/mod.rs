@@ -218,20 +218,27 @@ async fn check_primary(req: &BackupRequest, system_identifier: u64) -> Result<Co
     Ok(target)
 }
 
-/// A backup ID of `kind` for now that no earlier, interrupted backup has used.
+/// A backup ID of `kind` for now whose second no earlier backup of any
+/// type (complete, or interrupted) has used: IDs then sort as the backups
+/// were taken. Two backups of one second differed only in their type
+/// letter, and `F` < `I` made a full taken after an incr in the same second
+/// sort, and be chosen as a parent, before it.
 async fn fresh_id(repo: &Repository, kind: BackupType) -> Result<(BackupId, chrono::DateTime<chrono::Utc>)> {
-    loop {
+    'second: loop {
         let now = chrono::Utc::now();
-        let id = BackupId::new(now, kind);
-        let dir = crate::repo::keys::backup_dir(id.as_str());
-        let leftovers = repo.list_objects(&dir).await?;
-        // A backup killed during its first put leaves only a hidden staging
-        // file (local disk), which no listing shows: that counts too.
-        if leftovers.is_empty() && repo.staging_below(&dir) == 0 {
-            return Ok((id, now));
+        for other in [BackupType::Full, BackupType::Diff, BackupType::Incr] {
+            let dir = crate::repo::keys::backup_dir(BackupId::new(now, other).as_str());
+            let leftovers = repo.list_objects(&dir).await?;
+            // A backup killed during its first put leaves only a hidden staging
+            // file (local disk), which no listing shows: that counts too.
+            if !leftovers.is_empty() || repo.staging_below(&dir) > 0 {
+                // Taken this very second: take the next one.
+                tokio::time::sleep(Duration::from_millis(1000 - u64::from(now.timestamp_subsec_millis()).min(999)))
+                    .await;
+                continue 'second;
+            }
         }
-        // Objects of a killed backup that started this very second: take the next second.
-        tokio::time::sleep(Duration::from_millis(1000 - u64::from(now.timestamp_subsec_millis()).min(999))).await;
+        return Ok((BackupId::new(now, kind), now));
     }
 }
 
@@ -634,6 +641,31 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let (id, _) = rt.block_on(fresh_id(&repo, BackupType::Incr)).expect("fresh id");
         assert!(!taken.contains(&id), "{id:?} is the killed backup's ID");
+    }
+
+    #[test]
+    fn a_backup_never_shares_its_second_with_one_of_another_type() {
+        // A full right after an incr in the same second got `...I` and
+        // `...F` IDs, and sorted before the incr it followed.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url: crate::storage::RepoUrl = format!("file://{}", dir.path().display()).parse().expect("url");
+        let opts = crate::storage::StoreOptions::default();
+        let store = crate::storage::open(&url, &opts, crate::storage::Access::CreateIfMissing, Duration::from_secs(5))
+            .expect("store");
+        let repo = Repository::new(store, url, crate::storage::RetryPolicy::with_deadline(Duration::from_secs(5)));
+        let now = chrono::Utc::now();
+        let seconds: Vec<String> = (0..2)
+            .map(|s| {
+                let incr = BackupId::new(now + chrono::Duration::seconds(s), BackupType::Incr);
+                let d = dir.path().join("backup").join(incr.as_str());
+                std::fs::create_dir_all(&d).expect("mkdir");
+                std::fs::write(d.join("manifest"), b"{}").expect("write");
+                incr.as_str()[..15].to_string()
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let (id, _) = rt.block_on(fresh_id(&repo, BackupType::Full)).expect("fresh id");
+        assert!(!seconds.contains(&id.as_str()[..15].to_string()), "{id:?} shares a second with an incr");
     }
 
     #[test]

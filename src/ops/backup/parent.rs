@@ -53,8 +53,9 @@ pub fn choose(kind: BackupType, backups: &[(BackupId, ManifestState)], system_id
         })
         .collect();
     let mut candidates: Vec<&Manifest> = complete.values().copied().collect();
-    // Newest by stop time, as retention and target selection order backups.
-    candidates.sort_by(|a, b| (&a.stop_time, &a.id).cmp(&(&b.stop_time, &b.id)));
+    // Newest by stop time (then stop LSN: two backups may stop in one
+    // second), as retention and target selection order backups.
+    candidates.sort_by(|a, b| (&a.stop_time, a.stop_lsn, &a.id).cmp(&(&b.stop_time, b.stop_lsn, &b.id)));
     let wanted = match kind {
         BackupType::Diff => "full backup",
         _ => "complete backup",
@@ -221,6 +222,19 @@ mod tests {
             Choice::On { parent, .. } => parent.id.to_string(),
             Choice::Full(why) => format!("full: {why}"),
         }
+    }
+
+    #[test]
+    fn of_two_backups_stopped_in_one_second_the_later_stop_lsn_is_newer() {
+        // An incr, then a full, both within one second (IDs made before
+        // fresh_id kept one backup per second): by ID the incr sorts last.
+        let f1 = manifest("20261101T010000F", BackupType::Full, None, "2026-11-01T01:00:00Z");
+        let mut i1 = manifest("20261101T010001I", BackupType::Incr, Some("20261101T010000F"), "2026-11-01T01:00:01Z");
+        let mut f2 = manifest("20261101T010001F", BackupType::Full, None, "2026-11-01T01:00:01Z");
+        i1.stop_lsn = crate::pg::Lsn(0x3000100);
+        f2.stop_lsn = crate::pg::Lsn(0x5000100);
+        let all = states(&[f1, i1, f2]);
+        assert_eq!(parent_of(choose(BackupType::Incr, &all, 7, 15)), "20261101T010001F");
     }
 
     #[test]
