@@ -619,17 +619,22 @@ async fn archiver_progress(session: &Session, seen: Option<String>) -> Option<St
 mod tests {
     use super::*;
 
+    /// A repository on local disk at `dir`.
+    fn local_repo(dir: &Path) -> Repository {
+        let url: crate::storage::RepoUrl = format!("file://{}", dir.display()).parse().expect("url");
+        let opts = crate::storage::StoreOptions::default();
+        let store = crate::storage::open(&url, &opts, crate::storage::Access::CreateIfMissing, Duration::from_secs(5))
+            .expect("store");
+        Repository::new(store, url, crate::storage::RetryPolicy::with_deadline(Duration::from_secs(5)))
+    }
+
     #[test]
     fn a_killed_backup_that_left_only_a_staging_file_keeps_its_id() {
         // A backup killed during its first put leaves `pack/<n>#N` on local
         // disk and nothing a listing shows; the next backup must not take
         // the same ID (and so the same directory).
         let dir = tempfile::tempdir().expect("tempdir");
-        let url: crate::storage::RepoUrl = format!("file://{}", dir.path().display()).parse().expect("url");
-        let opts = crate::storage::StoreOptions::default();
-        let store = crate::storage::open(&url, &opts, crate::storage::Access::CreateIfMissing, Duration::from_secs(5))
-            .expect("store");
-        let repo = Repository::new(store, url, crate::storage::RetryPolicy::with_deadline(Duration::from_secs(5)));
+        let repo = local_repo(dir.path());
         let now = chrono::Utc::now();
         let taken: Vec<BackupId> =
             (0..2).map(|s| BackupId::new(now + chrono::Duration::seconds(s), BackupType::Incr)).collect();
@@ -648,11 +653,7 @@ mod tests {
         // A full right after an incr in the same second got `...I` and
         // `...F` IDs, and sorted before the incr it followed.
         let dir = tempfile::tempdir().expect("tempdir");
-        let url: crate::storage::RepoUrl = format!("file://{}", dir.path().display()).parse().expect("url");
-        let opts = crate::storage::StoreOptions::default();
-        let store = crate::storage::open(&url, &opts, crate::storage::Access::CreateIfMissing, Duration::from_secs(5))
-            .expect("store");
-        let repo = Repository::new(store, url, crate::storage::RetryPolicy::with_deadline(Duration::from_secs(5)));
+        let repo = local_repo(dir.path());
         let now = chrono::Utc::now();
         let seconds: Vec<String> = (0..2)
             .map(|s| {

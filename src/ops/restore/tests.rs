@@ -384,13 +384,7 @@ fn a_file_whose_checksum_differs_from_the_manifest_fails() {
             f.sha256 = sha(b"something else");
         }
     }
-    fx.rt.block_on(async {
-        for n in 0..2 {
-            let object = fx.store.get(&pack_key(&fx.manifest.id, n)).await.expect("get").bytes().await.expect("bytes");
-            fx.store.put(&pack_key(&id, n), object.into()).await.expect("copy pack");
-        }
-        fx.repo.store_json(&manifest_key(&id), &m).await.expect("manifest");
-    });
+    fx.store_copy(&m);
     fx.manifest = m;
     let o = fx.opts("pgdata");
     let err = fx.restore(&o).expect_err("checksum").to_string();
@@ -420,13 +414,7 @@ fn a_file_that_cannot_be_created_fails_the_restore() {
     long.extents.clear();
     long.sha256 = sha(b"");
     m.files.push(long);
-    fx.rt.block_on(async {
-        for n in 0..2 {
-            let object = fx.store.get(&pack_key(&fx.manifest.id, n)).await.expect("get").bytes().await.expect("bytes");
-            fx.store.put(&pack_key(&id, n), object.into()).await.expect("copy pack");
-        }
-        fx.repo.store_json(&manifest_key(&id), &m).await.expect("manifest");
-    });
+    fx.store_copy(&m);
     fx.manifest = m;
     let o = fx.opts("pgdata");
     let err = fx.restore(&o).expect_err("a name too long");
@@ -590,6 +578,19 @@ fn incr_on(fx: &Fixture) -> (Manifest, BTreeMap<String, Vec<u8>>) {
 }
 
 impl Fixture {
+    /// Stores `m` as another backup: the fixture's two packs copied under
+    /// its ID, then its manifest.
+    fn store_copy(&self, m: &Manifest) {
+        self.rt.block_on(async {
+            for n in 0..2 {
+                let object =
+                    self.store.get(&pack_key(&self.manifest.id, n)).await.expect("get").bytes().await.expect("bytes");
+                self.store.put(&pack_key(&m.id, n), object.into()).await.expect("copy pack");
+            }
+            self.repo.store_json(&manifest_key(&m.id), m).await.expect("manifest");
+        });
+    }
+
     fn store_manifest(&self, m: &Manifest) {
         self.rt.block_on(self.repo.store_json(&manifest_key(&m.id), m)).expect("manifest");
     }

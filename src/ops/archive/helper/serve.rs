@@ -627,6 +627,21 @@ mod tests {
         Repository::new(store, url, RetryPolicy::with_deadline(deadline).quiet())
     }
 
+    /// Runs a helper for `data` on a thread of its own, once it listens.
+    fn start_listening(repo: &Repository, data: &Path) -> (Place, std::thread::JoinHandle<Result<()>>) {
+        let place = Place::of_data_dir(data);
+        let helper = {
+            let (repo, data) = (repo.clone(), data.to_path_buf());
+            std::thread::spawn(move || run(&runtime(), &repo, &repo, &data, &opts()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !place.socket.exists() {
+            assert!(Instant::now() < deadline && !helper.is_finished(), "the helper listens");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (place, helper)
+    }
+
     fn opts() -> ArchiveOptions {
         ArchiveOptions {
             compress_level: 1,
@@ -674,16 +689,7 @@ mod tests {
         // The first call creates the repository (one-process path).
         let first = data.join("pg_wal").join(name(1).to_string());
         archive::archive(&rt, &repo, &first, &opts(), None).expect("first archive");
-        let place = Place::of_data_dir(&data);
-        let helper = {
-            let (repo, data) = (repo.clone(), data.clone());
-            std::thread::spawn(move || run(&runtime(), &repo, &repo, &data, &opts()))
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !place.socket.exists() {
-            assert!(Instant::now() < deadline && !helper.is_finished(), "the helper listens");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (place, helper) = start_listening(&repo, &data);
         let wait = Duration::from_secs(10);
         let request = |i: u32, repo: &str| Request { name: name(i).to_string(), repo: repo.to_string() };
         for i in 2..=4 {
@@ -696,6 +702,7 @@ mod tests {
         }
         // Pushed ahead (ahead = 4 after segment 4): 5 and 6 get stored
         // without a call.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while stored(&repo, &rt, 6).is_none() {
             assert!(Instant::now() < deadline, "pushed ahead");
             std::thread::sleep(Duration::from_millis(10));
@@ -735,16 +742,7 @@ mod tests {
         let repo = open(&tmp.path().join("repo"));
         let rt = runtime();
         archive::archive(&rt, &repo, &data.join("pg_wal").join(name(1).to_string()), &opts(), None).expect("first");
-        let place = Place::of_data_dir(&data);
-        let helper = {
-            let (repo, data) = (repo.clone(), data.clone());
-            std::thread::spawn(move || run(&runtime(), &repo, &repo, &data, &opts()))
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !place.socket.exists() {
-            assert!(Instant::now() < deadline && !helper.is_finished(), "the helper listens");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (place, helper) = start_listening(&repo, &data);
         let req = Request { name: name(2).to_string(), repo: "file:///elsewhere".into() };
         let asked = ask(&rt, &place.socket, &req, Duration::from_secs(10));
         assert!(matches!(asked, Asked::Failed(_)), "{asked:?}");
